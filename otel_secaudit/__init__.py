@@ -1,0 +1,127 @@
+"""otel_secaudit: security violations and audit actions as OpenTelemetry signals.
+
+Every security event becomes a log record (Logs API, ``event_name``, trace context as the
+correlation ID), a span event on the current span and counters; an abuse span processor
+escalates brute force per client address and per user and can block abusive addresses.
+
+Usage, explicit::
+
+    import otel_secaudit
+
+    otel_secaudit.record("auth.login.failed", user_name=form.username, reason="invalid_credentials")
+    otel_secaudit.record("authz.cross_tenant", user_id=user.id, tenant_id=user.tenant,
+                         requested_tenant_id=requested)
+
+Usage, zero-code: install the package and run ``opentelemetry-instrument uvicorn app:app``;
+``SecAuditInstrumentor`` is registered as the ``otel_secaudit`` instrumentor entry point.
+
+Configuration: ``OTEL_SECAUDIT_*`` environment variables or :func:`configure` (see
+:class:`Settings`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from typing_extensions import Unpack
+
+from .config import ConfigError, Settings
+from .context import RequestContext, current_request, request_scope
+from .events import CATALOGUE, EventSpec, InvalidEventError, Violation, resolve_event
+from .recorder import EventFields, SecAuditInputError, SecurityRecorder
+from .redaction import REDACTED
+from .version import __version__
+
+if TYPE_CHECKING:
+    from .instrumentor import SecAuditInstrumentor
+
+__all__ = [
+    "CATALOGUE",
+    "REDACTED",
+    "ConfigError",
+    "EventFields",
+    "EventSpec",
+    "InvalidEventError",
+    "RequestContext",
+    "SecAuditInputError",
+    "SecAuditInstrumentor",
+    "SecurityRecorder",
+    "Settings",
+    "Violation",
+    "__version__",
+    "configure",
+    "current_request",
+    "get_recorder",
+    "record",
+    "request_scope",
+    "resolve_event",
+]
+
+_lock = threading.Lock()
+_recorder: SecurityRecorder | None = None
+
+
+def get_recorder() -> SecurityRecorder:
+    """The process-wide recorder, created on first use from the environment (lenient)."""
+    global _recorder
+    recorder = _recorder
+    if recorder is None:
+        with _lock:
+            if _recorder is None:
+                _recorder = SecurityRecorder(Settings.load(lenient=True))
+            recorder = _recorder
+    return recorder
+
+
+def configure(
+    *, recorder: SecurityRecorder | None = None, **settings: Any
+) -> SecurityRecorder:
+    """Replace the process-wide recorder.
+
+    Either pass a ready ``recorder`` (tests build one with in-memory providers) or settings
+    named like the environment variables (``host_threshold=20``, ``strict=True``). Explicit
+    settings are validated strictly: a bad value raises :class:`ConfigError`. The detection
+    hook of the previous recorder is carried over.
+    """
+    global _recorder
+    if recorder is None:
+        recorder = SecurityRecorder(Settings.load(**settings))
+    elif settings:
+        raise TypeError("pass either recorder= or settings, not both")
+    with _lock:
+        previous = _recorder
+        if previous is not None and recorder.violation_sink is None:
+            recorder.violation_sink = previous.violation_sink
+            recorder.span_processor_active = previous.span_processor_active
+        _recorder = recorder
+    return recorder
+
+
+def record(name: str, /, **fields: Unpack[EventFields]) -> None:
+    """Record one security event as a log record, a span event and counters.
+
+    Args:
+        name: a catalogue name (``auth.login.failed``) or a custom name matching
+            ``^[a-z][a-z0-9_]*(\\.[a-z0-9_]+)+$`` given with ``outcome=``.
+        **fields: ``outcome``, ``severity``, ``user_id``, ``user_name`` (hashed into
+            ``user.hash`` unless OTEL_SECAUDIT_RECORD_USER_NAME=true), ``client_address``,
+            ``user_agent``, ``tenant_id``, ``requested_tenant_id``, ``resource_type``,
+            ``resource_id``, ``action``, ``permission``, ``reason`` and ``attributes`` (a
+            mapping of extra attributes, redacted like everything else).
+
+    Never raises into the caller; bad input is counted and logged. In strict mode
+    (``configure(strict=True)`` or OTEL_SECAUDIT_STRICT=true) bad input raises
+    :class:`SecAuditInputError` so tests and development catch it.
+    """
+    recorder = _recorder or get_recorder()
+    recorder.record(name, **fields)
+
+
+def __getattr__(name: str) -> Any:
+    # The instrumentor pulls in opentelemetry-instrumentation; import it only when asked.
+    if name == "SecAuditInstrumentor":
+        from .instrumentor import SecAuditInstrumentor
+
+        return SecAuditInstrumentor
+    raise AttributeError(f"module 'otel_secaudit' has no attribute {name!r}")

@@ -1,0 +1,280 @@
+"""One settings object from constructor arguments, then ``OTEL_SECAUDIT_*`` environment variables.
+
+:meth:`Settings.load` takes keyword arguments named like the variables without the prefix, in
+lower case (``host_threshold=20`` mirrors ``OTEL_SECAUDIT_HOST_THRESHOLD=20``). An argument wins
+over the environment.
+
+Bad values raise :class:`ConfigError` naming the argument or variable when configured
+explicitly (``lenient=False``). Under auto-instrumentation (``lenient=True``) a bad environment
+value is logged as a warning and the default is used, because an instrumentor must never stop
+the application from starting.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from .events import InvalidEventError, resolve_event
+
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings"]
+
+_log = logging.getLogger(__name__)
+
+ENV_PREFIX: Final = "OTEL_SECAUDIT_"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _parse_int(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {raw!r}") from None
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _parse_store(raw: str) -> str:
+    uri = raw.strip()
+    parts = urlsplit(uri)
+    if parts.scheme == "memory":
+        return "memory://"
+    if parts.scheme in ("redis", "rediss", "unix"):
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"redis URI needs a host: {uri!r}")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise ValueError(f"bad port in {uri!r}") from None
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"redis database must be a number, got {db!r}")
+        return uri
+    raise ValueError(f"expected memory:// or redis://host:port/db, got {uri!r}")
+
+
+def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR") from None
+    return tuple(networks)
+
+
+def _parse_status_events(raw: str) -> dict[int, str]:
+    mapping: dict[int, str] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        status, sep, name = item.partition(":")
+        if not sep or not status.strip().isdigit():
+            raise ValueError(f"expected STATUS:event.name pairs, got {item!r}")
+        code = int(status)
+        if not 100 <= code <= 599:
+            raise ValueError(f"{code} is not an HTTP status code")
+        try:
+            spec = resolve_event(name.strip())
+        except InvalidEventError as exc:
+            raise ValueError(str(exc)) from None
+        mapping[code] = spec.name
+    return mapping
+
+
+def _parse_list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _parse_path(raw: str) -> Path | None:
+    raw = raw.strip()
+    return Path(raw).expanduser() if raw else None
+
+
+def _parse_hash_key(raw: str) -> bytes | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters (a weak key makes user.hash guessable)")
+    return raw.encode("utf-8")
+
+
+_DEFAULT_STATUS_EVENTS: Final = (
+    "401:auth.unauthenticated,403:authz.permission_denied,429:request.rate_limited"
+)
+
+# name -> (parser for environment strings, default as an environment string)
+_PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
+    "host_threshold": (_parse_int(1), "10"),
+    "user_threshold": (_parse_int(1), "5"),
+    "window_seconds": (_parse_int(1), "3600"),
+    "store": (_parse_store, "memory://"),
+    "block_seconds": (_parse_int(0), "0"),
+    "trusted_proxies": (_parse_proxies, ""),
+    "hash_key": (_parse_hash_key, ""),
+    "record_user_name": (_parse_bool, "false"),
+    "span_events": (_parse_bool, "true"),
+    "status_events": (_parse_status_events, _DEFAULT_STATUS_EVENTS),
+    "redact_keys": (_parse_list, ""),
+    "spool_dir": (_parse_path, ""),
+    "strict": (_parse_bool, "false"),
+}
+
+
+def _coerce_argument(name: str, value: Any) -> Any:
+    """Validate an explicit argument; strings go through the environment parser."""
+    parser, _ = _PARSERS[name]
+    if isinstance(value, str):
+        return parser(value)
+    if name in ("host_threshold", "user_threshold", "window_seconds", "block_seconds"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return parser(str(value))
+    if name in ("record_user_name", "span_events", "strict"):
+        if not isinstance(value, bool):
+            raise ValueError(f"expected a bool, got {value!r}")
+        return value
+    if name == "trusted_proxies":
+        return _parse_proxies(",".join(str(item) for item in value))
+    if name == "status_events":
+        if isinstance(value, Mapping):
+            return _parse_status_events(",".join(f"{k}:{v}" for k, v in value.items()))
+        raise ValueError(f"expected a mapping of status code to event name, got {value!r}")
+    if name == "redact_keys":
+        return tuple(str(item) for item in value)
+    if name == "hash_key":
+        if isinstance(value, bytes):
+            if len(value) < 16:
+                raise ValueError("must be at least 16 bytes")
+            return value
+        if value is None:
+            return None
+    if name == "spool_dir":
+        return None if value is None else Path(value).expanduser()
+    raise ValueError(f"unsupported value {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of otel_secaudit's configuration (CONTRACT section 5).
+
+    Build it with :meth:`load`; the constructor takes already-validated values.
+    """
+
+    host_threshold: int = 10
+    user_threshold: int = 5
+    window_seconds: int = 3600
+    store: str = "memory://"
+    block_seconds: int = 0
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    hash_key: bytes | None = None
+    record_user_name: bool = False
+    span_events: bool = True
+    status_events: Mapping[int, str] = field(
+        default_factory=lambda: _parse_status_events(_DEFAULT_STATUS_EVENTS)
+    )
+    redact_keys: tuple[str, ...] = ()
+    spool_dir: Path | None = None
+    #: Raise :class:`otel_secaudit.SecAuditInputError` from ``record()`` on bad input
+    #: (tests and development). Off in production, where bad input is counted and logged.
+    strict: bool = False
+    #: A per-process random key used when ``hash_key`` is not configured.
+    effective_hash_key: bytes = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.effective_hash_key:
+            key = self.hash_key or secrets.token_bytes(32)
+            object.__setattr__(self, "effective_hash_key", key)
+
+    def __repr__(self) -> str:  # never print the hash key
+        shown = ", ".join(
+            f"{f.name}={'<set>' if f.name == 'hash_key' and self.hash_key else getattr(self, f.name)!r}"
+            for f in fields(self)
+            if f.repr
+        )
+        return f"Settings({shown})"
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        environ: Mapping[str, str] | None = None,
+        lenient: bool = False,
+        **arguments: Any,
+    ) -> Settings:
+        """Settings from ``arguments`` first, then ``OTEL_SECAUDIT_*`` in ``environ``.
+
+        Args:
+            environ: the environment to read (default ``os.environ``).
+            lenient: log a warning and use the default for a bad *environment* value instead of
+                raising (auto-instrumentation). Bad explicit arguments always raise.
+            arguments: ``host_threshold=...`` and so on; ``None`` means "not given".
+
+        Raises:
+            ConfigError: naming the argument or variable and saying what is expected.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in arguments:
+            if name not in _PARSERS:
+                raise ConfigError(
+                    f"unknown setting {name!r}; known settings: {', '.join(sorted(_PARSERS))}"
+                )
+        for name, (parser, default) in _PARSERS.items():
+            given = arguments.get(name)
+            if given is not None:
+                try:
+                    values[name] = _coerce_argument(name, given)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(f"{name}={given!r}: {exc}") from None
+                continue
+            variable = ENV_PREFIX + name.upper()
+            raw = env.get(variable)
+            if raw is None:
+                values[name] = parser(default)
+                continue
+            try:
+                values[name] = parser(raw)
+            except ValueError as exc:
+                message = f"{variable}={raw[:200]!r}: {exc}"
+                if not lenient:
+                    raise ConfigError(message) from None
+                _log.warning("otel_secaudit: %s; using the default %r", message, default)
+                values[name] = parser(default)
+        settings = cls(**values)
+        if settings.hash_key is None:
+            _log.info(
+                "otel_secaudit: OTEL_SECAUDIT_HASH_KEY is not set; user.hash uses a random "
+                "per-process key, so hashes do not correlate across instances or restarts"
+            )
+        return settings

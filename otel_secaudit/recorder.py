@@ -1,0 +1,359 @@
+"""Turns one security event into a log record, a span event and counter increments.
+
+The recorder touches no HTTP: request attributes come from :mod:`otel_secaudit.context`.
+
+Signals for one event (CONTRACT section 1):
+
+1. a log record through the Logs API (scope ``otel_secaudit``, ``event_name``, severity,
+   timestamp, trace context of the current span, sanitized attributes);
+2. a span event with the same name and attributes on the current span when it is recording;
+3. ``security.events`` (every event) and ``security.violations`` (failures), with only the
+   low-cardinality attributes of CONTRACT section 4.
+
+Abuse detection sees every violation exactly once. When the span event lands on a recording
+span and the abuse span processor is registered, the processor feeds the detector in
+``on_end`` (where the finished span also knows route and status). Otherwise, a sampled-out
+span, span events turned off, or no processor registered, the recorder hands the violation to
+:attr:`SecurityRecorder.violation_sink` itself. That is the one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry._logs import LoggerProvider, get_logger
+from opentelemetry.context import Context
+from opentelemetry.metrics import MeterProvider, get_meter
+from typing_extensions import TypedDict, Unpack
+
+from . import attributes as attr
+from .config import Settings
+from .context import current_request
+from .events import EventSpec, InvalidEventError, Violation, resolve_event, severity_number
+from .redaction import MAX_USER_AGENT_LENGTH, Redactor, Sanitized, hash_identity
+from .version import __version__
+
+__all__ = ["EventFields", "SecAuditInputError", "SecurityRecorder"]
+
+_log = logging.getLogger("otel_secaudit")
+
+_FIELD_NAMES = frozenset(
+    {"outcome", "severity", "user_name", "attributes", *attr.FIELD_KEYS}
+)
+_METRIC_ATTRIBUTE_CACHE_SIZE = 4096
+
+
+class SecAuditInputError(ValueError):
+    """Raised by ``record()`` in strict mode only: the event or a field is not acceptable."""
+
+
+class EventFields(TypedDict, total=False):
+    """Keyword fields of :func:`otel_secaudit.record` (all optional)."""
+
+    outcome: str
+    severity: str | int
+    user_id: str | int
+    user_name: str
+    client_address: str
+    user_agent: str
+    tenant_id: str | int
+    requested_tenant_id: str | int
+    resource_type: str
+    resource_id: str | int
+    action: str
+    permission: str
+    reason: str
+    attributes: Mapping[str, Any]
+
+
+class RecorderStats:
+    """Plain in-process counts, readable without a metric reader (tests, demo, health)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.recorded = 0
+        self.dropped = 0
+        self.input_problems = 0
+        self.internal_errors: Tally[str] = Tally()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "recorded": self.recorded,
+                "dropped": self.dropped,
+                "input_problems": self.input_problems,
+                "internal_errors": dict(self.internal_errors),
+            }
+
+
+class SecurityRecorder:
+    """Records security events as OpenTelemetry signals.
+
+    Args:
+        settings: configuration; default :meth:`Settings.load` with ``lenient=True``.
+        logger_provider: Logs API provider (default: the global one).
+        meter_provider: Metrics API provider (default: the global one).
+
+    The instruments ``abuse_signals`` and ``requests_blocked`` are created here so that
+    detection and the web integration share one meter.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        logger_provider: LoggerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings.load(lenient=True)
+        self._redactor = Redactor(self.settings.redact_keys)
+        self._hash_key = self.settings.effective_hash_key
+        self._logger = get_logger(
+            attr.SCOPE_NAME, __version__, logger_provider=logger_provider
+        )
+        meter = get_meter(attr.SCOPE_NAME, __version__, meter_provider=meter_provider)
+        self.meter = meter
+        self._violations = meter.create_counter(
+            attr.METRIC_VIOLATIONS, unit="{violation}", description="Security violations"
+        )
+        self._events = meter.create_counter(
+            attr.METRIC_EVENTS, unit="{event}", description="Security events by outcome"
+        )
+        self.abuse_signals = meter.create_counter(
+            attr.METRIC_ABUSE_SIGNALS, unit="{signal}", description="Abuse escalations"
+        )
+        self.requests_blocked = meter.create_counter(
+            attr.METRIC_REQUESTS_BLOCKED, unit="{request}", description="Requests blocked"
+        )
+        self._internal_errors = meter.create_counter(
+            attr.METRIC_INTERNAL_ERRORS,
+            unit="{error}",
+            description="Errors inside otel_secaudit (never raised into the application)",
+        )
+        self._metric_attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._logged_errors: set[str] = set()
+        self.stats = RecorderStats()
+        #: Receives violations that the abuse span processor will not see (see module doc).
+        self.violation_sink: Callable[[Violation], None] | None = None
+        #: True while an abuse span processor is registered on the tracer provider.
+        self.span_processor_active = False
+
+    # -- public ---------------------------------------------------------------------------
+
+    def record(self, name: str, /, **fields: Unpack[EventFields]) -> None:
+        """Record one security event. Never raises, except :class:`SecAuditInputError` in
+        strict mode. See :func:`otel_secaudit.record`."""
+        try:
+            self.emit(name, fields)
+        except SecAuditInputError:
+            if self.settings.strict:
+                raise
+        except Exception as exc:  # rule 1: never break the host application
+            self.internal_error(exc)
+
+    def emit(
+        self,
+        name: str,
+        fields: Mapping[str, Any],
+        *,
+        body: Any = None,
+        context: Context | None = None,
+    ) -> bool:
+        """Record an event; the building block of :meth:`record` and of the abuse detector.
+
+        ``body`` is the log record body (the detector's breakdown of violations); ``context``
+        the OpenTelemetry context whose span the event belongs to (default: current).
+        Returns False when the event was dropped for bad input (production mode).
+
+        Raises:
+            SecAuditInputError: bad input (the caller decides whether to re-raise).
+        """
+        try:
+            spec = resolve_event(name, fields.get("outcome"))
+        except InvalidEventError as exc:
+            self._input_problem(f"event dropped: {exc}", dropped=True)
+            return False
+        acc = Sanitized()
+        attributes = self._attributes(spec, fields, acc)
+        severity = fields.get("severity")
+        number = spec.severity_number
+        if severity is not None:
+            try:
+                number = severity_number(severity)
+            except InvalidEventError as exc:
+                acc.problems.append(str(exc))
+        if acc.problems:
+            # Production mode keeps the event (minus the bad fields): a violation is never hidden.
+            self._input_problem(f"{spec.name}: " + "; ".join(acc.problems[:5]), dropped=False)
+        if acc.count:
+            attributes[attr.REDACTED_COUNT] = acc.count
+
+        now = time.time_ns()
+        span = trace.get_current_span(context)
+        self._logger.emit(
+            timestamp=now,
+            observed_timestamp=now,
+            context=context,
+            severity_number=number,
+            severity_text=number.name,
+            body=body,
+            attributes=attributes,
+            event_name=spec.name,
+        )
+        on_span = self.settings.span_events and span.is_recording()
+        if on_span:
+            span.add_event(spec.name, attributes, timestamp=now)
+        self._count(spec, attributes)
+        with self.stats._lock:
+            self.stats.recorded += 1
+        if spec.is_violation:
+            request = current_request()
+            if request is not None:
+                request.failure_recorded = True
+            if spec.feeds_detection and not (on_span and self.span_processor_active):
+                sink = self.violation_sink
+                if sink is not None:
+                    span_context = span.get_span_context()
+                    sink(
+                        Violation(
+                            name=spec.name,
+                            client_address=_str_or_none(attributes.get(attr.CLIENT_ADDRESS)),
+                            user_key=_str_or_none(
+                                attributes.get(attr.USER_ID) or attributes.get(attr.USER_HASH)
+                            ),
+                            trace_id=(
+                                format(span_context.trace_id, "032x")
+                                if span_context.is_valid
+                                else ""
+                            ),
+                            timestamp=now / 1e9,
+                        )
+                    )
+        return True
+
+    def internal_error(self, exc: BaseException, where: str = "record") -> None:
+        """Count an internal error and log it the first time its kind is seen."""
+        kind = f"{where}:{type(exc).__name__}"
+        try:
+            with self.stats._lock:
+                self.stats.internal_errors[kind] += 1
+                first = kind not in self._logged_errors
+                self._logged_errors.add(kind)
+            self._internal_errors.add(1, {attr.ERROR_TYPE: type(exc).__name__})
+            if first:
+                _log.warning("otel_secaudit: internal error in %s (counted)", where, exc_info=exc)
+        except Exception:  # the error path itself must not raise
+            pass
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _input_problem(self, message: str, *, dropped: bool) -> None:
+        if self.settings.strict:
+            raise SecAuditInputError(message)
+        with self.stats._lock:
+            self.stats.input_problems += 1
+            if dropped:
+                self.stats.dropped += 1
+            first = len(self._logged_errors) < 256 and message not in self._logged_errors
+            if first:
+                self._logged_errors.add(message)
+        self._internal_errors.add(
+            1, {attr.ERROR_TYPE: "invalid_event" if dropped else "invalid_field"}
+        )
+        if first:
+            _log.warning("otel_secaudit: %s", message)
+
+    def _attributes(
+        self, spec: EventSpec, fields: Mapping[str, Any], acc: Sanitized
+    ) -> dict[str, Any]:
+        redactor = self._redactor
+        attributes: dict[str, Any] = {
+            attr.EVENT_NAME: spec.name,
+            attr.EVENT_CATEGORY: spec.category,
+            attr.EVENT_OUTCOME: spec.outcome,
+        }
+        request = current_request()
+        if request is not None:
+            for key, value in (
+                (attr.HTTP_METHOD, request.method),
+                (attr.HTTP_ROUTE, request.route),
+                (attr.URL_PATH, request.path),
+                (attr.CLIENT_ADDRESS, request.client_address),
+                (attr.NETWORK_PEER_ADDRESS, request.peer_address),
+                (attr.USER_AGENT, request.user_agent),
+                (attr.USER_ID, request.resolve_user_id()),
+            ):
+                if value is not None:
+                    limit = MAX_USER_AGENT_LENGTH if key == attr.USER_AGENT else 1024
+                    text = redactor.text(value, acc, limit)
+                    if text is not None:
+                        attributes[key] = text
+            if request.status_code is not None:
+                attributes[attr.HTTP_STATUS] = request.status_code
+
+        for field_name, value in fields.items():
+            if value is None:
+                continue
+            key = attr.FIELD_KEYS.get(field_name)
+            if key is not None:
+                limit = MAX_USER_AGENT_LENGTH if key == attr.USER_AGENT else 1024
+                text = redactor.text(value, acc, limit)
+                if text is not None:
+                    attributes[key] = text
+            elif field_name == "user_name":
+                self._user_name(value, attributes, acc)
+            elif field_name not in _FIELD_NAMES:
+                acc.problems.append(
+                    f"unknown field {field_name[:40]!r}; put extra data in attributes={{...}}"
+                )
+        extra = fields.get("attributes")
+        if extra is not None:
+            for key, value in redactor.extra(extra, acc).items():
+                attributes.setdefault(key, value)
+        return attributes
+
+    def _user_name(self, value: object, attributes: dict[str, Any], acc: Sanitized) -> None:
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).decode("utf-8", "backslashreplace")
+        if not isinstance(value, str):
+            acc.problems.append(f"user_name must be str, not {type(value).__name__}")
+            return
+        attributes[attr.USER_HASH] = hash_identity(self._hash_key, value)
+        if self.settings.record_user_name:
+            text = self._redactor.text(value, acc)
+            if text is not None:
+                attributes[attr.USER_NAME] = text
+
+    def _count(self, spec: EventSpec, attributes: Mapping[str, Any]) -> None:
+        route = attributes.get(attr.HTTP_ROUTE)
+        status = attributes.get(attr.HTTP_STATUS)
+        cache_key = (spec.name, spec.outcome, route, status)
+        cached = self._metric_attributes.get(cache_key)
+        if cached is None:
+            event_attrs = {attr.EVENT_NAME: spec.name, attr.EVENT_OUTCOME: spec.outcome}
+            violation_attrs = {attr.EVENT_NAME: spec.name, attr.EVENT_CATEGORY: spec.category}
+            if route is not None:
+                violation_attrs[attr.HTTP_ROUTE] = route
+            if status is not None:
+                violation_attrs[attr.HTTP_STATUS] = status
+            if len(self._metric_attributes) >= _METRIC_ATTRIBUTE_CACHE_SIZE:
+                # Defence in depth: whatever an integration passes as route, metric series
+                # stay bounded; the log record keeps the real route.
+                violation_attrs.pop(attr.HTTP_ROUTE, None)
+                violation_attrs[attr.HTTP_ROUTE] = "other"
+            cached = {"events": event_attrs, "violations": violation_attrs}
+            if len(self._metric_attributes) < _METRIC_ATTRIBUTE_CACHE_SIZE:
+                self._metric_attributes[cache_key] = cached
+        self._events.add(1, cached["events"])
+        if spec.is_violation:
+            self._violations.add(1, cached["violations"])
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,136 @@
+"""Shared fixtures: an SDK with in-memory exporters per test, and the real servers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from opentelemetry.sdk._logs import LoggerProvider, ReadableLogRecord
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Sampler
+
+import otel_secaudit
+from otel_secaudit import SecurityRecorder, Settings
+
+from .servers import OTLPReceiver, RedisServer
+
+
+@dataclass
+class Point:
+    metric: str
+    value: float
+    attributes: dict[str, Any]
+    exemplars: list[Any]
+
+
+class SDK:
+    """An OpenTelemetry SDK wired to in-memory exporters, and a strict recorder bound to it."""
+
+    def __init__(self, sampler: Sampler | None = None, **settings: Any) -> None:
+        self.span_exporter = InMemorySpanExporter()
+        kwargs = {"sampler": sampler} if sampler is not None else {}
+        self.tracer_provider = TracerProvider(**kwargs)
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
+        self.tracer = self.tracer_provider.get_tracer("tests")
+        self.log_exporter = InMemoryLogRecordExporter()
+        self.logger_provider = LoggerProvider()
+        self.logger_provider.add_log_record_processor(SimpleLogRecordProcessor(self.log_exporter))
+        self.metric_reader = InMemoryMetricReader()
+        self.meter_provider = MeterProvider(metric_readers=[self.metric_reader])
+        settings.setdefault("strict", True)
+        self.settings = Settings.load(environ={}, **settings)
+        self.recorder = SecurityRecorder(
+            self.settings,
+            logger_provider=self.logger_provider,
+            meter_provider=self.meter_provider,
+        )
+
+    def logs(self) -> list[ReadableLogRecord]:
+        return list(self.log_exporter.get_finished_logs())
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.span_exporter.get_finished_spans())
+
+    def points(self, name: str) -> list[Point]:
+        data = self.metric_reader.get_metrics_data()
+        out: list[Point] = []
+        if data is None:
+            return out
+        for resource_metrics in data.resource_metrics:
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    if metric.name != name:
+                        continue
+                    for point in metric.data.data_points:
+                        out.append(
+                            Point(
+                                name,
+                                point.value,
+                                dict(point.attributes or {}),
+                                list(getattr(point, "exemplars", None) or []),
+                            )
+                        )
+        return out
+
+    def total(self, name: str, **match: Any) -> float:
+        """Sum of metric ``name`` over points whose attributes contain ``match``
+        (keys with dots written as ``__``: ``security__event__name=...``)."""
+        wanted = {key.replace("__", "."): value for key, value in match.items()}
+        return sum(
+            p.value
+            for p in self.points(name)
+            if all(p.attributes.get(k) == v for k, v in wanted.items())
+        )
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        self.logger_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+@pytest.fixture
+def make_sdk() -> Iterator[Any]:
+    """Factory: ``make_sdk(sampler=..., host_threshold=3, ...)``; the recorder becomes the
+    process-wide one for the test and the previous one is restored afterwards."""
+    made: list[SDK] = []
+    previous = otel_secaudit._recorder
+
+    def factory(sampler: Sampler | None = None, **settings: Any) -> SDK:
+        sdk = SDK(sampler, **settings)
+        otel_secaudit._recorder = sdk.recorder
+        made.append(sdk)
+        return sdk
+
+    yield factory
+    otel_secaudit._recorder = previous
+    for sdk in made:
+        sdk.shutdown()
+
+
+@pytest.fixture
+def sdk(make_sdk: Any) -> SDK:
+    """A default strict SDK (see :class:`SDK`)."""
+    return make_sdk()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server for the whole session (fails under CI=true when missing)."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def otlp_receiver() -> Iterator[OTLPReceiver]:
+    """A fresh in-process OTLP receiver (gRPC + HTTP) on loopback."""
+    receiver = OTLPReceiver().start()
+    yield receiver
+    receiver.stop()
