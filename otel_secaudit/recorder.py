@@ -164,11 +164,15 @@ class SecurityRecorder:
         *,
         body: Any = None,
         context: Context | None = None,
+        internal_attributes: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record an event; the building block of :meth:`record` and of the abuse detector.
 
         ``body`` is the log record body (the detector's breakdown of violations); ``context``
         the OpenTelemetry context whose span the event belongs to (default: current).
+        ``internal_attributes`` are trusted attributes computed by otel_secaudit itself (the
+        detector's ``security.abuse.*``, including trace IDs that redaction would blank); they
+        bypass redaction and may set reserved keys, so never pass caller data through them.
         Returns False when the event was dropped for bad input (production mode).
 
         Raises:
@@ -193,6 +197,8 @@ class SecurityRecorder:
             self._input_problem(f"{spec.name}: " + "; ".join(acc.problems[:5]), dropped=False)
         if acc.count:
             attributes[attr.REDACTED_COUNT] = acc.count
+        if internal_attributes:
+            attributes.update(internal_attributes)
 
         now = time.time_ns()
         span = trace.get_current_span(context)
