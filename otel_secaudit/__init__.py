@@ -74,9 +74,7 @@ def get_recorder() -> SecurityRecorder:
     return recorder
 
 
-def configure(
-    *, recorder: SecurityRecorder | None = None, **settings: Any
-) -> SecurityRecorder:
+def configure(*, recorder: SecurityRecorder | None = None, **settings: Any) -> SecurityRecorder:
     """Replace the process-wide recorder.
 
     Either pass a ready ``recorder`` (tests build one with in-memory providers) or settings

@@ -184,6 +184,12 @@ def _coerce_argument(name: str, value: Any) -> Any:
     raise ValueError(f"unsupported value {value!r}")
 
 
+def _shown(settings: Settings, name: str) -> str:
+    if name == "hash_key" and settings.hash_key:
+        return "<set>"
+    return repr(getattr(settings, name))
+
+
 @dataclass(frozen=True)
 class Settings:
     """All of otel_secaudit's configuration (CONTRACT section 5).
@@ -218,7 +224,7 @@ class Settings:
 
     def __repr__(self) -> str:  # never print the hash key
         shown = ", ".join(
-            f"{f.name}={'<set>' if f.name == 'hash_key' and self.hash_key else getattr(self, f.name)!r}"
+            f"{f.name}={_shown(self, f.name)}"
             for f in fields(self)
             if f.repr
         )

@@ -307,11 +307,13 @@ class Redactor:
             key = prefix + cap_length(escape_control(raw_key), MAX_KEY_LENGTH)
             lowered = raw_key.lower()
             if lowered in ("jti", "token_jti", "jwt_id") or key == attr.TOKEN_JTI_PREFIX:
+                # Cut before shape checks: a 32-hex JTI is an identifier, and 8 characters of
+                # it cannot be replayed.
+                if isinstance(raw_value, (str, bytes, bytearray)):
+                    raw_value = raw_value[:JTI_PREFIX_LENGTH]
                 text = self.text(raw_value, acc)
                 if text is not None:
-                    out[attr.TOKEN_JTI_PREFIX] = (
-                        text[:JTI_PREFIX_LENGTH] if text != REDACTED else REDACTED
-                    )
+                    out[attr.TOKEN_JTI_PREFIX] = text[: JTI_PREFIX_LENGTH * 4]
                 continue
             if key in attr.RESERVED_KEYS:
                 acc.problems.append(f"attribute {key!r} is computed by otel_secaudit")

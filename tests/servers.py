@@ -45,7 +45,9 @@ def free_port() -> int:
 
 def require_binary(name: str) -> str:
     """Path of ``name``; a failure under CI=true, a skip on a developer machine."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    path = shutil.which(name) or (
+        f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
+    )
     if path is None:
         message = f"{name} is not installed (.ci/run installs it: apt-get install -y {name})"
         if IN_CI:
@@ -88,12 +90,18 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._dir,
-            "--daemonize", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self._dir,
+            "--daemonize",
+            "no",
         ]
         if self.password:
             args += ["--requirepass", self.password]
@@ -272,12 +280,21 @@ class OTLPReceiver:
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
         routes = {
-            "/v1/logs": (logs_service_pb2.ExportLogsServiceRequest, "log_requests",
-                         logs_service_pb2.ExportLogsServiceResponse),
-            "/v1/traces": (trace_service_pb2.ExportTraceServiceRequest, "trace_requests",
-                           trace_service_pb2.ExportTraceServiceResponse),
-            "/v1/metrics": (metrics_service_pb2.ExportMetricsServiceRequest, "metric_requests",
-                            metrics_service_pb2.ExportMetricsServiceResponse),
+            "/v1/logs": (
+                logs_service_pb2.ExportLogsServiceRequest,
+                "log_requests",
+                logs_service_pb2.ExportLogsServiceResponse,
+            ),
+            "/v1/traces": (
+                trace_service_pb2.ExportTraceServiceRequest,
+                "trace_requests",
+                trace_service_pb2.ExportTraceServiceResponse,
+            ),
+            "/v1/metrics": (
+                metrics_service_pb2.ExportMetricsServiceRequest,
+                "metric_requests",
+                metrics_service_pb2.ExportMetricsServiceResponse,
+            ),
         }
 
         class Handler(BaseHTTPRequestHandler):
@@ -387,7 +404,9 @@ class OTLPReceiver:
                                 for ex in point.exemplars
                             ]
                             out.append(
-                                ReceivedPoint(name, value, attributes_of(point.attributes), exemplars)
+                                ReceivedPoint(
+                                    name, value, attributes_of(point.attributes), exemplars
+                                )
                             )
         return out
 
