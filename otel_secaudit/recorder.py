@@ -143,6 +143,10 @@ class SecurityRecorder:
         self.violation_sink: Callable[[Violation], None] | None = None
         #: True while an abuse span processor is registered on the tracer provider.
         self.span_processor_active = False
+        from .delivery import attach  # the SDK is imported only when a recorder is built
+
+        #: Durable delivery (OTEL_SECAUDIT_SPOOL_DIR) or counted drops: otel_secaudit.delivery.
+        self.delivery = attach(self, logger_provider, meter_provider)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -256,6 +260,11 @@ class SecurityRecorder:
                 _log.warning("otel_secaudit: internal error in %s (counted)", where, exc_info=exc)
         except Exception:  # the error path itself must not raise
             pass
+
+    def close(self, timeout_millis: int = 5000) -> None:
+        """Deliver spooled records for up to ``timeout_millis``, then stop the spool (if any);
+        undelivered records stay on disk and are replayed on the next start."""
+        self.delivery.close(timeout_millis)
 
     # -- internals ------------------------------------------------------------------------
 
