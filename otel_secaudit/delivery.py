@@ -123,7 +123,10 @@ class DropCountingLogExporter(LogRecordExporter):
 class _QueueDropHook:
     """Stands in for the batch processor's internal metrics object: ``drop_items`` is called
     by ``BatchProcessor.emit`` just before the oldest queued record (the right end of the
-    deque) is evicted, so that record's scope tells whether an otel_secaudit record is lost."""
+    deque) is evicted, so that record's scope tells whether an otel_secaudit record is lost.
+    The SDK checks "queue full" without a lock: when its worker pops at that very moment no
+    record is evicted but one is counted (as in the SDK's own metric). Over-counting, never
+    under-counting."""
 
     def __init__(self, inner: Any, queue: Any, drops: _DropCounter) -> None:
         self._inner = inner
