@@ -3,7 +3,6 @@ exporters: framing, replay, torn writes, size cap, retries, the recorder wiring.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
