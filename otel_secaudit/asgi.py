@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlencode
 
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
@@ -51,6 +52,7 @@ __all__ = [
     "SecAuditMiddleware",
     "UserIdResolver",
     "resolve_client_address",
+    "scrub_url_attributes",
     "set_default_detector",
 ]
 
@@ -316,6 +318,12 @@ class SecAuditMiddleware:
             await self.app(scope, receive, send)
             return
 
+        if scope.get("query_string"):
+            try:
+                scrub_url_attributes(trace.get_current_span())
+            except Exception as exc:
+                recorder.internal_error(exc, "asgi.scrub")
+
         with request_scope(request):
             if blocked_for > 0:
                 await self._reject(request, recorder, blocked_for, send)
@@ -465,14 +473,30 @@ def _redact_url_value(key: str, value: str) -> str:
     return base + "?" + redact_query(query) + fragment
 
 
+def scrub_url_attributes(span: Any) -> None:
+    """Rewrite ``http.url``, ``http.target``, ``url.full`` and ``url.query`` of a live span
+    with secret query values redacted."""
+    attributes = getattr(span, "attributes", None)
+    if not attributes:
+        return
+    for key in _URL_ATTRIBUTES:
+        value = attributes.get(key)
+        if isinstance(value, str) and ("?" in value or key == "url.query"):
+            cleaned = _redact_url_value(key, value)
+            if cleaned != value:
+                span.set_attribute(key, cleaned)
+
+
 class QueryRedactingSpanProcessor(SpanProcessor):
     """Scrubs secrets from URL attributes other instrumentations put on spans.
 
     The contrib ASGI instrumentation exports ``http.url`` (old semantic conventions) with the
     full query string, and FastAPI's own telemetry exports ``url.query``; both redact only a few
     cloud-signature parameters. ``?token=...`` or ``?password=...`` would leave the process.
-    Those attributes are set when the span starts, so ``on_start`` rewrites them before any
-    exporter can see the span.
+    ``on_start`` rewrites them before any exporter can see the span. The contrib ASGI
+    middleware sets its attributes a second time right after starting the span, so
+    :class:`SecAuditMiddleware` scrubs the current server span again when the request has a
+    query string (it runs after that).
     """
 
     def __init__(self) -> None:
@@ -482,15 +506,7 @@ class QueryRedactingSpanProcessor(SpanProcessor):
         if not self.enabled:
             return
         try:
-            attributes = span.attributes
-            if not attributes:
-                return
-            for key in _URL_ATTRIBUTES:
-                value = attributes.get(key)
-                if isinstance(value, str) and ("?" in value or key == "url.query"):
-                    cleaned = _redact_url_value(key, value)
-                    if cleaned != value:
-                        span.set_attribute(key, cleaned)
+            scrub_url_attributes(span)
         except Exception:  # a span processor must never raise into the tracer
             pass
 

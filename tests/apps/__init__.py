@@ -1,0 +1,1 @@
+"""Small applications the web-integration tests and benchmarks serve."""
