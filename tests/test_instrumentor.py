@@ -1,0 +1,232 @@
+"""SecAuditInstrumentor: class patches, load orders with the contrib FastAPI instrumentation,
+FastAPI's own telemetry, restoration, and never raising."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from importlib.metadata import entry_points
+from typing import Any
+
+import fastapi
+import fastapi.applications
+import httpx
+import pytest
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
+import otel_secaudit
+from otel_secaudit import SecAuditInstrumentor
+from otel_secaudit.asgi import SecAuditMiddleware
+
+from .conftest import SDK
+
+ORIGINAL_FASTAPI = fastapi.FastAPI
+ORIGINAL_STARLETTE_BUILD = Starlette.__dict__["build_middleware_stack"]
+ORIGINAL_FASTAPI_BUILD = fastapi.applications.FastAPI.__dict__["build_middleware_stack"]
+
+
+@pytest.fixture(autouse=True)
+def clean_instrumentation() -> Iterator[None]:
+    yield
+    SecAuditInstrumentor().uninstrument()
+    FastAPIInstrumentor().uninstrument()
+    assert fastapi.FastAPI is ORIGINAL_FASTAPI
+
+
+def get(app: Any, path: str) -> httpx.Response:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.get(path)
+
+    return asyncio.run(run())
+
+
+def add_routes(app: Any) -> Any:
+    @app.get("/denied/{thing}")
+    async def denied(thing: str) -> None:
+        raise fastapi.HTTPException(403)
+
+    @app.get("/fine")
+    async def fine() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def stack_types(app: Any) -> list[str]:
+    names = []
+    layer = app.middleware_stack
+    while layer is not None and len(names) < 30:
+        names.append(type(layer).__name__)
+        layer = getattr(layer, "app", None)
+    return names
+
+
+def security_logs(sdk: SDK) -> list[Any]:
+    return [
+        log.log_record
+        for log in sdk.logs()
+        if log.instrumentation_scope.name == "otel_secaudit"
+    ]
+
+
+def assert_event_on_server_span(sdk: SDK, event: str = "authz.permission_denied") -> None:
+    (record,) = security_logs(sdk)
+    assert record.event_name == event
+    assert record.attributes["http.route"] == "/denied/{thing}"
+    servers = [s for s in sdk.spans() if s.kind.name == "SERVER"]
+    assert len(servers) == 1
+    assert record.trace_id == servers[0].context.trace_id
+    assert record.span_id == servers[0].context.span_id
+    assert [e.name for e in servers[0].events] == [event]
+
+
+def test_entry_point_is_registered() -> None:
+    group = entry_points(group="opentelemetry_instrumentor")
+    (ep,) = [e for e in group if e.name == "otel_secaudit"]
+    assert ep.load() is SecAuditInstrumentor
+    assert SecAuditInstrumentor().instrumentation_dependencies() == ("starlette >= 0.37",)
+
+
+def test_uninstrument_restores_the_original_classes_exactly(sdk: SDK) -> None:
+    instrumentor = SecAuditInstrumentor()
+    instrumentor.instrument(tracer_provider=sdk.tracer_provider)
+    assert Starlette.__dict__["build_middleware_stack"] is not ORIGINAL_STARLETTE_BUILD
+    assert fastapi.applications.FastAPI.__dict__["build_middleware_stack"] is not (
+        ORIGINAL_FASTAPI_BUILD
+    )
+    app = add_routes(fastapi.FastAPI())
+    get(app, "/fine")
+    assert "SecAuditMiddleware" in stack_types(app)
+
+    instrumentor.uninstrument()
+    assert Starlette.__dict__["build_middleware_stack"] is ORIGINAL_STARLETTE_BUILD
+    assert fastapi.applications.FastAPI.__dict__["build_middleware_stack"] is (
+        ORIGINAL_FASTAPI_BUILD
+    )
+    # an app that already built its stack rebuilds it without the middleware
+    get(app, "/denied/x")
+    assert "SecAuditMiddleware" not in stack_types(app)
+    assert security_logs(sdk) == []
+    assert sdk.recorder.violation_sink is None  # detection disabled
+
+
+@pytest.mark.parametrize("contrib_first", [True, False], ids=["contrib-first", "secaudit-first"])
+def test_contrib_fastapi_instrumentation_either_load_order(sdk: SDK, contrib_first: bool) -> None:
+    contrib = FastAPIInstrumentor()
+    ours = SecAuditInstrumentor()
+    providers = {"tracer_provider": sdk.tracer_provider}
+    if contrib_first:
+        contrib.instrument(**providers, meter_provider=sdk.meter_provider)
+        ours.instrument(**providers)
+    else:
+        ours.instrument(**providers)
+        contrib.instrument(**providers, meter_provider=sdk.meter_provider)
+    app = add_routes(fastapi.FastAPI())  # contrib's subclass, as in `opentelemetry-instrument`
+    assert get(app, "/denied/a").status_code == 403
+    assert_event_on_server_span(sdk)
+    names = stack_types(app)
+    # the OTel server span middleware is outside ours; ours appears exactly once
+    assert names.index("OpenTelemetryMiddleware") < names.index("SecAuditMiddleware")
+    assert names.count("SecAuditMiddleware") == 1
+
+    if contrib_first:
+        ours.uninstrument()
+        contrib.uninstrument()
+    else:
+        contrib.uninstrument()
+        ours.uninstrument()
+    assert fastapi.FastAPI is ORIGINAL_FASTAPI
+    assert Starlette.__dict__["build_middleware_stack"] is ORIGINAL_STARLETTE_BUILD
+    assert fastapi.applications.FastAPI.__dict__["build_middleware_stack"] is (
+        ORIGINAL_FASTAPI_BUILD
+    )
+
+
+def test_fastapi_native_telemetry_alone(sdk: SDK) -> None:
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    app = add_routes(
+        fastapi.FastAPI(
+            telemetry={
+                "tracer_provider": sdk.tracer_provider,
+                "meter_provider": sdk.meter_provider,
+                "logger_provider": sdk.logger_provider,
+                "operation_spans": False,
+            }
+        )
+    )
+    assert get(app, "/denied/b").status_code == 403
+    assert_event_on_server_span(sdk)
+
+
+def test_plain_starlette_and_mounted_subapp_record_once(sdk: SDK) -> None:
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+
+    async def denied(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("no", status_code=403)
+
+    inner = Starlette(routes=[Route("/denied/{thing}", denied)])
+    outer = Starlette(routes=[Mount("/sub", app=inner), Route("/denied/{thing}", denied)])
+    assert get(outer, "/denied/x").status_code == 403
+    assert get(outer, "/sub/denied/y").status_code == 403
+    records = security_logs(sdk)
+    assert len(records) == 2  # the mounted app's middleware does not record a second time
+    assert {r.attributes["http.route"] for r in records} == {"/denied/{thing}"}
+
+
+def test_instrument_app_explicit_and_idempotent(sdk: SDK) -> None:
+    app = add_routes(fastapi.FastAPI())
+    SecAuditInstrumentor().instrument_app(app)
+    SecAuditInstrumentor().instrument_app(app)
+    assert get(app, "/denied/c").status_code == 403
+    assert stack_types(app).count("SecAuditMiddleware") == 1
+    assert [r.event_name for r in security_logs(sdk)] == ["authz.permission_denied"]
+    SecAuditInstrumentor.uninstrument_app(app)
+    get(app, "/denied/c")
+    assert len(security_logs(sdk)) == 1
+
+
+def test_hand_added_middleware_is_not_doubled_by_the_class_patch(sdk: SDK) -> None:
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    app = add_routes(fastapi.FastAPI())
+    app.add_middleware(SecAuditMiddleware)
+    get(app, "/denied/d")
+    assert stack_types(app).count("SecAuditMiddleware") == 1
+    assert len(security_logs(sdk)) == 1
+
+
+def test_broken_environment_does_not_raise(
+    make_sdk: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sdk = make_sdk()
+    monkeypatch.setenv("OTEL_SECAUDIT_HOST_THRESHOLD", "lots")
+    monkeypatch.setenv("OTEL_SECAUDIT_STORE", "bogus://nowhere")
+    monkeypatch.setenv("OTEL_SECAUDIT_STATUS_EVENTS", "403:not an event")
+    otel_secaudit._recorder = None  # as in a fresh process under opentelemetry-instrument
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    recorder = otel_secaudit._recorder
+    assert recorder is not None
+    assert recorder.settings.host_threshold == 10
+    assert recorder.settings.store == "memory://"
+    assert recorder.settings.status_events[403] == "authz.permission_denied"
+    assert Starlette.__dict__["build_middleware_stack"] is not ORIGINAL_STARLETTE_BUILD
+
+
+def test_bad_arguments_and_internal_failures_do_not_raise(
+    sdk: SDK, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider, host_threshold="x")
+    assert otel_secaudit._recorder is not None
+    SecAuditInstrumentor().uninstrument()
+
+    def explode(self: Any) -> None:
+        raise RuntimeError("patching failed")
+
+    monkeypatch.setattr(SecAuditInstrumentor, "_patch_classes", explode)
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)  # no exception
+    app = add_routes(fastapi.FastAPI())
+    assert get(app, "/fine").status_code == 200
