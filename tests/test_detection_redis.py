@@ -1,0 +1,295 @@
+"""Abuse detection with a real Redis server: the same algorithm as memory, shared state across
+processes, blocks enforced by every instance, and Redis failures that never reach the app."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from otel_secaudit import Violation
+from otel_secaudit.detection import (
+    AbuseDetector,
+    Hit,
+    MemoryStore,
+    Policy,
+    RedisStore,
+    Store,
+    build_store,
+)
+
+from .servers import RedisServer, wait_for
+
+ADDRESS = "203.0.113.7"
+T0 = 1_700_000_000.0
+
+
+class FakeClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def violation(i: int = 0, address: str | None = ADDRESS, user: str | None = None) -> Violation:
+    return Violation("auth.login.failed", address, user, f"{i + 1:032x}", 0.0)
+
+
+def abuse_logs(sdk: Any, name: str) -> list[Any]:
+    return [log.log_record for log in sdk.logs() if log.log_record.event_name == name]
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def detectors() -> Any:
+    made: list[AbuseDetector] = []
+    yield made
+    for detector in made:
+        detector.shutdown()
+
+
+# -- one algorithm, two stores ----------------------------------------------------------------
+
+
+def _scenario(store: Store) -> list[tuple[str, str, int, tuple[str, ...], float]]:
+    policy = Policy(host_threshold=3, user_threshold=2, window_seconds=60, block_seconds=30)
+    times = [0, 50, 70, 80, 81, 82, 141, 142, 143]
+    out = []
+    for i, t in enumerate(times):
+        hits = [Hit("host", ADDRESS, "auth.login.failed", f"{i + 1:032x}", T0 + t)]
+        if i < 2:
+            hits.append(Hit("user", "u1", "authz.cross_tenant", "", T0 + t))
+        for c in store.apply(hits, policy):
+            out.append((c.scope, c.key, c.count, c.trace_ids, c.blocked_until and c.blocked_until - T0))
+            assert c.breakdown
+    return out
+
+
+def test_redis_store_matches_memory_store(redis_url):
+    store = build_store(redis_url)
+    assert isinstance(store, RedisStore)
+    try:
+        expected = _scenario(MemoryStore())
+        assert _scenario(store) == expected
+    finally:
+        store.close()
+    ids = lambda *n: tuple(f"{i + 1:032x}" for i in n)  # noqa: E731
+    assert expected == [
+        ("user", "u1", 2, (), 0.0),  # user scope: never a block
+        ("host", ADDRESS, 3, ids(1, 2, 3), 80 + 30),  # t=80: 50, 70, 80 (t=0 slid out)
+        # t=141 and 142: the oldest of the last three is exactly 60 s old (outside);
+        # t=143: 141, 142, 143 within 60 s and 143 >= 80 + 60, so a new window signals
+        ("host", ADDRESS, 3, ids(6, 7, 8), 143 + 30),
+    ]
+
+
+def test_redis_housekeeping_expires_each_block_once(redis_url):
+    policy = Policy(host_threshold=1, block_seconds=10)
+    first, second = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        first.apply([Hit("host", "192.0.2.1", "auth.login.failed", "", T0)], policy)
+        expired, active = second.housekeeping(T0 + 5)
+        assert (expired, active) == ([], {"192.0.2.1": T0 + 10})
+        results = [first.housekeeping(T0 + 11), second.housekeeping(T0 + 11)]
+        assert [r[0] for r in results] == [[("192.0.2.1", T0 + 10)], []]
+    finally:
+        first.close()
+        second.close()
+
+
+# -- the detector over Redis --------------------------------------------------------------------
+
+
+def test_detection_latency_under_one_second(make_sdk, redis_url, detectors):
+    sdk = make_sdk(store=redis_url, host_threshold=5)
+    detector = AbuseDetector(sdk.recorder)
+    detectors.append(detector)
+    started = time.monotonic()
+    for i in range(5):
+        detector.submit(violation(i))
+    wait_for(lambda: abuse_logs(sdk, "abuse.host"), timeout=5, interval=0.005)
+    latency = time.monotonic() - started
+    assert latency < 1.0
+    [record] = abuse_logs(sdk, "abuse.host")
+    assert record.attributes["security.abuse.trace_ids"] == tuple(
+        f"{i + 1:032x}" for i in range(5)
+    )
+    assert detector.stats["fallback_active"] is False
+    assert detector.stats["redis_errors"] == 0
+
+
+def test_two_instances_share_blocks_and_end_them_once(make_sdk, redis_url, detectors):
+    clock = FakeClock()
+    sdk_a = make_sdk(store=redis_url, host_threshold=4, block_seconds=30)
+    sdk_b = make_sdk(store=redis_url, host_threshold=4, block_seconds=30)
+    a = AbuseDetector(sdk_a.recorder, clock=clock)
+    b = AbuseDetector(sdk_b.recorder, clock=clock)
+    detectors += [a, b]
+    for i in range(2):
+        a.submit(violation(i))
+        b.submit(violation(10 + i))
+    assert a.flush() and b.flush()
+    started = abuse_logs(sdk_a, "abuse.block.started") + abuse_logs(sdk_b, "abuse.block.started")
+    hosts = abuse_logs(sdk_a, "abuse.host") + abuse_logs(sdk_b, "abuse.host")
+    assert len(started) == 1 and len(hosts) == 1  # one signal for the combined count
+    assert a.flush() and b.flush()  # refresh the local copies of the blocked set
+    assert a.is_blocked(ADDRESS) == pytest.approx(30)
+    assert b.is_blocked(ADDRESS) == pytest.approx(30)
+    clock.advance(31)
+    assert a.flush() and b.flush()
+    assert a.is_blocked(ADDRESS) == 0.0 and b.is_blocked(ADDRESS) == 0.0
+    ended = abuse_logs(sdk_a, "abuse.block.ended") + abuse_logs(sdk_b, "abuse.block.ended")
+    assert len(ended) == 1
+    assert ended[0].attributes["client.address"] == ADDRESS
+
+
+_INSTANCE = textwrap.dedent(
+    """
+    import json, sys, time
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+    from otel_secaudit import SecurityRecorder, Settings, Violation
+    from otel_secaudit.detection import AbuseDetector
+
+    url, address, first, count, start_at = sys.argv[1:6]
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    recorder = SecurityRecorder(
+        Settings.load(environ={}, store=url, host_threshold=10), logger_provider=provider
+    )
+    detector = AbuseDetector(recorder)
+    while time.time() < float(start_at):  # both processes start counting together
+        time.sleep(0.001)
+    for i in range(int(first), int(first) + int(count)):
+        detector.submit(Violation("auth.login.failed", address, None, f"{i + 1:032x}", 0.0))
+    assert detector.flush(10)
+    signals = [
+        dict(log.log_record.attributes)
+        for log in exporter.get_finished_logs()
+        if log.log_record.event_name == "abuse.host"
+    ]
+    print(json.dumps({"stats": detector.stats, "signals": signals}, default=list))
+    detector.shutdown()
+    """
+)
+
+
+def test_two_processes_escalate_on_their_combined_count(redis_url):
+    start_at = time.time() + 2.0
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _INSTANCE, redis_url, ADDRESS, str(first), "5", str(start_at)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for first in (0, 100)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    # neither process alone reached 10; together they did, and exactly one of them signalled
+    assert [r["stats"]["processed"] for r in results] == [5, 5]
+    assert all(r["stats"]["redis_errors"] == 0 for r in results)
+    signals = [s for r in results for s in r["signals"]]
+    assert len(signals) == 1
+    [signal] = signals
+    assert signal["security.abuse.count"] == 10
+    expected = {f"{i + 1:032x}" for i in [*range(5), *range(100, 105)]}
+    assert set(signal["security.abuse.trace_ids"]) == expected
+
+
+# -- failures -----------------------------------------------------------------------------------
+
+
+def test_redis_killed_mid_test_falls_back_and_recovers(make_sdk, detectors):
+    server = RedisServer().start()
+    try:
+        sdk = make_sdk(store=server.url, host_threshold=3)
+        detector = AbuseDetector(sdk.recorder)
+        detectors.append(detector)
+        detector.submit(violation(0, address="192.0.2.1"))
+        assert detector.flush()
+        assert detector.stats["fallback_active"] is False
+
+        server.kill()
+        for i in range(3):  # never raises, whatever Redis does
+            detector.submit(violation(10 + i, address="192.0.2.2"))
+        assert detector.flush()
+        stats = detector.stats
+        assert stats["fallback_active"] is True
+        assert stats["redis_errors"] >= 1
+        assert stats["processed"] == 4
+        # counted locally during the outage: the escalation still happened
+        [record] = abuse_logs(sdk, "abuse.host")
+        assert record.attributes["security.abuse.key"] == "192.0.2.2"
+        errors = sdk.recorder.stats.snapshot()["internal_errors"]
+        assert sum(n for k, n in errors.items() if k.startswith("detection.redis")) >= 1
+
+        server.start()  # same port
+        def recovered() -> bool:
+            detector.submit(violation(99, address="192.0.2.3"))
+            detector.flush()
+            return not detector.stats["fallback_active"]
+
+        wait_for(recovered, timeout=15, interval=0.2)
+        client = redis.Redis.from_url(server.url)
+        assert client.exists("secaudit:abuse:w:host:192.0.2.3")
+        client.close()
+    finally:
+        server.close()
+
+
+def test_wrong_password_falls_back_without_raising(make_sdk, detectors):
+    server = RedisServer(password="correct-horse-battery").start()
+    try:
+        url = f"redis://:wrong-password@127.0.0.1:{server.port}/0"
+        sdk = make_sdk(store=url, host_threshold=2)
+        detector = AbuseDetector(sdk.recorder)
+        detectors.append(detector)
+        detector.submit(violation(0))
+        detector.submit(violation(1))
+        assert detector.flush()
+        stats = detector.stats
+        assert stats["fallback_active"] is True and stats["redis_errors"] >= 1
+        assert len(abuse_logs(sdk, "abuse.host")) == 1  # detected locally
+        errors = sdk.recorder.stats.snapshot()["internal_errors"]
+        assert any(k.startswith("detection.redis:") for k in errors), errors
+    finally:
+        server.close()
+
+
+def test_full_queue_counts_the_drop_and_still_counts_locally(make_sdk, redis_url, detectors):
+    sdk = make_sdk(store=redis_url, host_threshold=3)
+    detector = AbuseDetector(sdk.recorder, queue_size=0)  # every submit finds the queue full
+    detectors.append(detector)
+    for i in range(3):
+        detector.submit(violation(i, address=f"2001:db8::{uuid.uuid4().hex[:4]}"))
+        detector.submit(violation(i))
+    assert detector.stats["dropped"] == 6
+    assert detector.stats["processed"] == 6
+    assert len(abuse_logs(sdk, "abuse.host")) == 1
