@@ -1,0 +1,231 @@
+"""End to end: the test app served by uvicorn under ``opentelemetry-instrument`` in a subprocess,
+real HTTP requests, a real OTLP/gRPC receiver and (for blocks) a real Redis shared by two app
+processes. Nothing in the app mentions the middleware: the entry point does it all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .apps.secapp import GOOD_PASSWORD, VALID_TOKEN
+from .servers import OTLPReceiver, RedisServer, Served, free_port, serve_subprocess, wait_for
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _instrument_command() -> str:
+    found = shutil.which("opentelemetry-instrument")
+    if found is None:
+        pytest.fail("opentelemetry-instrument is not installed (pip install opentelemetry-distro)")
+    return found
+
+
+def start_app(receiver: OTLPReceiver, **settings: str) -> Served:
+    port = free_port()
+    env = {
+        **os.environ,
+        "OTEL_SERVICE_NAME": "secaudit-e2e",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_LOGS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "",
+        "PYTHONPATH": str(ROOT),
+        **{f"OTEL_SECAUDIT_{key.upper()}": value for key, value in settings.items()},
+    }
+    args = [
+        _instrument_command(),
+        sys.executable, "-m", "uvicorn", "tests.apps.secapp:app",
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+    ]  # fmt: skip
+    return serve_subprocess(args, port, env, cwd=str(ROOT))
+
+
+@pytest.fixture
+def served(otlp_receiver: OTLPReceiver) -> Iterator[Served]:
+    app = start_app(otlp_receiver, host_threshold="10")
+    yield app
+    app.stop()
+
+
+def security_logs(receiver: OTLPReceiver, name: str | None = None) -> list[Any]:
+    return [
+        log
+        for log in receiver.logs()
+        if log.scope == "otel_secaudit" and (name is None or log.event_name == name)
+    ]
+
+
+def server_spans(receiver: OTLPReceiver) -> dict[str, Any]:
+    """Server spans by trace ID (contrib's per-message "http send" spans left out)."""
+    return {
+        span.trace_id: span
+        for span in receiver.spans()
+        if "http.route" in span.attributes and "asgi.event.type" not in span.attributes
+    }
+
+
+def test_status_events_logs_spans_and_metrics_correlate(
+    served: Served, otlp_receiver: OTLPReceiver
+) -> None:
+    with httpx.Client(base_url=served.base_url) as http:
+        assert http.get("/private").status_code == 401
+        assert http.get("/forbidden").status_code == 403
+        assert http.get("/limited").status_code == 429
+        assert http.get("/tenants/t9/invoices").status_code == 403
+        assert http.get("/ok").status_code == 200
+
+    expected = {
+        "auth.unauthenticated": ("/private", 401),
+        "authz.permission_denied": ("/forbidden", 403),
+        "request.rate_limited": ("/limited", 429),
+        # recorded by the app before it answered: the status is not known yet
+        "authz.cross_tenant": ("/tenants/{tenant_id}/invoices", None),
+    }
+    logs = wait_for(
+        lambda: (found := security_logs(otlp_receiver)) and len(found) >= 4 and found, timeout=20
+    )
+    assert sorted(log.event_name for log in logs) == sorted(expected)
+    wait_for(lambda: len(server_spans(otlp_receiver)) >= 5, timeout=20)
+    spans = server_spans(otlp_receiver)
+    for log in logs:
+        route, status = expected[log.event_name]
+        assert log.attributes["http.route"] == route
+        assert log.attributes.get("http.response.status_code") == status
+        assert log.attributes["client.address"] == "127.0.0.1"
+        span = spans[log.trace_id]  # the log's trace ID is the server span's
+        assert log.span_id == span.span_id
+        assert [name for name, _ in span.events] == [log.event_name]
+
+    def violations() -> dict[tuple[str, Any], float]:
+        totals: dict[tuple[str, Any], float] = {}
+        for point in otlp_receiver.metric_points("security.violations"):
+            key = (point.attributes["security.event.name"], point.attributes.get("http.route"))
+            totals[key] = max(totals.get(key, 0), point.value)  # cumulative
+        return totals
+
+    wait_for(lambda: len(violations()) >= 4, timeout=20)
+    assert violations() == {
+        ("auth.unauthenticated", "/private"): 1,
+        ("authz.permission_denied", "/forbidden"): 1,
+        ("request.rate_limited", "/limited"): 1,
+        ("authz.cross_tenant", "/tenants/{tenant_id}/invoices"): 1,
+    }
+
+
+SECRETS = {
+    "authorization": "Bearer sk_live_AUTHSECRET123456789",
+    "cookie": "sessionid=COOKIESECRET987654321",
+    "query": "QUERYSECRET555444333",
+    "body": "BODYSECRET-hunter2-xyz",
+    "valid_token": VALID_TOKEN,
+    "good_password": GOOD_PASSWORD,
+}
+
+
+def test_secrets_never_reach_the_collector(served: Served, otlp_receiver: OTLPReceiver) -> None:
+    with httpx.Client(base_url=served.base_url) as http:
+        headers = {"authorization": SECRETS["authorization"], "cookie": SECRETS["cookie"]}
+        assert http.get("/private", headers=headers).status_code == 401
+        assert http.get(f"/forbidden?token={SECRETS['query']}&page=2").status_code == 403
+        assert http.get(f"/forbidden?api_key={SECRETS['query']}").status_code == 403
+        assert http.get(f"/ok?password={SECRETS['query']}").status_code == 200
+        body = {"username": "mallory", "password": SECRETS["body"]}
+        assert http.post("/login", json=body).status_code == 401
+        good = {"username": "alice", "password": SECRETS["good_password"]}
+        assert http.post("/login", json=good).status_code == 200
+        authorized = {"authorization": f"Bearer {SECRETS['valid_token']}"}
+        assert http.get("/private", headers=authorized).status_code == 200
+
+    wait_for(lambda: len(security_logs(otlp_receiver)) >= 5, timeout=20)
+    wait_for(lambda: len(server_spans(otlp_receiver)) >= 7, timeout=20)
+    wait_for(lambda: otlp_receiver.metric_points("security.events"), timeout=20)
+    raw = otlp_receiver.raw_bytes()
+    assert b"page=2" in raw  # the query string itself was exported, scrubbed
+    for name, secret in SECRETS.items():
+        assert secret.encode() not in raw, f"{name} secret leaked to the collector"
+    assert b"mallory" not in raw  # failed-login user name is hashed
+
+
+def test_eleven_unauthenticated_requests_raise_one_abuse_host(
+    served: Served, otlp_receiver: OTLPReceiver
+) -> None:
+    with httpx.Client(base_url=served.base_url) as http:
+        for _ in range(11):
+            assert http.get("/private").status_code == 401
+    wait_for(lambda: len(security_logs(otlp_receiver, "auth.unauthenticated")) == 11, timeout=20)
+    abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.host"), timeout=20)
+    # give a late duplicate the chance to show up before asserting there is exactly one
+    wait_for(lambda: otlp_receiver.metric_points("security.abuse.signals"), timeout=20)
+    abuse = security_logs(otlp_receiver, "abuse.host")
+    assert len(abuse) == 1
+    assert abuse[0].attributes["security.abuse.key"] == "127.0.0.1"
+    assert len(abuse[0].attributes["security.abuse.trace_ids"]) >= 10
+
+
+def test_blocks_are_enforced_across_two_processes_sharing_redis(
+    otlp_receiver: OTLPReceiver, redis_server: RedisServer
+) -> None:
+    settings = {
+        "store": redis_server.url,
+        "host_threshold": "3",
+        "block_seconds": "30",
+        "window_seconds": "60",
+        # loopback is "the proxy": the attacker's address comes from X-Forwarded-For, so an
+        # unblocked observer (no header, client 127.0.0.1) can read the app's call counts
+        "trusted_proxies": "127.0.0.1/32",
+    }
+    first = start_app(otlp_receiver, **settings)
+    second = start_app(otlp_receiver, **settings)
+    attacker = {"x-forwarded-for": "203.0.113.5"}
+    try:
+        with httpx.Client(base_url=first.base_url, headers=attacker) as http:
+            for _ in range(3):
+                assert http.get("/private").status_code == 401
+        started = wait_for(lambda: security_logs(otlp_receiver, "abuse.block.started"), 20)
+        assert started[0].attributes["security.abuse.key"] == "203.0.113.5"
+        calls_before = httpx.get(second.base_url + "/calls").json()
+
+        def blocked_on_second() -> httpx.Response | None:
+            response = httpx.get(second.base_url + "/private", headers=attacker)
+            return response if response.status_code == 429 else None
+
+        response = wait_for(blocked_on_second, timeout=10, interval=0.1)
+        assert 1 <= int(response.headers["retry-after"]) <= 30
+        assert httpx.get(first.base_url + "/private", headers=attacker).status_code == 429
+        # the observer is not blocked, and the second app never ran /private for the attacker
+        assert httpx.get(second.base_url + "/calls").json() == calls_before
+        assert httpx.get(first.base_url + "/ok").status_code == 200
+
+        blocked = wait_for(lambda: security_logs(otlp_receiver, "request.blocked"), 20)
+        assert {log.attributes["client.address"] for log in blocked} == {"203.0.113.5"}
+        assert {log.attributes["http.response.status_code"] for log in blocked} == {429}
+        points = wait_for(
+            lambda: [
+                p
+                for p in otlp_receiver.metric_points("security.requests.blocked")
+                if p.attributes == {"security.abuse.scope": "host"} and p.value >= 1
+            ],
+            timeout=20,
+        )
+        assert points
+        # one request, one event: no request.rate_limited status event for our own 429s
+        assert security_logs(otlp_receiver, "request.rate_limited") == []
+    finally:
+        first.stop()
+        second.stop()
