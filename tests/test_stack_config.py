@@ -668,3 +668,67 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
         [promtool, "check", "rules", str(broken)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0
+
+
+def grafana_to_promql(expr: str) -> str:
+    """Replace Grafana's macros and variables with values Prometheus accepts."""
+    for macro, value in (("$__rate_interval", "5m"), ("$__range", "1h"), ("$job", ".+")):
+        expr = expr.replace(macro, value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## See it in Jaeger and Grafana")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def readme_blocks(language: str) -> list[str]:
+    blocks = re.findall(rf"```{language}\n(.*?)```", readme_section(), flags=re.S)
+    assert blocks, f"no {language} block in the README section"
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_promtool_parses_dashboard_and_readme_promql(tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    expressions = [
+        grafana_to_promql(target["expr"])
+        for _, target in dashboard_targets()
+        if target["datasource"]["uid"] == "prometheus"
+    ]
+    readme = readme_blocks("promql")
+    for expr in readme:
+        assert promql_metric_names(expr) <= EXPECTED_NAMES, expr
+    expressions += readme
+    rules = {
+        "groups": [
+            {
+                "name": "parse-only",
+                "rules": [
+                    {"record": f"parse:check_{i}:sum", "expr": expr}
+                    for i, expr in enumerate(expressions)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_logql_uses_loki_otlp_names() -> None:
+    queries = readme_blocks("logql")
+    assert len(queries) >= 4
+    for query in queries:
+        assert '{service_name=~".+"}' in query, query
+        # attributes are structured metadata with '_' for '.'; never the dotted OTLP key
+        assert "security.event.name" not in query and "security_event_name" in query, query
+    joined = "\n".join(queries)
+    for needed in ('"auth.login.failed"', 'user_id="42"', '"abuse.host"', "security_abuse_key"):
+        assert needed in joined
