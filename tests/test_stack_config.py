@@ -732,3 +732,22 @@ def test_readme_logql_uses_loki_otlp_names() -> None:
     joined = "\n".join(queries)
     for needed in ('"auth.login.failed"', 'user_id="42"', '"abuse.host"', "security_abuse_key"):
         assert needed in joined
+
+
+def test_grafana_provisioning_matches_compose_mounts(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    mounts = dict(m.rsplit(":", 2)[:2] for m in grafana["volumes"] if m.startswith("./"))
+    provisioning = load_yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yaml")
+    (provider,) = provisioning["providers"]
+    dashboards_dir = provider["options"]["path"]
+    assert mounts["./deploy/grafana/dashboards"] == dashboards_dir
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{dashboards_dir}/{DASHBOARD.name}"
+    # every data source a panel or variable uses is provisioned, under the same uid
+    provisioned = {s["uid"] for s in load_yaml(DATASOURCES)["datasources"]}
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    used = {p["datasource"]["uid"] for p in dashboard["panels"] if "datasource" in p}
+    used |= {t["datasource"]["uid"] for _, t in dashboard_targets()}
+    used |= {v["datasource"]["uid"] for v in dashboard["templating"]["list"] if "datasource" in v}
+    assert used and used <= provisioned
