@@ -157,7 +157,16 @@ class AbuseDetector:
         try:
             now = self._clock()
             if self._shared is None:
-                self._count_local(violation, now)
+                crossings = self._local.count(
+                    violation.client_address,
+                    violation.user_key,
+                    violation.name,
+                    violation.trace_id,
+                    now,
+                    self.policy,
+                )
+                for crossing in crossings:
+                    self._report(crossing)
             elif len(self._queue) >= self._queue_size:
                 with self._counts_lock:
                     self._dropped += 1

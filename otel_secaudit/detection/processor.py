@@ -37,13 +37,13 @@ class AbuseSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         """Submit each violation event of ``span`` to the detector."""
         try:
-            # ``span.events`` copies the list into a tuple; read the list itself when we can.
-            events = getattr(span, "_events", None)
-            if events is None:
+            # ``span.events`` copies the list into a tuple: read the SDK's list itself.
+            try:
+                events = span._events
+            except AttributeError:
                 events = span.events
-            if not events or not self.enabled:
-                return
-            self._scan(span, events)
+            if events and self.enabled:
+                self._scan(span, events)
         except Exception as exc:  # the SDK calls processors without try/except
             self.detector.recorder.internal_error(exc, "detection.processor")
 

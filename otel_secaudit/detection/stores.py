@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .window import HOST, SCOPES, USER, Crossing, Hit, KeyWindow, Policy, evidence_of
+from .window import HOST, USER, Crossing, Hit, KeyWindow, Policy, evidence_of
 
 __all__ = ["MemoryStore", "RedisStore", "Store", "build_store"]
 
@@ -72,15 +72,15 @@ class MemoryStore:
         self.max_keys = max_keys
         self.max_blocks = max_blocks
         self._lock = threading.Lock()
-        self._windows: dict[str, OrderedDict[str, KeyWindow]] = {s: OrderedDict() for s in SCOPES}
+        self._hosts: OrderedDict[str, KeyWindow] = OrderedDict()
+        self._users: OrderedDict[str, KeyWindow] = OrderedDict()
+        self._windows = {HOST: self._hosts, USER: self._users}
         self._blocks: dict[str, float] = {}
         self._expiries: list[tuple[float, str]] = []
         #: keys evicted by the LRU cap (both scopes)
         self.evictions = 0
         #: blocks dropped because more than ``max_blocks`` addresses were blocked at once
         self.blocks_evicted = 0
-        #: hits counted (one violation is up to two hits: host and user)
-        self.hits = 0
         #: violations counted through :meth:`count`
         self.violations = 0
 
@@ -94,42 +94,42 @@ class MemoryStore:
         trace_id: str,
         at: float,
         policy: Policy,
-    ) -> list[Crossing]:
+    ) -> Sequence[Crossing]:
         """Count one violation against its host and user keys (the fast path); returns the
         crossings, usually none."""
-        out: list[Crossing] = []
+        crossings: list[Crossing] | tuple[()] = ()
+        window = policy.window_seconds
         with self._lock:
             self.violations += 1
             if client_address:
-                self._hit(HOST, client_address, name, trace_id, at, policy, out)
+                state = self._window(self._hosts, client_address)
+                if state.hit(at, name, trace_id, policy.host_threshold, window):
+                    crossings = [self._crossing(HOST, client_address, state, at, policy)]
             if user_key:
-                self._hit(USER, user_key, name, trace_id, at, policy, out)
-        return out
+                state = self._window(self._users, user_key)
+                if state.hit(at, name, trace_id, policy.user_threshold, window):
+                    crossing = self._crossing(USER, user_key, state, at, policy)
+                    crossings = [*crossings, crossing]
+        return crossings
 
     def hit(
         self, scope: str, key: str, name: str, trace_id: str, at: float, policy: Policy
     ) -> Crossing | None:
         """Count one hit against one key."""
-        out: list[Crossing] = []
         with self._lock:
-            self._hit(scope, key, name, trace_id, at, policy, out)
-        return out[0] if out else None
+            return self._hit(scope, key, name, trace_id, at, policy)
 
     def _hit(
-        self,
-        scope: str,
-        key: str,
-        name: str,
-        trace_id: str,
-        at: float,
-        policy: Policy,
-        out: list[Crossing],
-    ) -> None:
+        self, scope: str, key: str, name: str, trace_id: str, at: float, policy: Policy
+    ) -> Crossing | None:
         # caller holds the lock
-        threshold = policy.host_threshold if scope == HOST else policy.user_threshold
-        window = policy.window_seconds
-        self.hits += 1
-        windows = self._windows[scope]
+        state = self._window(self._windows[scope], key)
+        if state.hit(at, name, trace_id, policy.threshold(scope), policy.window_seconds):
+            return self._crossing(scope, key, state, at, policy)
+        return None
+
+    def _window(self, windows: OrderedDict[str, KeyWindow], key: str) -> KeyWindow:
+        # caller holds the lock; LRU: the least recently seen key goes first
         state = windows.get(key)
         if state is None:
             if len(windows) >= self.max_keys:
@@ -138,33 +138,37 @@ class MemoryStore:
             state = windows[key] = KeyWindow()
         else:
             windows.move_to_end(key)
-        if not state.hit(at, name, trace_id, threshold, window):
-            return
+        return state
+
+    def _crossing(
+        self, scope: str, key: str, state: KeyWindow, at: float, policy: Policy
+    ) -> Crossing:
+        # caller holds the lock
         entries = list(state.entries)
         blocked_until = 0.0
         if scope == HOST and policy.block_seconds > 0:
             blocked_until = at + policy.block_seconds
             self._block(key, blocked_until)
         breakdown, trace_ids = evidence_of(entries, policy.evidence)
-        out.append(
-            Crossing(
-                scope=scope,
-                key=key,
-                count=len(entries),
-                threshold=threshold,
-                window_seconds=window,
-                at=at,
-                breakdown=breakdown,
-                trace_ids=trace_ids,
-                blocked_until=blocked_until,
-            )
+        return Crossing(
+            scope=scope,
+            key=key,
+            count=len(entries),
+            threshold=policy.threshold(scope),
+            window_seconds=policy.window_seconds,
+            at=at,
+            breakdown=breakdown,
+            trace_ids=trace_ids,
+            blocked_until=blocked_until,
         )
 
     def apply(self, hits: Sequence[Hit], policy: Policy) -> list[Crossing]:
         out: list[Crossing] = []
         with self._lock:
             for hit in hits:
-                self._hit(hit.scope, hit.key, hit.name, hit.trace_id, hit.at, policy, out)
+                crossing = self._hit(hit.scope, hit.key, hit.name, hit.trace_id, hit.at, policy)
+                if crossing is not None:
+                    out.append(crossing)
         return out
 
     def tracked_keys(self) -> int:
@@ -216,43 +220,50 @@ class MemoryStore:
         pass
 
 
-# Redis: the algorithm of window.py, one EVALSHA per batch.
-# KEYS[1] = blocks zset; then per hit i (0-based): KEYS[2+2i] = window list, KEYS[3+2i] = mark.
-# ARGV[1..5] = window_s, host_threshold, user_threshold, block_s, ttl_ms;
-# then per hit: scope, key, name, trace_id, at.
-# Returns one array per crossing: {scope, key, at, blocked_flag, entry, entry, ...}.
+# Redis: the algorithm of window.py, one EVALSHA per batch. Keys are built in the script from
+# the prefix (a standalone or replicated Redis; not Redis Cluster).
+# ARGV[1..6] = window_s, host_threshold, user_threshold, block_s, ttl_ms, prefix;
+# then one packed string per hit: scope TAB name TAB trace_id TAB at TAB key (key last: it may
+# contain anything). Returns one array per crossing: {scope, key, at, blocked, entry...}.
 _APPLY_LUA = """
 local window = tonumber(ARGV[1])
 local thresholds = {host = tonumber(ARGV[2]), user = tonumber(ARGV[3])}
 local block_s = tonumber(ARGV[4])
 local ttl_ms = tonumber(ARGV[5])
+local prefix = ARGV[6]
+local blocks_key = prefix .. 'blocks'
+local packed = '^(%a+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$'
 local out = {}
-local n = (#ARGV - 5) / 5
-for i = 0, n - 1 do
-  local a = 6 + i * 5
-  local scope, key, name, trace, at_s = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+for i = 7, #ARGV do
+  local scope, name, trace, at_s, key = string.match(ARGV[i], packed)
   local at = tonumber(at_s)
-  local wkey, skey = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+  local wkey = prefix .. 'w:' .. scope .. ':' .. key
   local threshold = thresholds[scope]
-  redis.call('RPUSH', wkey, at_s .. '|' .. name .. '|' .. trace)
-  redis.call('LTRIM', wkey, -threshold, -1)
+  local length = redis.call('RPUSH', wkey, at_s .. '|' .. name .. '|' .. trace)
+  if length > threshold then
+    redis.call('LTRIM', wkey, -threshold, -1)
+    length = threshold
+  end
   redis.call('PEXPIRE', wkey, ttl_ms)
-  local oldest = redis.call('LINDEX', wkey, -threshold)
-  if oldest and redis.call('LLEN', wkey) == threshold then
+  if length == threshold then
+    local oldest = redis.call('LINDEX', wkey, 0)
     local oldest_at = tonumber(string.match(oldest, '^([^|]*)'))
-    local signalled_until = tonumber(redis.call('GET', skey) or '0')
-    if oldest_at > at - window and at >= signalled_until then
-      redis.call('SET', skey, tostring(at + window), 'PX', ttl_ms)
-      local blocked = '0'
-      if scope == 'host' and block_s > 0 then
-        redis.call('ZADD', KEYS[1], at + block_s, key)
-        blocked = '1'
+    if oldest_at > at - window then
+      local skey = prefix .. 's:' .. scope .. ':' .. key
+      local signalled_until = tonumber(redis.call('GET', skey) or '0')
+      if at >= signalled_until then
+        redis.call('SET', skey, tostring(at + window), 'PX', ttl_ms)
+        local blocked = '0'
+        if scope == 'host' and block_s > 0 then
+          redis.call('ZADD', blocks_key, at + block_s, key)
+          blocked = '1'
+        end
+        local row = {scope, key, at_s, blocked}
+        for _, entry in ipairs(redis.call('LRANGE', wkey, 0, -1)) do
+          row[#row + 1] = entry
+        end
+        out[#out + 1] = row
       end
-      local row = {scope, key, at_s, blocked}
-      for _, entry in ipairs(redis.call('LRANGE', wkey, 0, -1)) do
-        row[#row + 1] = entry
-      end
-      out[#out + 1] = row
     end
   end
 end
@@ -309,20 +320,16 @@ class RedisStore:
     def apply(self, hits: Sequence[Hit], policy: Policy) -> list[Crossing]:
         if not hits:
             return []
-        prefix = self.prefix
-        keys = [self._blocks_key]
         args: list[Any] = [
             repr(policy.window_seconds),
             policy.host_threshold,
             policy.user_threshold,
             repr(policy.block_seconds),
             int(policy.window_seconds * 2000) + 1000,
+            self.prefix,
         ]
-        for hit in hits:
-            keys.append(f"{prefix}w:{hit.scope}:{hit.key}")
-            keys.append(f"{prefix}s:{hit.scope}:{hit.key}")
-            args += (hit.scope, hit.key, hit.name, hit.trace_id, repr(hit.at))
-        rows = self._apply(keys=keys, args=args)
+        args += [f"{h.scope}\t{h.name}\t{h.trace_id}\t{h.at!r}\t{h.key}" for h in hits]
+        rows = self._apply(args=args)
         out = []
         for row in rows:
             scope, key, at_s, blocked = (_text(v) for v in row[:4])

@@ -117,13 +117,12 @@ class KeyWindow:
         window (the caller then reports a :class:`Crossing`)."""
         entries = self.entries
         entries.append((at, name, trace_id))
-        if len(entries) > threshold:
-            del entries[0 : len(entries) - threshold]
-        if (
-            len(entries) == threshold
-            and entries[0][0] > at - window
-            and at >= self.signalled_until
-        ):
+        length = len(entries)
+        if length < threshold:
+            return False
+        if length > threshold:
+            del entries[: length - threshold]
+        if entries[0][0] > at - window and at >= self.signalled_until:
             self.signalled_until = at + window
             return True
         return False
