@@ -38,6 +38,7 @@ from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 
 from otel_secaudit import SecurityRecorder, Settings
 from otel_secaudit import attributes as attr
@@ -71,7 +72,7 @@ class WiredSDK:
         self.meter_provider.shutdown()
 
 
-def wire(protocol: str, receiver: OTLPReceiver) -> WiredSDK:
+def wire(protocol: str, receiver: OTLPReceiver, sampler: Sampler | None = None) -> WiredSDK:
     exporters: tuple[Any, Any, Any]
     if protocol == "grpc":
         endpoint = receiver.grpc_endpoint
@@ -89,7 +90,8 @@ def wire(protocol: str, receiver: OTLPReceiver) -> WiredSDK:
         )
     span_exporter, log_exporter, metric_exporter = exporters
     resource = Resource.create({"service.name": "wire-test"})
-    tracer_provider = TracerProvider(resource=resource)
+    kwargs = {"sampler": sampler} if sampler is not None else {}
+    tracer_provider = TracerProvider(resource=resource, **kwargs)
     tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter, schedule_delay_millis=50))
     logger_provider = LoggerProvider(resource=resource)
     logger_provider.add_log_record_processor(
@@ -183,3 +185,26 @@ def test_secret_never_crosses_the_wire(wired: WiredSDK, otlp_receiver: OTLPRecei
     (log,) = [r for r in otlp_receiver.logs() if r.event_name == "auth.login.failed"]
     assert log.attributes["password"] == "[REDACTED]"
     assert log.attributes[attr.USER_HASH]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_sampled_out_span_still_delivers_log_and_counter(
+    protocol: str, otlp_receiver: OTLPReceiver
+) -> None:
+    """Sampling never hides a violation, on the wire too: no span is exported, but the log
+    record (with the trace ID for correlation) and the counter still arrive."""
+    sdk = wire(protocol, otlp_receiver, sampler=ALWAYS_OFF)
+    try:
+        trace_id, _ = record_violation_in_span(sdk)
+        sdk.flush()
+        logs = wait_for(
+            lambda: [r for r in otlp_receiver.logs() if r.event_name == "auth.login.failed"]
+        )
+        assert [log.trace_id for log in logs] == [trace_id]
+        points = wait_for(lambda: otlp_receiver.metric_points(attr.METRIC_VIOLATIONS))
+        assert sum(p.value for p in points) == 1
+        # trace-based exemplar filter: no sampled span, no exemplar (nothing to link to)
+        assert all(p.exemplars == [] for p in points)
+        assert otlp_receiver.spans() == []
+    finally:
+        sdk.shutdown()
