@@ -37,8 +37,6 @@ from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from . import attributes as attr
 from .context import RequestContext, request_scope
@@ -48,7 +46,6 @@ from .redaction import REDACTED, is_secret_key, looks_like_secret
 __all__ = [
     "UNMATCHED_ROUTE",
     "BlockChecker",
-    "QueryRedactingSpanProcessor",
     "SecAuditMiddleware",
     "UserIdResolver",
     "resolve_client_address",
@@ -475,7 +472,15 @@ def _redact_url_value(key: str, value: str) -> str:
 
 def scrub_url_attributes(span: Any) -> None:
     """Rewrite ``http.url``, ``http.target``, ``url.full`` and ``url.query`` of a live span
-    with secret query values redacted."""
+    with secret query values redacted.
+
+    The contrib ASGI instrumentation exports ``http.url`` (old semantic conventions) with the
+    full query string, and FastAPI's own telemetry exports ``url.query``; both redact only a
+    few cloud-signature parameters, so ``?token=...`` or ``?password=...`` would leave the
+    process. Both set these attributes before calling the application (contrib sets them twice,
+    after the span started, so a span processor's ``on_start`` is too early) and never again;
+    the middleware calls this on the current server span when the request has a query string.
+    """
     attributes = getattr(span, "attributes", None)
     if not attributes:
         return
@@ -485,36 +490,3 @@ def scrub_url_attributes(span: Any) -> None:
             cleaned = _redact_url_value(key, value)
             if cleaned != value:
                 span.set_attribute(key, cleaned)
-
-
-class QueryRedactingSpanProcessor(SpanProcessor):
-    """Scrubs secrets from URL attributes other instrumentations put on spans.
-
-    The contrib ASGI instrumentation exports ``http.url`` (old semantic conventions) with the
-    full query string, and FastAPI's own telemetry exports ``url.query``; both redact only a few
-    cloud-signature parameters. ``?token=...`` or ``?password=...`` would leave the process.
-    ``on_start`` rewrites them before any exporter can see the span. The contrib ASGI
-    middleware sets its attributes a second time right after starting the span, so
-    :class:`SecAuditMiddleware` scrubs the current server span again when the request has a
-    query string (it runs after that).
-    """
-
-    def __init__(self) -> None:
-        self.enabled = True
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        if not self.enabled:
-            return
-        try:
-            scrub_url_attributes(span)
-        except Exception:  # a span processor must never raise into the tracer
-            pass
-
-    def on_end(self, span: ReadableSpan) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        self.enabled = False
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True

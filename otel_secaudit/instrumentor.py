@@ -15,12 +15,12 @@ The ``otel_secaudit`` entry point (group ``opentelemetry_instrumentor``) loads
   arguments of :meth:`~SecAuditInstrumentor.instrument`, then ``OTEL_SECAUDIT_*``);
 * enables abuse detection (the abuse span processor on the global SDK TracerProvider, and
   blocks when OTEL_SECAUDIT_BLOCK_SECONDS > 0);
-* registers a span processor that scrubs secret query parameters (``?token=...``) from the URL
-  attributes other HTTP instrumentations put on server spans;
 * patches ``Starlette.build_middleware_stack`` and ``FastAPI.build_middleware_stack`` so that
   every application runs :class:`otel_secaudit.asgi.SecAuditMiddleware` as its outermost user
   middleware: inside the server span of FastAPI's own telemetry or of the contrib
-  ``FastAPIInstrumentor`` / ``OpenTelemetryMiddleware`` (either load order).
+  ``FastAPIInstrumentor`` / ``OpenTelemetryMiddleware`` (either load order). The middleware
+  also scrubs secret query parameters (``?token=...``) from the URL attributes those put on
+  the server span.
 
 Explicit use, without ``opentelemetry-instrument``::
 
@@ -66,10 +66,9 @@ import weakref
 from collections.abc import Callable, Collection
 from typing import Any
 
-from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
-from .asgi import QueryRedactingSpanProcessor, SecAuditMiddleware, set_default_detector
+from .asgi import SecAuditMiddleware, set_default_detector
 from .config import _PARSERS, Settings
 from .package import _instruments
 from .recorder import SecurityRecorder
@@ -93,7 +92,6 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     _middleware_options: dict[str, Any] = {}
     _detector: Any = None
     _recorder: SecurityRecorder | None = None
-    _query_processor: QueryRedactingSpanProcessor | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
@@ -125,9 +123,6 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 pass
         cls._apps = weakref.WeakSet()
         set_default_detector(None)
-        if cls._query_processor is not None:
-            cls._query_processor.enabled = False
-            cls._query_processor = None
         detector, cls._detector = cls._detector, None
         if detector is not None and cls._recorder is not None:
             try:
@@ -200,15 +195,6 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 loaded = Settings.load(lenient=True)
             recorder = otel_secaudit.configure(recorder=SecurityRecorder(loaded))
         cls._recorder = recorder
-
-        provider = kwargs.get("tracer_provider") or trace.get_tracer_provider()
-        if cls._query_processor is None and hasattr(provider, "add_span_processor"):
-            try:
-                processor = QueryRedactingSpanProcessor()
-                provider.add_span_processor(processor)
-                cls._query_processor = processor
-            except Exception:
-                _log.exception("otel_secaudit: could not register the query-redacting processor")
 
         if cls._detector is None:
             try:

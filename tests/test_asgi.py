@@ -25,7 +25,6 @@ from starlette.routing import Route
 import otel_secaudit
 from otel_secaudit.asgi import (
     UNMATCHED_ROUTE,
-    QueryRedactingSpanProcessor,
     SecAuditMiddleware,
     redact_query,
     resolve_client_address,
@@ -431,7 +430,6 @@ def test_query_redaction() -> None:
 
 
 def test_query_secrets_scrubbed_from_contrib_server_span(sdk: SDK) -> None:
-    sdk.tracer_provider.add_span_processor(QueryRedactingSpanProcessor())
     app = fastapi_app(sdk)
     get(app, "/ok?api_key=SUPERSECRET99&page=2&password=hunter2")
     span = server_span(sdk)
