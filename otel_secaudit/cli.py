@@ -1,0 +1,308 @@
+"""The ``otel-secaudit`` command.
+
+``otel-secaudit demo``
+    Serves the bundled demo FastAPI app on loopback (instrumented as ``opentelemetry-instrument``
+    would), plays an attack scenario against it with real HTTP requests and prints the security
+    report. Telemetry goes to OTLP/JSON lines files in ``--out`` (``logs.jsonl``,
+    ``traces.jsonl``, ``metrics.jsonl``) and, when a collector is configured (``--otlp-endpoint``
+    or ``OTEL_EXPORTER_OTLP_*ENDPOINT``), to the collector as well. The report is read back from
+    the files, exactly as ``otel-secaudit report`` would read them.
+
+``otel-secaudit report PATH [--trace TRACE_ID]``
+    Summarizes an output folder, a collector ``file`` exporter archive, or a folder of
+    ``.json`` / ``.jsonl`` OTLP/JSON files; ``--trace`` prints the timeline of one trace.
+    Corrupt lines are skipped with a warning naming file and line (``--strict``: fail instead).
+
+Exit codes: 0 success, 1 the demo's self-check failed (events recorded but missing from the
+files), 2 bad usage, bad path or unusable input (a one-line message, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["main"]
+
+DEFAULT_OUT: Final = "./secaudit-demo-output"
+_OUR_FILES: Final = ("logs.jsonl", "traces.jsonl", "metrics.jsonl")
+_DEMO_EXTRA_HINT: Final = "install the demo extra: pip install 'otel-secaudit[demo]'"
+
+
+class UsageProblem(Exception):
+    """Reported as ``otel-secaudit: error: ...`` with exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-secaudit",
+        description="Security telemetry for OpenTelemetry: demo and report.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the demo app, play an attack scenario, print the report",
+        description="Serve the bundled demo app, play an attack scenario against it over HTTP "
+        "and print the security report. No collector needed: telemetry is written as OTLP/JSON "
+        "lines to --out (and also sent to a collector when one is configured).",
+    )
+    demo.add_argument("--out", default=DEFAULT_OUT, type=Path,
+                      help=f"output folder for the OTLP/JSON files (default {DEFAULT_OUT})")
+    demo.add_argument("--short", action="store_true",
+                      help="fast mode: less benign traffic, no pauses, 2 s blocks (tests)")
+    demo.add_argument("--otlp-endpoint", metavar="URL",
+                      help="also export to this OTLP collector (sets OTEL_EXPORTER_OTLP_ENDPOINT;"
+                      " port 4318 means http/protobuf unless OTEL_EXPORTER_OTLP_PROTOCOL says)")
+    demo.add_argument("--serve", action="store_true",
+                      help="after the scenario keep the app running for manual requests "
+                      "(Ctrl-C stops it)")
+    demo.add_argument("--port", type=int, default=0,
+                      help="port on 127.0.0.1 (default: a free one)")
+    demo.add_argument("--json", action="store_true",
+                      help="print the summary as JSON instead of tables")
+
+    report = commands.add_parser(
+        "report",
+        help="summarize OTLP/JSON files (a demo folder or a collector file-exporter archive)",
+        description="Summarize OTLP/JSON lines: events by name, abuse signals with their "
+        "evidence trace IDs, blocks, counters, top offending addresses and users.",
+    )
+    report.add_argument("path", type=Path, help="a folder or a file of OTLP/JSON lines")
+    report.add_argument("--trace", metavar="TRACE_ID",
+                        help="print the timeline of this trace (32 hex characters)")
+    report.add_argument("--strict", action="store_true",
+                        help="fail on the first corrupt line instead of skipping it")
+    report.add_argument("--top", type=int, default=5, help="rows in the top-N tables")
+    report.add_argument("--json", action="store_true",
+                        help="print the summary as JSON instead of tables")
+    return parser
+
+
+def _consoles() -> tuple[Any, Any]:
+    from rich.console import Console
+
+    return Console(), Console(stderr=True)
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _print_problems(recording: Any, err: Any) -> None:
+    for problem in recording.problems:
+        err.print(f"warning: skipped corrupt line {problem}", markup=False, highlight=False)
+    hidden = recording.skipped_lines - len(recording.problems)
+    if hidden > 0:
+        err.print(f"warning: {hidden} more corrupt line(s) skipped", highlight=False)
+
+
+def _show(path: Path, *, trace: str | None, strict: bool, top: int, as_json: bool) -> Any:
+    from .demo.render import render_summary, render_timeline
+    from .demo.report import load, summarize, timeline
+
+    out, err = _consoles()
+    recording = load(path, strict=strict)
+    _print_problems(recording, err)
+    if trace:
+        rows = timeline(recording, trace)
+        render_timeline(trace.strip().lower(), rows, out)
+        return None
+    summary = summarize(recording, top=top)
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2, default=str))
+    else:
+        render_summary(summary, out)
+    return summary
+
+
+def _report(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise UsageProblem("--top must be at least 1")
+    _show(args.path, trace=args.trace, strict=args.strict, top=args.top, as_json=args.json)
+    return 0
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+class DemoServer:
+    """uvicorn serving ``app`` on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: Any, port: int) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+            lifespan="off",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="demo-server", daemon=True)
+
+    def start(self, timeout: float = 15.0) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise UsageProblem("the demo server did not start (is the port in use?)")
+            time.sleep(0.01)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _prepare_out(out: Path, err: Any) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageProblem(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageProblem(f"--out {out}: cannot create: {exc.strerror or exc}") from None
+    replaced = [name for name in _OUR_FILES if (out / name).exists()]
+    for name in replaced:
+        (out / name).unlink()
+    if replaced:
+        err.print(f"replacing the previous run's files in {out}", highlight=False)
+
+
+def _print_serve_help(url: str, console: Any) -> None:
+    from .demo.app import DEMO_PASSWORDS
+
+    console.print(f"\nThe demo app is serving on [bold]{url}[/bold] (Ctrl-C stops it).")
+    console.print("Users (password; the TOTP code is checked too, see /auth/login):")
+    for name, password in DEMO_PASSWORDS.items():
+        console.print(f"  {name}: {password}", highlight=False)
+    console.print("Try, for example:", highlight=False)
+    for line in (
+        f"curl -s {url}/health",
+        f"curl -s -i {url}/me                          # 401 -> auth.unauthenticated",
+        f"curl -s -i -X POST {url}/auth/login -H 'Content-Type: application/json' "
+        "-d '{\"username\":\"alice\",\"password\":\"guess\",\"totp\":\"000000\"}'",
+        f"curl -s -i {url}/me -H 'X-Forwarded-For: 203.0.113.7'   # blocked while the block lasts",
+    ):
+        console.print(f"  {line}", markup=False, highlight=False)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    try:
+        import httpx
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        import otel_secaudit
+
+        from .demo import telemetry as demo_telemetry
+        from .demo.app import DemoDirectory, create_app
+        from .demo.scenario import Scenario
+    except ImportError as exc:
+        raise UsageProblem(f"{exc}; {_DEMO_EXTRA_HINT}") from None
+    if not 0 <= args.port <= 65535:
+        raise UsageProblem(f"--port {args.port}: not a port number")
+
+    out_console, err = _consoles()
+    out: Path = args.out
+    _prepare_out(out, err)
+    # The demo's own defaults; anything set in the environment wins.
+    os.environ.setdefault("OTEL_SECAUDIT_TRUSTED_PROXIES", "127.0.0.1/32")
+    os.environ.setdefault("OTEL_SECAUDIT_BLOCK_SECONDS", "2" if args.short else "5")
+    try:
+        telemetry = demo_telemetry.setup(out, args.otlp_endpoint)
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    if telemetry.collector:
+        err.print(f"exporting to the collector at {telemetry.collector} ({telemetry.protocol}) "
+                  f"and to {out}", highlight=False)
+    else:
+        err.print(f"no collector configured: telemetry goes to OTLP/JSON files in {out}",
+                  highlight=False)
+
+    recorder = otel_secaudit.get_recorder()
+    directory = DemoDirectory.seeded()
+    server = DemoServer(create_app(directory), args.port)
+    url = server.start()
+    stopped = False
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            scenario = Scenario(client, directory, short=args.short,
+                                block_seconds=recorder.settings.block_seconds)
+            steps = scenario.steps()
+            with Progress(
+                TextColumn("{task.description:<28}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=err,
+                transient=False,
+            ) as progress:
+                task = progress.add_task("starting", total=len(steps))
+                pause = 0.0 if args.short else 0.08
+                for step in steps:
+                    progress.update(task, description=step.phase)
+                    scenario.outcome.add(step.phase, step.run())
+                    progress.advance(task)
+                    if pause:
+                        time.sleep(pause)
+                progress.update(task, description="done")
+        detector = getattr(otel_secaudit.SecAuditInstrumentor, "_detector", None)
+        if detector is not None:
+            detector.flush(5.0)
+        if args.serve:
+            telemetry.force_flush()
+        else:
+            server.stop()
+            stopped = True
+            telemetry.shutdown()
+        summary = _show(out, trace=None, strict=False, top=5, as_json=args.json)
+        recorded = recorder.stats.snapshot()["recorded"]
+        if summary.log_records != recorded:
+            err.print(
+                f"[red]self-check failed:[/red] the recorder recorded {recorded} events but "
+                f"{out / 'logs.jsonl'} holds {summary.log_records}"
+            )
+            return 1
+        err.print(f"self-check: all {recorded} recorded security events are in "
+                  f"{out / 'logs.jsonl'}; rerun the report with: otel-secaudit report {out}",
+                  highlight=False)
+        if args.serve:
+            _print_serve_help(url, out_console)
+            try:
+                while server.thread.is_alive():
+                    server.thread.join(0.5)
+            except KeyboardInterrupt:
+                err.print("stopping")
+    finally:
+        if not stopped:
+            server.stop()
+            telemetry.shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``otel-secaudit`` console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        from .demo.report import ReportError
+    except ImportError as exc:  # the OTLP encoders are in the demo extra
+        print(f"otel-secaudit: error: {exc}; {_DEMO_EXTRA_HINT}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        return _report(args)
+    except (ReportError, UsageProblem) as exc:
+        print(f"otel-secaudit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

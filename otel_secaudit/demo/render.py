@@ -1,0 +1,154 @@
+"""Terminal rendering of a :class:`~otel_secaudit.demo.report.Summary` and of a trace timeline
+(rich tables). Shared by ``otel-secaudit demo`` and ``otel-secaudit report``."""
+
+from __future__ import annotations
+
+import re
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from .. import attributes as attr
+from .report import Summary, TimelineRow, format_time
+
+__all__ = ["render_summary", "render_timeline"]
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _events_table(summary: Summary) -> Table:
+    counted = {
+        str(attributes.get(attr.EVENT_NAME)): value
+        for attributes, value in summary.counters.get(attr.METRIC_EVENTS, [])
+    }
+    table = Table(title="Security events by name", title_justify="left")
+    table.add_column("event")
+    table.add_column("outcome")
+    table.add_column("log records", justify="right")
+    table.add_column(attr.METRIC_EVENTS, justify="right")
+    for name, count in summary.events.items():
+        outcome = summary.outcomes.get(name, "")
+        table.add_row(
+            name,
+            Text(outcome, style="red" if outcome == "failure" else ""),
+            str(count),
+            str(counted.get(name, 0)),
+        )
+    return table
+
+
+def _signals(summary: Summary) -> list[RenderableType]:
+    """One block per abuse signal: what crossed which threshold, the violations behind it
+    and every evidence trace ID (``otel-secaudit report PATH --trace ID`` opens one)."""
+    parts: list[RenderableType] = [
+        Text("Abuse signals (evidence: trace IDs of the violations)", style="italic")
+    ]
+    for signal in summary.abuse_signals:
+        if signal.scope == "host":
+            who = f"client.address={signal.key}"
+        elif _HEX64.match(signal.key):
+            who = f"user.hash={signal.key[:16]}…"
+        else:
+            who = f"user.id={signal.key}"
+        header = Text.assemble(
+            (f"{signal.time[11:23]}  ", "dim"),
+            (signal.event, "bold red"),
+            f"  {who}  {signal.count}/{signal.threshold} in {signal.window_s:g} s",
+        )
+        breakdown = ", ".join(f"{name} x{count}" for name, count in signal.breakdown.items())
+        lines = [header, Text(f"    violations: {breakdown or '-'}")]
+        ids = signal.trace_ids
+        lines.append(Text(f"    evidence ({len(ids)} traces):"))
+        for i in range(0, len(ids), 2):
+            lines.append(Text("      " + "  ".join(ids[i : i + 2])))
+        parts.append(Group(*lines))
+    return parts
+
+
+def _blocks_table(summary: Summary) -> Table:
+    table = Table(title="Blocks", title_justify="left")
+    table.add_column("time (UTC)")
+    table.add_column("event")
+    table.add_column("client.address")
+    table.add_column("seconds", justify="right")
+    for block in summary.blocks:
+        table.add_row(block.time[11:23], block.event, block.address, f"{block.block_s:g}")
+    return table
+
+
+def _counters_table(summary: Summary) -> Table:
+    table = Table(title="Counters (last cumulative value per series)", title_justify="left")
+    table.add_column("metric")
+    table.add_column("attributes", overflow="fold")
+    table.add_column("value", justify="right")
+    for metric, series in summary.counters.items():
+        if metric == attr.METRIC_EVENTS:
+            continue  # shown beside the log record counts above
+        for attributes, value in series:
+            shown = ", ".join(
+                f"{_short(k)}={v}"
+                for k, v in sorted(attributes.items())
+                if k != attr.EVENT_CATEGORY
+            )
+            table.add_row(metric, shown, str(value))
+    return table
+
+
+def _short(key: str) -> str:
+    return key.removeprefix("security.").removeprefix("event.").removeprefix("http.")
+
+
+def _top_table(title: str, column: str, rows: list[tuple[str, int]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(column)
+    table.add_column("violations", justify="right")
+    for key, count in rows:
+        table.add_row(key, str(count))
+    return table
+
+
+def render_summary(summary: Summary, console: Console) -> None:
+    """Print the report."""
+    console.print(
+        f"[bold]otel-secaudit report[/bold]: {len(summary.files)} file(s), "
+        f"{summary.requests} export requests, {summary.log_records} security log records, "
+        f"{summary.spans} spans, {summary.violations} violations"
+    )
+    if summary.skipped_lines:
+        console.print(
+            f"[yellow]warning:[/yellow] {summary.skipped_lines} corrupt line(s) skipped "
+            "(see the messages above)"
+        )
+    parts: list[RenderableType] = [_events_table(summary)]
+    if summary.abuse_signals:
+        parts.extend(_signals(summary))
+    else:
+        parts.append(Text("no abuse signals"))
+    if summary.blocks:
+        parts.append(_blocks_table(summary))
+    parts.append(_counters_table(summary))
+    parts.append(_top_table("Top offending client addresses", "client.address",
+                            summary.top_addresses))
+    parts.append(_top_table("Top offending users", "user", summary.top_users))
+    console.print(Group(*parts))
+
+
+def render_timeline(trace_id: str, rows: list[TimelineRow], console: Console) -> None:
+    """Print one trace's spans, span events and log records in time order."""
+    start = rows[0].time_ns
+    table = Table(
+        title=f"Trace {trace_id}, from {format_time(start)}", title_justify="left"
+    )
+    table.add_column("+ms", justify="right")
+    table.add_column("kind")
+    table.add_column("name")
+    table.add_column("details", overflow="fold")
+    for row in rows:
+        table.add_row(
+            f"{(row.time_ns - start) / 1e6:.1f}",
+            row.kind,
+            row.name,
+            row.detail,
+        )
+    console.print(table)

@@ -1,0 +1,163 @@
+"""The demo's OpenTelemetry SDK, set up the way ``opentelemetry-instrument`` sets it up.
+
+Global TracerProvider, LoggerProvider and MeterProvider (resource from ``OTEL_SERVICE_NAME`` /
+``OTEL_RESOURCE_ATTRIBUTES``, sampler from ``OTEL_TRACES_SAMPLER``), then the contrib
+``FastAPIInstrumentor`` and :class:`otel_secaudit.SecAuditInstrumentor`, both with plain
+``instrument()``.
+
+Exporters: OTLP/JSON lines files in the output folder always (the embedded default, and what
+the report reads back); in addition OTLP to a collector when one is configured, by
+``--otlp-endpoint`` or the standard ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variables. The protocol
+follows ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc`` or ``http/protobuf``); unset, port 4318 means
+``http/protobuf`` and anything else ``grpc``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from opentelemetry import _logs, metrics, trace
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from .otlp_json import OTLPJsonFiles
+
+__all__ = ["ENDPOINT_VARIABLES", "Telemetry", "collector_endpoint", "otlp_protocol", "setup"]
+
+ENDPOINT_VARIABLES: Final = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+DEFAULT_SERVICE_NAME: Final = "otel-secaudit-demo"
+
+
+def collector_endpoint(environ: Mapping[str, str]) -> str | None:
+    """The configured OTLP endpoint (the first non-empty standard variable), else None."""
+    for name in ENDPOINT_VARIABLES:
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def otlp_protocol(environ: Mapping[str, str], endpoint: str) -> str:
+    """``grpc`` or ``http/protobuf``."""
+    configured = environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "").strip()
+    if configured:
+        return configured
+    try:
+        port = urlsplit(endpoint).port
+    except ValueError:
+        port = None
+    return "http/protobuf" if port == 4318 else "grpc"
+
+
+@dataclass
+class Telemetry:
+    """The installed providers and where they send."""
+
+    out: Path
+    tracer_provider: TracerProvider
+    logger_provider: LoggerProvider
+    meter_provider: MeterProvider
+    collector: str | None
+    protocol: str | None
+    instrumentors: list[Any] = field(default_factory=list)
+
+    def force_flush(self, timeout_millis: int = 10_000) -> None:
+        """Export everything recorded so far (spans, logs, a metrics collection)."""
+        self.tracer_provider.force_flush(timeout_millis)
+        self.logger_provider.force_flush(timeout_millis)
+        self.meter_provider.force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        """Final export and close the files (idempotent enough for an exit path)."""
+        for instrumentor in self.instrumentors:
+            try:
+                instrumentor.uninstrument()
+            except Exception:  # noqa: BLE001 - exiting anyway
+                pass
+        self.tracer_provider.shutdown()
+        self.logger_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+def _collector_exporters(protocol: str) -> tuple[Any, Any, Any]:
+    # Constructed without arguments: endpoint, headers, TLS, compression and timeouts come
+    # from the standard OTEL_EXPORTER_OTLP_* variables, as under opentelemetry-instrument.
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    elif protocol in ("http/protobuf", "http"):
+        from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # type: ignore[no-redef]
+            OTLPLogExporter,
+        )
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[no-redef]
+            OTLPMetricExporter,
+        )
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[no-redef]
+            OTLPSpanExporter,
+        )
+    else:
+        raise ValueError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: expected grpc or http/protobuf"
+        )
+    return OTLPSpanExporter(), OTLPLogExporter(), OTLPMetricExporter()
+
+
+def setup(out: Path, otlp_endpoint: str | None = None) -> Telemetry:
+    """Install global SDK providers exporting to ``out`` (and a collector when configured),
+    then instrument FastAPI and otel_secaudit.
+
+    ``otlp_endpoint`` sets ``OTEL_EXPORTER_OTLP_ENDPOINT`` for this process.
+
+    Raises:
+        ValueError: an unsupported ``OTEL_EXPORTER_OTLP_PROTOCOL``.
+    """
+    if otlp_endpoint:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
+    os.environ.setdefault("OTEL_SERVICE_NAME", DEFAULT_SERVICE_NAME)
+    endpoint = collector_endpoint(os.environ)
+    protocol = otlp_protocol(os.environ, endpoint) if endpoint else None
+    collector = _collector_exporters(protocol) if protocol else None
+
+    resource = Resource.create()
+    files = OTLPJsonFiles(out)
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(files.span_exporter()))
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(files.log_exporter()))
+    readers: list[MetricReader] = [PeriodicExportingMetricReader(files.metric_exporter())]
+    if collector is not None:
+        span_exporter, log_exporter, metric_exporter = collector
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        logger_provider.add_log_record_processor(BatchLogRecordProcessor(log_exporter))
+        readers.append(PeriodicExportingMetricReader(metric_exporter))
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+
+    trace.set_tracer_provider(tracer_provider)
+    _logs.set_logger_provider(logger_provider)
+    metrics.set_meter_provider(meter_provider)
+
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    from otel_secaudit import SecAuditInstrumentor
+
+    telemetry = Telemetry(out, tracer_provider, logger_provider, meter_provider, endpoint, protocol)
+    for instrumentor in (FastAPIInstrumentor(), SecAuditInstrumentor()):
+        instrumentor.instrument()
+        telemetry.instrumentors.append(instrumentor)
+    return telemetry
