@@ -95,21 +95,22 @@ def _consoles() -> tuple[Any, Any]:
 # -- report ---------------------------------------------------------------------------------
 
 
-def _print_problems(recording: Any, err: Any) -> None:
+def _print_problems(recording: Any) -> None:
+    # Plain lines (no wrapping), so file:line stays greppable.
     for problem in recording.problems:
-        err.print(f"warning: skipped corrupt line {problem}", markup=False, highlight=False)
+        print(f"warning: skipped corrupt line {problem}", file=sys.stderr)
     hidden = recording.skipped_lines - len(recording.problems)
     if hidden > 0:
-        err.print(f"warning: {hidden} more corrupt line(s) skipped", highlight=False)
+        print(f"warning: {hidden} more corrupt line(s) skipped", file=sys.stderr)
 
 
 def _show(path: Path, *, trace: str | None, strict: bool, top: int, as_json: bool) -> Any:
     from .demo.render import render_summary, render_timeline
     from .demo.report import load, summarize, timeline
 
-    out, err = _consoles()
+    out, _ = _consoles()
     recording = load(path, strict=strict)
-    _print_problems(recording, err)
+    _print_problems(recording)
     if trace:
         rows = timeline(recording, trace)
         render_timeline(trace.strip().lower(), rows, out)
@@ -171,7 +172,7 @@ def _prepare_out(out: Path, err: Any) -> None:
     for name in replaced:
         (out / name).unlink()
     if replaced:
-        err.print(f"replacing the previous run's files in {out}", highlight=False)
+        err.print(f"replacing the previous run's files in {out}", highlight=False, soft_wrap=True)
 
 
 def _print_serve_help(url: str, console: Any) -> None:
@@ -180,8 +181,8 @@ def _print_serve_help(url: str, console: Any) -> None:
     console.print(f"\nThe demo app is serving on [bold]{url}[/bold] (Ctrl-C stops it).")
     console.print("Users (password; the TOTP code is checked too, see /auth/login):")
     for name, password in DEMO_PASSWORDS.items():
-        console.print(f"  {name}: {password}", highlight=False)
-    console.print("Try, for example:", highlight=False)
+        console.print(f"  {name}: {password}", highlight=False, soft_wrap=True)
+    console.print("Try, for example:", highlight=False, soft_wrap=True)
     for line in (
         f"curl -s {url}/health",
         f"curl -s -i {url}/me                          # 401 -> auth.unauthenticated",
@@ -189,7 +190,7 @@ def _print_serve_help(url: str, console: Any) -> None:
         "-d '{\"username\":\"alice\",\"password\":\"guess\",\"totp\":\"000000\"}'",
         f"curl -s -i {url}/me -H 'X-Forwarded-For: 203.0.113.7'   # blocked while the block lasts",
     ):
-        console.print(f"  {line}", markup=False, highlight=False)
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -219,10 +220,10 @@ def _demo(args: argparse.Namespace) -> int:
         raise UsageProblem(str(exc)) from None
     if telemetry.collector:
         err.print(f"exporting to the collector at {telemetry.collector} ({telemetry.protocol}) "
-                  f"and to {out}", highlight=False)
+                  f"and to {out}", highlight=False, soft_wrap=True)
     else:
         err.print(f"no collector configured: telemetry goes to OTLP/JSON files in {out}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
     recorder = otel_secaudit.get_recorder()
     directory = DemoDirectory.seeded()
@@ -269,7 +270,7 @@ def _demo(args: argparse.Namespace) -> int:
             return 1
         err.print(f"self-check: all {recorded} recorded security events are in "
                   f"{out / 'logs.jsonl'}; rerun the report with: otel-secaudit report {out}",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         if args.serve:
             _print_serve_help(url, out_console)
             try:

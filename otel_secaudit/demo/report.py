@@ -328,7 +328,7 @@ def load(path: Path | str, *, strict: bool = False) -> Recording:
             try:
                 request = json.loads(line)
             except json.JSONDecodeError as exc:
-                reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
+                reason = f"not valid JSON ({exc.msg}, column {exc.colno})"
                 if not line.endswith("\n"):
                     reason += ", truncated last line"
             else:

@@ -1,0 +1,281 @@
+"""``otel-secaudit report``: OTLP/JSON lines written by the demo's exporters, read back and
+summarized; collector archives; bad paths and corrupt input give a clear error (exit code 2)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf.json_format import ParseDict
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from otel_secaudit import SecurityRecorder, Settings
+from otel_secaudit import attributes as attr
+from otel_secaudit.cli import main
+from otel_secaudit.demo.otlp_json import OTLPJsonFiles
+from otel_secaudit.demo.report import ReportError, load, summarize, timeline
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX16 = re.compile(r"^[0-9a-f]{16}$")
+
+
+class Written:
+    """A real SDK exporting through the OTLP/JSON file exporters, and a recorder on it."""
+
+    def __init__(self, folder: Path) -> None:
+        files = OTLPJsonFiles(folder)
+        self.folder = folder
+        self.tracer_provider = TracerProvider()
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(files.span_exporter()))
+        self.logger_provider = LoggerProvider()
+        self.logger_provider.add_log_record_processor(
+            SimpleLogRecordProcessor(files.log_exporter())
+        )
+        self.reader = PeriodicExportingMetricReader(
+            files.metric_exporter(), export_interval_millis=3_600_000
+        )
+        self.meter_provider = MeterProvider(metric_readers=[self.reader])
+        self.recorder = SecurityRecorder(
+            Settings.load(environ={}, strict=True),
+            logger_provider=self.logger_provider,
+            meter_provider=self.meter_provider,
+        )
+        self.tracer = self.tracer_provider.get_tracer("tests")
+
+    def close(self) -> None:
+        self.tracer_provider.shutdown()
+        self.logger_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> Any:
+    """Writes a small known history: 3 failed logins from one address (2 of them inside one
+    span), a cross-tenant attempt, a success; two metric collections."""
+    w = Written(tmp_path / "out")
+    r = w.recorder
+    with w.tracer.start_as_current_span("POST /login") as span:
+        r.record("auth.login.failed", user_name="mallory", client_address="203.0.113.9")
+        r.record("auth.login.failed", user_name="mallory", client_address="203.0.113.9")
+        w.trace_id = format(span.get_span_context().trace_id, "032x")
+    w.meter_provider.force_flush()  # a first cumulative collection: later values must win
+    r.record("auth.login.failed", user_name="trent", client_address="203.0.113.9")
+    r.record("authz.cross_tenant", user_id="u-7", tenant_id="acme", requested_tenant_id="globex",
+             client_address="192.0.2.1")
+    r.record("auth.login.succeeded", user_id="u-7", client_address="192.0.2.1")
+    w.close()
+    return w
+
+
+def test_exporters_write_otlp_json_that_protobuf_parses(written: Any) -> None:
+    lines = (written.folder / "traces.jsonl").read_text().splitlines()
+    request = json.loads(lines[0])
+    span = request["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    assert HEX32.match(span["traceId"]) and HEX16.match(span["spanId"])  # hex, not base64
+    assert span["traceId"] == written.trace_id
+    assert isinstance(span["kind"], int)  # enums as integers
+    assert "startTimeUnixNano" in span  # lowerCamelCase
+    # The same object with the IDs re-encoded as protobuf's JSON bytes is a valid request.
+    for key in ("traceId", "spanId"):
+        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+    ParseDict(request, ExportTraceServiceRequest())
+
+    logs = [json.loads(line) for line in (written.folder / "logs.jsonl").read_text().splitlines()]
+    records = [
+        rec
+        for req in logs
+        for rl in req["resourceLogs"]
+        for sl in rl["scopeLogs"]
+        for rec in sl["logRecords"]
+    ]
+    assert [rec["eventName"] for rec in records] == [
+        "auth.login.failed", "auth.login.failed", "auth.login.failed",
+        "authz.cross_tenant", "auth.login.succeeded",
+    ]
+    assert records[0]["traceId"] == written.trace_id
+    assert "traceId" not in records[2]  # recorded outside any span
+    for req in logs:
+        for rl in req["resourceLogs"]:
+            for sl in rl["scopeLogs"]:
+                for rec in sl["logRecords"]:
+                    for key in ("traceId", "spanId"):
+                        if key in rec:
+                            rec[key] = base64.b64encode(bytes.fromhex(rec[key])).decode()
+        ParseDict(req, ExportLogsServiceRequest())
+
+
+def test_summary_counts_what_was_recorded(written: Any) -> None:
+    summary = summarize(load(written.folder))
+    assert summary.events == {
+        "auth.login.failed": 3, "auth.login.succeeded": 1, "authz.cross_tenant": 1
+    }
+    assert summary.violations == 4
+    assert summary.top_addresses == [("203.0.113.9", 3), ("192.0.2.1", 1)]
+    users = dict(summary.top_users)
+    assert users["user.id=u-7"] == 1
+    assert sorted(v for k, v in users.items() if k.startswith("user.hash=")) == [1, 2]
+    # Last cumulative value per series, not the sum of the two collections.
+    events = {a[attr.EVENT_NAME]: v for a, v in summary.counters[attr.METRIC_EVENTS]}
+    assert events == {"auth.login.failed": 3, "auth.login.succeeded": 1, "authz.cross_tenant": 1}
+    violations = summary.counters[attr.METRIC_VIOLATIONS]
+    assert sum(v for _, v in violations) == 4
+    assert summary.abuse_signals == [] and summary.blocks == []
+
+
+def test_timeline_of_one_trace(written: Any) -> None:
+    rows = timeline(load(written.folder), written.trace_id)
+    kinds = [(row.kind, row.name) for row in rows]
+    assert kinds[0] == ("span start", "POST /login")
+    assert kinds[-1] == ("span end", "POST /login")
+    assert kinds.count(("span event", "auth.login.failed")) == 2
+    assert sum(1 for kind, name in kinds if kind.startswith("log") and
+               name == "auth.login.failed") == 2
+    assert [row.time_ns for row in rows] == sorted(row.time_ns for row in rows)
+    with pytest.raises(ReportError, match="not in this recording"):
+        timeline(load(written.folder), "0" * 31 + "1")
+    with pytest.raises(ReportError, match="not a trace ID"):
+        timeline(load(written.folder), "xyz")
+
+
+def test_cli_report_prints_tables_and_trace(written: Any, capsys: Any) -> None:
+    assert main(["report", str(written.folder)]) == 0
+    out = capsys.readouterr().out
+    assert "auth.login.failed" in out and "203.0.113.9" in out
+    assert "5 security log records" in out
+    assert main(["report", str(written.folder), "--trace", written.trace_id.upper()]) == 0
+    assert "POST /login" in capsys.readouterr().out
+    assert main(["report", str(written.folder), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["events"]["auth.login.failed"] == 3
+
+
+def test_collector_archive_layout(written: Any, tmp_path: Path) -> None:
+    """A collector file exporter writes all signals into one file (rotated copies beside it)."""
+    archive = tmp_path / "archive" / "2026" / "security.json"
+    archive.parent.mkdir(parents=True)
+    lines = []
+    for name in ("metrics.jsonl", "logs.jsonl", "traces.jsonl"):
+        lines += (written.folder / name).read_text().splitlines()
+    archive.write_text("\n".join(lines) + "\n")
+    (archive.parent / "notes.txt").write_text("not OTLP, not read")
+    from_folder = summarize(load(tmp_path / "archive"))
+    from_file = summarize(load(archive))
+    original = summarize(load(written.folder))
+    for summary in (from_folder, from_file):
+        assert summary.events == original.events
+        assert summary.counters == original.counters
+        assert summary.top_addresses == original.top_addresses
+
+
+def _metric_line(value: int, start: int, time: int, temporality: int) -> str:
+    point = {"asInt": str(value), "startTimeUnixNano": str(start), "timeUnixNano": str(time),
+             "attributes": [{"key": "security.abuse.scope", "value": {"stringValue": "host"}}]}
+    return json.dumps({"resourceMetrics": [{"scopeMetrics": [{
+        "scope": {"name": "otel_secaudit"},
+        "metrics": [{"name": "security.abuse.signals", "sum": {
+            "dataPoints": [point], "aggregationTemporality": temporality, "isMonotonic": True}}],
+    }]}]})
+
+
+def test_counters_cumulative_streams_and_delta(tmp_path: Path) -> None:
+    (tmp_path / "c.jsonl").write_text("\n".join([
+        _metric_line(2, start=100, time=200, temporality=2),
+        _metric_line(5, start=100, time=300, temporality=2),  # same stream, later: wins
+        _metric_line(1, start=100, time=250, temporality=2),  # older, out of order: ignored
+        _metric_line(3, start=900, time=950, temporality=2),  # another process: added
+    ]) + "\n")
+    assert summarize(load(tmp_path)).counters["security.abuse.signals"] == [
+        ({"security.abuse.scope": "host"}, 8)
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join([
+        _metric_line(2, start=100, time=200, temporality=1),
+        _metric_line(5, start=200, time=300, temporality=1),
+    ]) + "\n")
+    assert summarize(load(tmp_path)).counters["security.abuse.signals"] == [
+        ({"security.abuse.scope": "host"}, 7)
+    ]
+
+
+def test_base64_ids_from_protobuf_json_are_accepted(written: Any, tmp_path: Path) -> None:
+    line = json.loads((written.folder / "traces.jsonl").read_text().splitlines()[0])
+    span = line["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    span["traceId"] = base64.b64encode(bytes.fromhex(span["traceId"])).decode()
+    (tmp_path / "b64.json").write_text(json.dumps(line) + "\n")
+    assert load(tmp_path / "b64.json").spans[0].trace_id == written.trace_id
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def _error(capsys: Any, argv: list[str]) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+def test_missing_path(capsys: Any, tmp_path: Path) -> None:
+    err = _error(capsys, ["report", str(tmp_path / "nope")])
+    assert err.startswith("otel-secaudit: error: ") and "no such file or directory" in err
+
+
+def test_folder_without_otlp_files(capsys: Any, tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("hello")
+    err = _error(capsys, ["report", str(tmp_path)])
+    assert "no OTLP/JSON files here" in err
+
+
+def test_only_garbage(capsys: Any, tmp_path: Path) -> None:
+    (tmp_path / "logs.jsonl").write_text('{"hello": 1}\nnot json\n')
+    err = _error(capsys, ["report", str(tmp_path)])
+    assert "no OTLP export requests could be read" in err
+    assert f"{tmp_path / 'logs.jsonl'}:1: not an OTLP export request" in err
+
+
+def test_binary_file(capsys: Any, tmp_path: Path) -> None:
+    (tmp_path / "logs.jsonl").write_bytes(b"\xff\xfe\x00garbage")
+    assert "not a UTF-8 text file" in _error(capsys, ["report", str(tmp_path)])
+
+
+def test_corrupt_lines_are_skipped_and_named(written: Any, capsys: Any) -> None:
+    logs = written.folder / "logs.jsonl"
+    good = logs.read_text().splitlines()
+    logs.write_text(good[0] + "\n" + "{garbage\n" + "\n".join(good[1:]) + "\n" + good[1][:40])
+    assert main(["report", str(written.folder)]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped corrupt line {logs}:2: not valid JSON" in captured.err
+    assert f"{logs}:{len(good) + 2}: not valid JSON" in captured.err
+    assert "truncated last line" in captured.err
+    assert "2 corrupt line(s) skipped" in captured.out
+    # Nothing else is lost.
+    summary = summarize(load(written.folder))
+    assert summary.events["auth.login.failed"] == 3 and summary.skipped_lines == 2
+
+    err = _error(capsys, ["report", str(written.folder), "--strict"])
+    assert f"corrupt input: {logs}:2: not valid JSON" in err
+
+
+def test_bad_trace_argument(written: Any, capsys: Any) -> None:
+    assert "is not a trace ID" in _error(
+        capsys, ["report", str(written.folder), "--trace", "abc"]
+    )
+    assert "is not in this recording" in _error(
+        capsys, ["report", str(written.folder), "--trace", "f" * 32]
+    )
+
+
+def test_demo_out_is_a_file(capsys: Any, tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert "is not a directory" in _error(capsys, ["demo", "--out", str(target)])
