@@ -1,0 +1,205 @@
+"""``otel-secaudit demo --short``: the real demo app served by uvicorn, the scenario over real HTTP,
+telemetry in OTLP/JSON files, the live report, and ``report`` on the recorded folder.
+
+The demo installs global OpenTelemetry providers, so it runs in a subprocess, as a user runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from otel_secaudit import attributes as attr
+from otel_secaudit.demo.app import DEMO_PASSWORDS
+from otel_secaudit.demo.report import Recording, Summary, load, security_logs, summarize
+from otel_secaudit.demo.scenario import ADDRESSES
+
+from .servers import OTLPReceiver, attributes_of
+
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("OTEL_", "COLUMNS", "LINES"))
+    }
+    env.update(COLUMNS="120", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _cli(*args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "otel_secaudit.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_environment(**extra_env),
+    )
+
+
+@dataclass
+class DemoRun:
+    out: Path
+    process: subprocess.CompletedProcess[str]
+    recording: Recording
+    summary: Summary
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    out = tmp_path_factory.mktemp("demo") / "secaudit-demo-output"
+    process = _cli("demo", "--short", "--out", str(out))
+    assert process.returncode == 0, process.stderr[-3000:]
+    recording = load(out)
+    return DemoRun(out, process, recording, summarize(recording))
+
+
+def test_demo_writes_the_three_otlp_files_and_passes_its_self_check(demo: DemoRun) -> None:
+    assert sorted(p.name for p in demo.out.iterdir()) == [
+        "logs.jsonl", "metrics.jsonl", "traces.jsonl"
+    ]
+    assert demo.recording.skipped_lines == 0
+    assert "no collector configured" in demo.process.stderr
+    assert re.search(r"self-check: all (\d+) recorded security events", demo.process.stderr)
+    assert "Traceback" not in demo.process.stderr
+
+
+def test_demo_report_shows_the_attacks(demo: DemoRun) -> None:
+    s = demo.summary
+    # Every scenario phase left its event.
+    for name in (
+        "auth.login.succeeded", "auth.login.failed", "auth.mfa.failed", "auth.logout",
+        "auth.token.expired", "auth.token.invalid", "auth.token.revoked", "auth.unauthenticated",
+        "authz.cross_tenant", "authz.permission_denied", "request.csrf_mismatch",
+        "data.sensitive.accessed", "admin.user.created", "admin.user.deleted",
+        "request.blocked", "abuse.host", "abuse.user", "abuse.block.started",
+        "abuse.block.ended",
+    ):
+        assert s.events.get(name, 0) >= 1, name
+
+    hosts = {sig.key: sig for sig in s.abuse_signals if sig.scope == "host"}
+    users = {sig.key: sig for sig in s.abuse_signals if sig.scope == "user"}
+    # Brute force and credential stuffing: one abuse.host each; nobody else reaches 10.
+    assert set(hosts) == {ADDRESSES["brute_force"], ADDRESSES["stuffing"]}
+    for signal in hosts.values():
+        assert (signal.count, signal.threshold) == (10, 10)
+        assert signal.breakdown == {"auth.login.failed": 10}
+    # bob's cross-tenant probe escalates his user id; the brute force escalates alice's hash
+    # (a failed login's identity is unverified: user.hash, never the name).
+    assert users["u-1002"].breakdown == {"authz.cross_tenant": 5}
+    hashed = [key for key in users if HEX64.match(key)]
+    assert len(hashed) == 1 and users[hashed[0]].breakdown == {"auth.login.failed": 5}
+    # Stuffing tries each name once: no user signal for those.
+    assert len(users) == 2
+
+    started = {b.address for b in s.blocks if b.event == "abuse.block.started"}
+    ended = {b.address for b in s.blocks if b.event == "abuse.block.ended"}
+    assert started == ended == {ADDRESSES["brute_force"], ADDRESSES["stuffing"]}
+    assert all(b.block_s == 2 for b in s.blocks)
+    blocked = s.counters[attr.METRIC_REQUESTS_BLOCKED]
+    assert sum(v for _, v in blocked) == s.events["request.blocked"] >= 2
+
+    assert dict(s.top_addresses)[ADDRESSES["stuffing"]] == 18  # 10 failures + 8 blocked
+    assert dict(s.top_addresses)[ADDRESSES["brute_force"]] == 13  # 10 failures + 3 blocked
+
+
+def test_evidence_trace_ids_point_at_the_violations(demo: DemoRun) -> None:
+    """Each trace ID an abuse.host signal gives as evidence is a request from that address
+    whose trace holds a server span and the failed-login log record."""
+    logs_by_trace: dict[str, list[Any]] = {}
+    for log in security_logs(demo.recording):
+        logs_by_trace.setdefault(log.trace_id, []).append(log)
+    span_traces = {span.trace_id for span in demo.recording.spans}
+    for signal in demo.summary.abuse_signals:
+        assert signal.trace_ids and all(HEX32.match(t) for t in signal.trace_ids)
+        assert len(set(signal.trace_ids)) == signal.count
+        for trace_id in signal.trace_ids:
+            assert trace_id in span_traces
+            violations = [
+                log for log in logs_by_trace[trace_id] if log.event_name in signal.breakdown
+            ]
+            assert len(violations) == 1
+            if signal.scope == "host":
+                assert violations[0].attributes[attr.CLIENT_ADDRESS] == signal.key
+
+
+def test_counters_agree_with_the_log_records(demo: DemoRun) -> None:
+    counted = {
+        a[attr.EVENT_NAME]: v for a, v in demo.summary.counters[attr.METRIC_EVENTS]
+    }
+    assert counted == demo.summary.events
+    violations: Counter[str] = Counter()
+    for attributes, value in demo.summary.counters[attr.METRIC_VIOLATIONS]:
+        violations[attributes[attr.EVENT_NAME]] += value
+    failures = {n: c for n, c in demo.summary.events.items() if demo.summary.outcomes[n] ==
+                "failure"}
+    assert dict(violations) == failures
+
+
+def test_no_secret_reaches_the_files(demo: DemoRun) -> None:
+    text = "".join(p.read_text() for p in demo.out.iterdir())
+    for secret in [*DEMO_PASSWORDS.values(), "Summer2024!", "letmein", "forged-by-another-site",
+                   "eyJ", "Bearer "]:
+        assert secret not in text, secret
+    # Failed-login identities are hashed: the claimed names never appear as user.name.
+    assert '"user.name"' not in text
+
+
+def test_report_on_the_recorded_folder_matches_the_live_report(demo: DemoRun) -> None:
+    again = _cli("report", str(demo.out))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == demo.process.stdout
+    assert "abuse.host" in again.stdout and ADDRESSES["brute_force"] in again.stdout
+
+
+def test_report_trace_timeline_of_evidence(demo: DemoRun) -> None:
+    signal = next(s for s in demo.summary.abuse_signals if s.scope == "host")
+    shown = _cli("report", str(demo.out), "--trace", signal.trace_ids[0])
+    assert shown.returncode == 0, shown.stderr
+    assert "POST /auth/login" in shown.stdout
+    assert "span event" in shown.stdout and "auth.login.failed" in shown.stdout
+
+
+def test_demo_also_exports_to_a_collector(tmp_path: Path) -> None:
+    """With --otlp-endpoint the same telemetry reaches a real OTLP gRPC receiver, and the
+    files are still written (the live report reads them)."""
+    receiver = OTLPReceiver().start()
+    try:
+        out = tmp_path / "out"
+        process = _cli("demo", "--short", "--out", str(out),
+                       "--otlp-endpoint", receiver.grpc_endpoint)
+        assert process.returncode == 0, process.stderr[-3000:]
+        assert f"exporting to the collector at {receiver.grpc_endpoint} (grpc)" in \
+            process.stderr
+        with receiver.lock:
+            received = [
+                attributes_of(record.attributes).get(attr.EVENT_NAME)
+                for request in receiver.log_requests
+                for resource_logs in request.resource_logs
+                for scope_logs in resource_logs.scope_logs
+                for record in scope_logs.log_records
+                if scope_logs.scope.name == attr.SCOPE_NAME
+            ]
+        written = summarize(load(out))
+        assert Counter(received) == Counter(written.events)
+    finally:
+        receiver.stop()
+
+
+def test_demo_rejects_a_bad_protocol(tmp_path: Path) -> None:
+    process = _cli("demo", "--short", "--out", str(tmp_path / "o"),
+                   "--otlp-endpoint", "http://127.0.0.1:9", OTEL_EXPORTER_OTLP_PROTOCOL="carrier")
+    assert process.returncode == 2
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL='carrier'" in process.stderr
+    assert "Traceback" not in process.stderr
