@@ -38,6 +38,9 @@ the memory store, logs once, counts (``stats["redis_errors"]`` and
 ``otel_secaudit.internal.errors``), retries with exponential backoff (0.25 s to 5 s) and goes
 back to Redis when it answers again. Counts made during the outage stay local to the
 instance (they are not merged back), so the shared view may miss that period's violations.
+A batch that times out (2 s) is counted locally although Redis may have applied it after all:
+a slow Redis can make the two views count it twice, never zero times. After
+:meth:`AbuseDetector.shutdown`, violations are counted locally.
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ class AbuseDetector:
                 )
                 for crossing in crossings:
                     self._report(crossing)
-            elif len(self._queue) >= self._queue_size:
+            elif len(self._queue) >= self._queue_size or self._stop.is_set():
                 with self._counts_lock:
                     self._dropped += 1
                 self._count_local(violation, now)
@@ -330,7 +333,11 @@ class AbuseDetector:
                 if stopping and not queue:
                     return
                 if not queue:
-                    self._wake.wait(self._batch_interval)
+                    # memory store: the worker only keeps time for blocks
+                    self._wake.wait(
+                        self._batch_interval if self._shared is not None
+                        else self._refresh_interval
+                    )
                     self._wake.clear()
             except Exception as exc:  # the worker must survive anything
                 self.recorder.internal_error(exc, "detection.worker")

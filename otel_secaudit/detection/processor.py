@@ -37,14 +37,21 @@ class AbuseSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         """Submit each violation event of ``span`` to the detector."""
         try:
-            # ``span.events`` copies the list into a tuple: read the SDK's list itself.
-            try:
-                events = span._events
-            except AttributeError:
-                events = span.events
+            # The cheapest test the SDK allows: its own event list (``span.events`` would copy
+            # it into a tuple); most spans have no events and stop here.
+            if span._events and self.enabled:
+                self._scan(span, span._events)
+        except AttributeError:  # a ReadableSpan built elsewhere, without ``_events``
+            self._on_end_public(span)
+        except Exception as exc:  # the SDK calls processors without try/except
+            self.detector.recorder.internal_error(exc, "detection.processor")
+
+    def _on_end_public(self, span: ReadableSpan) -> None:
+        try:
+            events = span.events
             if events and self.enabled:
                 self._scan(span, events)
-        except Exception as exc:  # the SDK calls processors without try/except
+        except Exception as exc:
             self.detector.recorder.internal_error(exc, "detection.processor")
 
     def _scan(self, span: ReadableSpan, events: Any) -> None:

@@ -296,7 +296,7 @@ class RedisStore:
         uri: str,
         *,
         prefix: str = "secaudit:abuse:",
-        timeout: float = 0.5,
+        timeout: float = 2.0,
         client: Any = None,
     ) -> None:
         import redis  # optional dependency: pip install otel-secaudit[redis]

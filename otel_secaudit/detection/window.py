@@ -11,7 +11,9 @@ That is exact, not an estimate: error bound zero (up to clock skew between insta
 a Redis store, since each instance stamps violations with its own clock). Memory per key is
 ``threshold`` entries, never more, whatever the rate. The entries double as evidence: the
 names and trace IDs of the violations that made the key cross are exactly the ones reported
-(trace IDs capped at :attr:`Policy.evidence`).
+(trace IDs capped at :attr:`Policy.evidence`). The count reported with a crossing is the
+number of violations inside the window at that moment, which is the threshold itself: the
+window keeps no more than that, and a key signals the first time it gets there.
 
 Signal once per key per window: a crossing marks the key ``signalled_until = now + window``;
 the key can only signal again once that time has passed *and* it has crossed again.
