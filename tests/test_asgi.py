@@ -446,3 +446,55 @@ def test_module_recorder_is_followed(make_sdk: Any) -> None:
     assert otel_secaudit._recorder is second.recorder
     get(app, "/forbidden")
     assert len(events(first)) == 1 and len(events(second)) == 1
+
+
+_HEADER_NAMES = [b"x-forwarded-for", b"forwarded", b"user-agent", b"X-Forwarded-For", b"cookie"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    headers=st.lists(
+        st.tuples(st.sampled_from(_HEADER_NAMES), st.binary(max_size=2000)), max_size=8
+    ),
+    path=st.text(min_size=1, max_size=300).map(lambda p: "/" + p),
+    peer=st.sampled_from(["10.0.0.1", "203.0.113.1", "::1", "not-an-ip"]),
+)
+def test_middleware_survives_arbitrary_headers_and_paths(
+    headers: list[tuple[bytes, bytes]], path: str, peer: str
+) -> None:
+    sdk = SDK(trusted_proxies="10.0.0.0/8,::1/128")
+    previous = otel_secaudit._recorder
+    otel_secaudit._recorder = sdk.recorder
+    try:
+        statuses: list[int] = []
+
+        async def deny(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 403, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        async def run() -> None:
+            scope = {
+                "type": "http", "method": "GET", "path": path, "query_string": b"",
+                "headers": headers, "client": (peer, 1),
+            }
+
+            async def send(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+
+            await SecAuditMiddleware(deny)(scope, None, send)  # type: ignore[arg-type]
+
+        asyncio.run(run())
+        assert statuses == [403]
+        (record,) = events(sdk)
+        attrs = dict(record.attributes)
+        assert attrs["http.route"] == UNMATCHED_ROUTE
+        assert len(attrs.get("url.path", "")) <= 1100
+        assert len(attrs.get("user_agent.original", "")) <= 300
+        client = attrs.get("client.address")
+        if client is not None and client != "not-an-ip":
+            ipaddress.ip_address(client)
+        assert sdk.recorder.stats.snapshot()["internal_errors"] == {}
+    finally:
+        otel_secaudit._recorder = previous
+        sdk.shutdown()
