@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any, Final, Protocol
@@ -49,6 +50,7 @@ __all__ = [
     "SecAuditMiddleware",
     "UserIdResolver",
     "resolve_client_address",
+    "scrub_span_secrets",
     "scrub_url_attributes",
     "set_default_detector",
 ]
@@ -292,6 +294,11 @@ class SecAuditMiddleware:
         self._recorder = recorder
         self._detector = detector
         self._user_id_resolver = user_id_resolver
+        # The contrib ASGI middleware captures request headers only when asked to; scrub the
+        # captured ones only then (it costs a walk over the span's attributes).
+        self._scrub_headers = bool(
+            os.environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "").strip()
+        )
 
     def _current_recorder(self) -> SecurityRecorder:
         if self._recorder is not None:
@@ -315,9 +322,9 @@ class SecAuditMiddleware:
             await self.app(scope, receive, send)
             return
 
-        if scope.get("query_string"):
+        if self._scrub_headers or scope.get("query_string"):
             try:
-                scrub_url_attributes(trace.get_current_span())
+                scrub_span_secrets(trace.get_current_span(), headers=self._scrub_headers)
             except Exception as exc:
                 recorder.internal_error(exc, "asgi.scrub")
 
@@ -468,6 +475,32 @@ def _redact_url_value(key: str, value: str) -> str:
         query, _, fragment = query.partition("#")
         fragment = "#" + fragment
     return base + "?" + redact_query(query) + fragment
+
+
+_HEADER_PREFIX: Final = "http.request.header."
+
+
+def scrub_span_secrets(span: Any, *, headers: bool = False) -> None:
+    """Scrub a live server span: secret query values in its URL attributes (see
+    :func:`scrub_url_attributes`) and, with ``headers``, the values of captured request headers
+    naming a secret (``http.request.header.authorization``, ``...cookie``, ``...x_api_key``),
+    which the contrib ASGI middleware exports unless OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_
+    SANITIZE_FIELDS lists them."""
+    scrub_url_attributes(span)
+    if not headers:
+        return
+    attributes = getattr(span, "attributes", None)
+    if not attributes:
+        return
+    for key in [k for k in attributes if k.startswith(_HEADER_PREFIX)]:
+        name = key[len(_HEADER_PREFIX) :]
+        if is_secret_key(name):
+            span.set_attribute(key, (REDACTED,))
+        else:
+            value = attributes[key]
+            values = value if isinstance(value, (tuple, list)) else (value,)
+            if any(isinstance(v, str) and looks_like_secret(v) for v in values):
+                span.set_attribute(key, (REDACTED,))
 
 
 def scrub_url_attributes(span: Any) -> None:

@@ -498,3 +498,104 @@ def test_middleware_survives_arbitrary_headers_and_paths(
     finally:
         otel_secaudit._recorder = previous
         sdk.shutdown()
+
+
+# -- helpers, used inside a request ------------------------------------------------------------
+
+
+def _jwt_errors() -> dict[str, BaseException]:
+    """Real PyJWT exceptions, from decoding real bad tokens."""
+    import time
+
+    import jwt
+
+    key = "k" * 32
+    now = int(time.time())
+
+    def error(token: str, **options: Any) -> BaseException:
+        try:
+            jwt.decode(token, key, algorithms=["HS256"], **options)
+        except jwt.PyJWTError as exc:
+            return exc
+        raise AssertionError("token unexpectedly valid")
+
+    good = {"sub": "u1", "jti": "abcdef0123456789", "exp": now + 60}
+    return {
+        "expired": error(jwt.encode({**good, "exp": now - 60}, key)),
+        "bad_signature": error(jwt.encode(good, "x" * 32)),
+        "malformed": error("not.a.jwt"),
+        "missing_jti": error(
+            jwt.encode({"sub": "u1", "exp": now + 60}, key), options={"require": ["jti"]}
+        ),
+        "bad_audience": error(jwt.encode({**good, "aud": "other"}, key), audience="api"),
+        "not_yet_valid": error(jwt.encode({**good, "nbf": now + 3600}, key)),
+    }
+
+
+def test_helpers_inside_a_request(sdk: SDK) -> None:
+    from otel_secaudit import helpers
+
+    errors = _jwt_errors()
+
+    async def endpoint(request: Request) -> PlainTextResponse:
+        helpers.csrf_mismatch()
+        helpers.cross_tenant("u1", "t1", "t2", resource_type="invoice")
+        helpers.tenant_context_missing(resource_type="report")
+        helpers.permission_denied("invoices:delete", resource_id=42)
+        helpers.login_succeeded("u1")
+        helpers.login_failed("mallory")
+        for exc in errors.values():
+            helpers.token_failure(exc, jti="abcdef0123456789")
+        helpers.token_revoked("fedcba9876543210", user_id="u1")
+        return PlainTextResponse("no", status_code=403)
+
+    app = Starlette(
+        routes=[Route("/h", endpoint)], middleware=[Middleware(SecAuditMiddleware)]
+    )
+    assert get(app, "/h").status_code == 403
+    records = events(sdk)
+    summary = [
+        (r.event_name, r.attributes.get("security.reason"), r.attributes.get("error.type"))
+        for r in records
+    ]
+    assert summary == [
+        ("request.csrf_mismatch", "token_mismatch", None),
+        ("authz.cross_tenant", "tenant_mismatch", None),
+        ("authz.tenant_context_missing", "no_tenant", None),
+        ("authz.permission_denied", None, None),
+        ("auth.login.succeeded", None, None),
+        ("auth.login.failed", "invalid_credentials", None),
+        ("auth.token.expired", "expired", "ExpiredSignatureError"),
+        ("auth.token.invalid", "bad_signature", "InvalidSignatureError"),
+        ("auth.token.invalid", "malformed", "DecodeError"),
+        ("auth.token.claims_invalid", "missing_jti", "MissingRequiredClaimError"),
+        ("auth.token.claims_invalid", "bad_audience", "InvalidAudienceError"),
+        ("auth.token.claims_invalid", "not_yet_valid", "ImmatureSignatureError"),
+        ("auth.token.revoked", "revoked", None),
+    ]
+    by_name = {r.event_name: dict(r.attributes) for r in records}
+    assert by_name["authz.permission_denied"]["security.permission"] == "invoices:delete"
+    assert by_name["authz.cross_tenant"]["security.tenant.requested_id"] == "t2"
+    for record in records:
+        attrs = dict(record.attributes)
+        assert attrs["http.route"] == "/h"  # request context on every helper event
+        if record.event_name.startswith("auth.token."):
+            expected = "fedcba98" if record.event_name == "auth.token.revoked" else "abcdef01"
+            assert attrs["security.token.jti_prefix"] == expected
+            assert "abcdef0123456789" not in repr(attrs)
+    # the app recorded failures: the middleware adds no status event for the 403
+    assert "authz.permission_denied" in by_name
+    assert len([r for r in records if r.event_name == "authz.permission_denied"]) == 1
+
+
+def test_token_failure_without_pyjwt_classes() -> None:
+    from otel_secaudit.helpers import classify_token_error
+
+    class ExpiredSignatureError(Exception):
+        pass
+
+    class MyExpired(ExpiredSignatureError):
+        pass
+
+    assert classify_token_error(MyExpired()) == ("auth.token.expired", "expired")
+    assert classify_token_error(ValueError("x")) == ("auth.token.invalid", "invalid")

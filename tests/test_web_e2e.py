@@ -29,7 +29,9 @@ def _instrument_command() -> str:
     return found
 
 
-def start_app(receiver: OTLPReceiver, **settings: str) -> Served:
+def start_app(
+    receiver: OTLPReceiver, extra_env: dict[str, str] | None = None, **settings: str
+) -> Served:
     port = free_port()
     env = {
         **os.environ,
@@ -47,6 +49,7 @@ def start_app(receiver: OTLPReceiver, **settings: str) -> Served:
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "",
         "PYTHONPATH": str(ROOT),
         **{f"OTEL_SECAUDIT_{key.upper()}": value for key, value in settings.items()},
+        **(extra_env or {}),
     }
     args = [
         _instrument_command(),
@@ -138,8 +141,30 @@ SECRETS = {
 }
 
 
-def test_secrets_never_reach_the_collector(served: Served, otlp_receiver: OTLPReceiver) -> None:
-    with httpx.Client(base_url=served.base_url) as http:
+def test_secrets_never_reach_the_collector(otlp_receiver: OTLPReceiver) -> None:
+    # The operator also asked contrib to capture request headers, secrets included.
+    capture = {
+        "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "authorization,cookie,x-trace"
+    }
+    served = start_app(otlp_receiver, extra_env=capture)
+    try:
+        send_secrets(served)
+        wait_for(lambda: len(security_logs(otlp_receiver)) >= 5, timeout=20)
+        wait_for(lambda: len(server_spans(otlp_receiver)) >= 7, timeout=20)
+        wait_for(lambda: otlp_receiver.metric_points("security.events"), timeout=20)
+    finally:
+        served.stop()
+    raw = otlp_receiver.raw_bytes()
+    assert b"page=2" in raw  # the query string itself was exported, scrubbed
+    assert b"harmless-trace-value" in raw  # captured headers are exported, secrets are not
+    for name, secret in SECRETS.items():
+        assert secret.encode() not in raw, f"{name} secret leaked to the collector"
+    assert b"mallory" not in raw  # failed-login user name is hashed
+
+
+def send_secrets(served: Served) -> None:
+    harmless = {"x-trace": "harmless-trace-value"}
+    with httpx.Client(base_url=served.base_url, headers=harmless) as http:
         headers = {"authorization": SECRETS["authorization"], "cookie": SECRETS["cookie"]}
         assert http.get("/private", headers=headers).status_code == 401
         assert http.get(f"/forbidden?token={SECRETS['query']}&page=2").status_code == 403
@@ -151,15 +176,6 @@ def test_secrets_never_reach_the_collector(served: Served, otlp_receiver: OTLPRe
         assert http.post("/login", json=good).status_code == 200
         authorized = {"authorization": f"Bearer {SECRETS['valid_token']}"}
         assert http.get("/private", headers=authorized).status_code == 200
-
-    wait_for(lambda: len(security_logs(otlp_receiver)) >= 5, timeout=20)
-    wait_for(lambda: len(server_spans(otlp_receiver)) >= 7, timeout=20)
-    wait_for(lambda: otlp_receiver.metric_points("security.events"), timeout=20)
-    raw = otlp_receiver.raw_bytes()
-    assert b"page=2" in raw  # the query string itself was exported, scrubbed
-    for name, secret in SECRETS.items():
-        assert secret.encode() not in raw, f"{name} secret leaked to the collector"
-    assert b"mallory" not in raw  # failed-login user name is hashed
 
 
 def test_eleven_unauthenticated_requests_raise_one_abuse_host(
