@@ -161,6 +161,10 @@ def test_fastapi_native_telemetry_alone(sdk: SDK) -> None:
     )
     assert get(app, "/denied/b").status_code == 403
     assert_event_on_server_span(sdk)
+    # FastAPI's own server span exports url.query; the middleware scrubs secrets from it
+    assert get(app, "/fine?token=TOPSECRET42&page=1").status_code == 200
+    (span,) = [s for s in sdk.spans() if s.attributes.get("url.path") == "/fine"]
+    assert span.attributes["url.query"] == "token=%5BREDACTED%5D&page=1"
 
 
 def test_plain_starlette_and_mounted_subapp_record_once(sdk: SDK) -> None:
@@ -230,3 +234,20 @@ def test_bad_arguments_and_internal_failures_do_not_raise(
     SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)  # no exception
     app = add_routes(fastapi.FastAPI())
     assert get(app, "/fine").status_code == 200
+
+
+def test_unreachable_redis_store_does_not_break_startup_or_requests(sdk: SDK) -> None:
+    from .servers import free_port
+
+    SecAuditInstrumentor().instrument(
+        tracer_provider=sdk.tracer_provider,
+        store=f"redis://127.0.0.1:{free_port()}/0",
+        block_seconds=60,
+    )
+    app = add_routes(fastapi.FastAPI())
+    assert get(app, "/fine").status_code == 200
+    assert get(app, "/denied/e").status_code == 403
+    assert [r.event_name for r in security_logs(sdk)] == []  # a new recorder (settings given)
+    recorder = otel_secaudit._recorder
+    assert recorder is not None and recorder is not sdk.recorder
+    assert recorder.stats.snapshot()["recorded"] == 1
