@@ -207,14 +207,32 @@ def _is_trusted(ip: str, trusted: tuple[IPNetwork, ...]) -> bool:
 # Request context
 
 
+_MOUNT_KEY: Final = "otel_secaudit.mount"
+
+
+def _enter_mount(scope: Scope) -> None:
+    """Called when a request enters a mounted Starlette app: ``scope["route"]`` is the Mount."""
+    mount = scope.get("route")
+    path = getattr(mount, "path", None)
+    if isinstance(path, str) and path:
+        outer = scope.get(_MOUNT_KEY)
+        prefix = outer[0] if outer else ""
+        scope[_MOUNT_KEY] = ((prefix + path)[:MAX_ROUTE_LENGTH], mount)
+
+
 def _route_template(scope: Scope) -> str | None:
-    """The matched route's template (set by Starlette routing after matching), or None."""
+    """The matched route's template (set by Starlette routing after matching), prefixed with
+    the templates of the mounts it lives under, or None before routing."""
     route = scope.get("route")
     if route is None:
         return None
     path = getattr(route, "path", None)
     if not isinstance(path, str):
         return None
+    mount = scope.get(_MOUNT_KEY)
+    if mount is not None:
+        prefix, mount_route = mount
+        path = prefix if route is mount_route else prefix + path
     return path[:MAX_ROUTE_LENGTH]
 
 
@@ -308,7 +326,16 @@ class SecAuditMiddleware:
         return otel_secaudit._recorder or otel_secaudit.get_recorder()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http" or SCOPE_MARKER in scope:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        if SCOPE_MARKER in scope:
+            # A mounted sub-application: the outer middleware owns the request; remember the
+            # mount's template so routes below it are reported in full.
+            try:
+                _enter_mount(scope)
+            except Exception:  # pragma: no cover - defensive
+                pass
             await self.app(scope, receive, send)
             return
         recorder: SecurityRecorder | None = None
