@@ -7,10 +7,13 @@ Prints a table:
 * violations/second through the memory store (``AbuseDetector.submit``, detection inline)
   and through Redis (submit + the worker's batched Lua round trips, until ``flush()``
   returns: every violation applied), against a redis-server this script starts;
+* the memory rate also per CPU-second of the submitting thread (less sensitive to load);
 * the cost :class:`AbuseSpanProcessor` adds to ``span.end()`` for spans without events, as a
   ratio to a tracer provider with no processor. The two arms run interleaved in small blocks
   (A B B A ...), the median of per-pair ratios is reported, and an A/A row (no processor vs.
-  no processor) shows the noise floor of the same procedure.
+  no processor) shows the noise floor of the same procedure; times are thread CPU time. A
+  row with the SDK's do-nothing ``SpanProcessor`` shows what any processor costs in the SDK's
+  dispatch (``on_start``, ``_on_ending``, ``on_end`` calls) before doing anything.
 
 Targets: >= 200,000/s memory, >= 20,000/s Redis, <= 3 % added to span.end().
 """
@@ -52,24 +55,27 @@ def violations(n: int) -> list[Violation]:
     ]
 
 
-def memory_rate(n: int, repeats: int) -> float:
-    rates = []
+def memory_rate(n: int, repeats: int) -> tuple[float, float]:
+    """Violations per wall-clock second and per CPU second of the submitting thread (the
+    second is less sensitive to other processes on a shared machine)."""
+    rates, cpu_rates = [], []
     batch = violations(n)
     for _ in range(repeats):
         recorder = SecurityRecorder(Settings.load(environ={}))
         detector = AbuseDetector(recorder)
         submit = detector.submit
         gc.disable()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         for v in batch:
             submit(v)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
         gc.enable()
         assert detector.stats["processed"] == n
         assert recorder.stats.snapshot()["recorded"] == 0  # no crossing: counting only
         detector.shutdown()
         rates.append(n / elapsed)
-    return statistics.median(rates)
+        cpu_rates.append(n / cpu)
+    return statistics.median(rates), statistics.median(cpu_rates)
 
 
 def redis_rate(url: str, n: int, repeats: int) -> tuple[float, dict[str, object]]:
@@ -107,10 +113,11 @@ def end_cost(
     def timed(tracer) -> int:
         spans = [tracer.start_span("GET /items") for _ in range(block)]
         gc.disable()
-        started = time.perf_counter_ns()
+        # CPU time of this thread: preemption by other processes does not count
+        started = time.thread_time_ns()
         for span in spans:
             span.end()
-        elapsed = time.perf_counter_ns() - started
+        elapsed = time.thread_time_ns() - started
         gc.enable()
         return elapsed
 
@@ -136,9 +143,11 @@ def main() -> None:
     pairs = 100 if quick else 300
 
     rows: list[tuple[str, str, str, str]] = []
-    memory = memory_rate(n_memory, 3)
-    rows.append(("memory store: violations/s", f"{memory:,.0f}", ">= 200,000",
+    memory, memory_cpu = memory_rate(n_memory, 3)
+    rows.append(("memory store: violations/s (wall clock)", f"{memory:,.0f}", ">= 200,000",
                  "ok" if memory >= 200_000 else "MISSED"))
+    rows.append(("memory store: violations per CPU-second", f"{memory_cpu:,.0f}", ">= 200,000",
+                 "ok" if memory_cpu >= 200_000 else "MISSED"))
 
     server = RedisServer().start()
     try:

@@ -391,3 +391,35 @@ def test_one_million_distinct_addresses_keep_memory_bounded():
     assert store.evictions == 2 * (1_000_000 - 50_000)
     assert store.violations == 1_000_000
     assert grown < 120 * 2**20
+
+
+def test_processor_reads_spans_built_outside_the_sdk(make_sdk, clock, detectors):
+    """A ReadableSpan built by hand (events as a plain tuple) takes the public path."""
+    from opentelemetry.sdk.trace import Event, ReadableSpan
+    from opentelemetry.trace import SpanContext
+
+    sdk = make_sdk(host_threshold=2)
+    detector = make_detector(sdk, clock, detectors)
+    processor = AbuseSpanProcessor(detector)
+    context = SpanContext(trace_id=0xABC, span_id=0x1, is_remote=False)
+    events = (
+        Event("auth.login.failed", {"client.address": ADDRESS}),
+        Event("auth.login.succeeded", {"client.address": ADDRESS}),
+        Event("abuse.host", {"client.address": ADDRESS}),
+        Event("not.ours", {"client.address": ADDRESS}),
+        Event("auth.token.invalid", {}),
+    )
+    span = ReadableSpan("GET /", context=context, events=events,
+                        attributes={"client.address": "192.0.2.77"})
+    processor.on_end(span)
+    processor.on_end(ReadableSpan("empty", context=context))
+    assert detector.stats["processed"] == 2
+    hosts = {r.attributes["security.abuse.key"] for r in abuse_logs(sdk, "abuse.host")}
+    assert hosts == set()  # one violation each for ADDRESS and the span's address
+    processor.on_end(span)
+    hosts = {r.attributes["security.abuse.key"] for r in abuse_logs(sdk, "abuse.host")}
+    assert hosts == {ADDRESS, "192.0.2.77"}
+    [record] = [
+        r for r in abuse_logs(sdk, "abuse.host") if r.attributes["client.address"] == ADDRESS
+    ]
+    assert record.attributes["security.abuse.trace_ids"] == (f"{0xABC:032x}",)

@@ -37,11 +37,15 @@ class AbuseSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         """Submit each violation event of ``span`` to the detector."""
         try:
-            # The cheapest test the SDK allows: its own event list (``span.events`` would copy
-            # it into a tuple); most spans have no events and stop here.
-            if span._events and self.enabled:
+            # Most spans have no events and must stop here, cheaply (this runs for every span):
+            # truth-testing the SDK's BoundedList calls its Python ``__len__`` and
+            # ``span.events`` copies it into a tuple, so test the deque inside it (C). Any other
+            # span shape raises AttributeError and takes the public path below.
+            if not span._events._dq:  # type: ignore[attr-defined]
+                return
+            if self.enabled:
                 self._scan(span, span._events)
-        except AttributeError:  # a ReadableSpan built elsewhere, without ``_events``
+        except AttributeError:
             self._on_end_public(span)
         except Exception as exc:  # the SDK calls processors without try/except
             self.detector.recorder.internal_error(exc, "detection.processor")
