@@ -79,7 +79,8 @@ def _scenario(store: Store) -> list[tuple[str, str, int, tuple[str, ...], float]
         if i < 2:
             hits.append(Hit("user", "u1", "authz.cross_tenant", "", T0 + t))
         for c in store.apply(hits, policy):
-            out.append((c.scope, c.key, c.count, c.trace_ids, c.blocked_until and c.blocked_until - T0))
+            blocked = c.blocked_until and c.blocked_until - T0
+            out.append((c.scope, c.key, c.count, c.trace_ids, blocked))
             assert c.breakdown
     return out
 
