@@ -64,8 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--serve", action="store_true",
                       help="after the scenario keep the app running for manual requests "
                       "(Ctrl-C stops it)")
-    demo.add_argument("--port", type=int, default=0,
-                      help="port on 127.0.0.1 (default: a free one)")
+    demo.add_argument("--host", default=None,
+                      help="address to listen on (default 127.0.0.1; 0.0.0.0 inside a container,"
+                      " detected by /.dockerenv, so docker compose can publish the port)")
+    demo.add_argument("--port", type=int, default=None,
+                      help="port to listen on (default: 8000 with --serve, else a free one)")
     demo.add_argument("--json", action="store_true",
                       help="print the summary as JSON instead of tables")
 
@@ -134,13 +137,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 class DemoServer:
-    """uvicorn serving ``app`` on 127.0.0.1 in a background thread."""
+    """uvicorn serving ``app`` in a background thread; :meth:`start` returns the URL the
+    scenario uses."""
 
-    def __init__(self, app: Any, port: int) -> None:
+    def __init__(self, app: Any, host: str, port: int) -> None:
         import uvicorn
 
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+            app, host=host, port=port, log_level="warning", access_log=False,
             lifespan="off",
         )
         self.server = uvicorn.Server(config)
@@ -154,6 +158,10 @@ class DemoServer:
                 raise UsageProblem("the demo server did not start (is the port in use?)")
             time.sleep(0.01)
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"  # the scenario's client; loopback is a trusted proxy
+        elif ":" in host:
+            host = f"[{host}]"
         return f"http://{host}:{port}"
 
     def stop(self) -> None:
@@ -205,8 +213,10 @@ def _demo(args: argparse.Namespace) -> int:
         from .demo.scenario import Scenario
     except ImportError as exc:
         raise UsageProblem(f"{exc}; {_DEMO_EXTRA_HINT}") from None
-    if not 0 <= args.port <= 65535:
-        raise UsageProblem(f"--port {args.port}: not a port number")
+    port = args.port if args.port is not None else (8000 if args.serve else 0)
+    if not 0 <= port <= 65535:
+        raise UsageProblem(f"--port {port}: not a port number")
+    host = args.host or ("0.0.0.0" if Path("/.dockerenv").exists() else "127.0.0.1")
 
     out_console, err = _consoles()
     out: Path = args.out
@@ -227,7 +237,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     recorder = otel_secaudit.get_recorder()
     directory = DemoDirectory.seeded()
-    server = DemoServer(create_app(directory), args.port)
+    server = DemoServer(create_app(directory), host, port)
     url = server.start()
     stopped = False
     try:

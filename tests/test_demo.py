@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -171,28 +172,36 @@ def test_report_trace_timeline_of_evidence(demo: DemoRun) -> None:
     assert "span event" in shown.stdout and "auth.login.failed" in shown.stdout
 
 
-def test_demo_also_exports_to_a_collector(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spool", [False, True], ids=["sdk", "spool"])
+def test_demo_also_exports_to_a_collector(tmp_path: Path, spool: bool) -> None:
     """With --otlp-endpoint the same telemetry reaches a real OTLP gRPC receiver, and the
-    files are still written (the live report reads them)."""
+    files are still written (the live report reads them). With OTEL_SECAUDIT_SPOOL_DIR (as in
+    docker-compose.yml) security records take the durable spool path, and the files still get
+    every one of them."""
     receiver = OTLPReceiver().start()
     try:
         out = tmp_path / "out"
+        env = {"OTEL_SECAUDIT_SPOOL_DIR": str(tmp_path / "spool")} if spool else {}
         process = _cli("demo", "--short", "--out", str(out),
-                       "--otlp-endpoint", receiver.grpc_endpoint)
+                       "--otlp-endpoint", receiver.grpc_endpoint, **env)
         assert process.returncode == 0, process.stderr[-3000:]
         assert f"exporting to the collector at {receiver.grpc_endpoint} (grpc)" in \
             process.stderr
+        assert "self-check: all" in process.stderr
         with receiver.lock:
-            received = [
-                attributes_of(record.attributes).get(attr.EVENT_NAME)
+            records = [
+                attributes_of(record.attributes)
                 for request in receiver.log_requests
                 for resource_logs in request.resource_logs
                 for scope_logs in resource_logs.scope_logs
                 for record in scope_logs.log_records
                 if scope_logs.scope.name == attr.SCOPE_NAME
             ]
+        if spool:  # at-least-once: a redelivered record carries the same log.record.uid
+            assert all("log.record.uid" in a for a in records)
+            records = list({a["log.record.uid"]: a for a in records}.values())
         written = summarize(load(out))
-        assert Counter(received) == Counter(written.events)
+        assert Counter(a.get(attr.EVENT_NAME) for a in records) == Counter(written.events)
     finally:
         receiver.stop()
 
@@ -202,4 +211,15 @@ def test_demo_rejects_a_bad_protocol(tmp_path: Path) -> None:
                    "--otlp-endpoint", "http://127.0.0.1:9", OTEL_EXPORTER_OTLP_PROTOCOL="carrier")
     assert process.returncode == 2
     assert "OTEL_EXPORTER_OTLP_PROTOCOL='carrier'" in process.stderr
+    assert "Traceback" not in process.stderr
+
+
+def test_demo_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = _cli("demo", "--short", "--out", str(tmp_path / "o"), "--port", str(port))
+    assert process.returncode == 2
+    assert "the demo server did not start (is the port in use?)" in process.stderr
     assert "Traceback" not in process.stderr

@@ -44,6 +44,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 __all__ = [
     "LOGS_FILE",
+    "JsonLinesWriter",
     "METRICS_FILE",
     "TRACES_FILE",
     "OTLPJsonFiles",
@@ -82,8 +83,11 @@ def to_otlp_json(message: Message) -> dict[str, Any]:
     return _hex_ids(MessageToDict(message, use_integers_for_enums=True))
 
 
-class _JsonLinesWriter:
-    """Appends one JSON object per line to a file; thread-safe, flushed after every line."""
+class JsonLinesWriter:
+    """Appends one JSON object per line to a file; thread-safe, flushed after every line.
+
+    Exporters writing the same file must share one writer (lines never interleave); the file
+    is reopened when written after :meth:`close`."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -114,8 +118,8 @@ class _JsonLinesWriter:
 class OTLPJsonSpanExporter(SpanExporter):
     """Writes each batch of spans as one ``ExportTraceServiceRequest`` line."""
 
-    def __init__(self, path: Path) -> None:
-        self._writer = _JsonLinesWriter(path)
+    def __init__(self, path: Path | JsonLinesWriter) -> None:
+        self._writer = path if isinstance(path, JsonLinesWriter) else JsonLinesWriter(path)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
@@ -133,8 +137,8 @@ class OTLPJsonSpanExporter(SpanExporter):
 class OTLPJsonLogExporter(LogRecordExporter):
     """Writes each batch of log records as one ``ExportLogsServiceRequest`` line."""
 
-    def __init__(self, path: Path) -> None:
-        self._writer = _JsonLinesWriter(path)
+    def __init__(self, path: Path | JsonLinesWriter) -> None:
+        self._writer = path if isinstance(path, JsonLinesWriter) else JsonLinesWriter(path)
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
         if not batch:
@@ -153,11 +157,11 @@ class OTLPJsonMetricExporter(MetricExporter):
     """Writes each metrics collection as one ``ExportMetricsServiceRequest`` line (cumulative
     temporality, like the OTLP exporters' default)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | JsonLinesWriter) -> None:
         super().__init__(
             preferred_temporality={},  # SDK default: cumulative for every instrument kind
         )
-        self._writer = _JsonLinesWriter(path)
+        self._writer = path if isinstance(path, JsonLinesWriter) else JsonLinesWriter(path)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -176,16 +180,22 @@ class OTLPJsonMetricExporter(MetricExporter):
 
 class OTLPJsonFiles:
     """The three files of one output folder: ``logs.jsonl``, ``traces.jsonl``,
-    ``metrics.jsonl``."""
+    ``metrics.jsonl``. Exporters of the same signal share one writer."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._writers: dict[str, JsonLinesWriter] = {}
+
+    def _writer(self, name: str) -> JsonLinesWriter:
+        if name not in self._writers:
+            self._writers[name] = JsonLinesWriter(self.folder / name)
+        return self._writers[name]
 
     def span_exporter(self) -> OTLPJsonSpanExporter:
-        return OTLPJsonSpanExporter(self.folder / TRACES_FILE)
+        return OTLPJsonSpanExporter(self._writer(TRACES_FILE))
 
     def log_exporter(self) -> OTLPJsonLogExporter:
-        return OTLPJsonLogExporter(self.folder / LOGS_FILE)
+        return OTLPJsonLogExporter(self._writer(LOGS_FILE))
 
     def metric_exporter(self) -> OTLPJsonMetricExporter:
-        return OTLPJsonMetricExporter(self.folder / METRICS_FILE)
+        return OTLPJsonMetricExporter(self._writer(METRICS_FILE))

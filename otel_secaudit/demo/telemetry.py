@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry import _logs, metrics, trace
 from opentelemetry.sdk._logs import LoggerProvider
-from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, SimpleLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -84,6 +84,11 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Final export and close the files (idempotent enough for an exit path)."""
+        import otel_secaudit
+
+        # Delivers what the spool (OTEL_SECAUDIT_SPOOL_DIR) holds, for up to 5 s; the rest
+        # stays on disk and is replayed on the next start.
+        otel_secaudit.get_recorder().close()
         for instrumentor in self.instrumentors:
             try:
                 instrumentor.uninstrument()
@@ -154,10 +159,18 @@ def setup(out: Path, otlp_endpoint: str | None = None) -> Telemetry:
 
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+    import otel_secaudit
     from otel_secaudit import SecAuditInstrumentor
 
     telemetry = Telemetry(out, tracer_provider, logger_provider, meter_provider, endpoint, protocol)
     for instrumentor in (FastAPIInstrumentor(), SecAuditInstrumentor()):
         instrumentor.instrument()
         telemetry.instrumentors.append(instrumentor)
+
+    # With OTEL_SECAUDIT_SPOOL_DIR the recorder sends its log records through its own spooling
+    # LoggerProvider (durable delivery to the collector), not the global one: give that
+    # provider the file exporter too, so the files (and the report) stay complete.
+    spool_provider = getattr(otel_secaudit.get_recorder().delivery, "_provider", None)
+    if spool_provider is not None:
+        spool_provider.add_log_record_processor(SimpleLogRecordProcessor(files.log_exporter()))
     return telemetry
