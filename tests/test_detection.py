@@ -369,7 +369,7 @@ def _rss_bytes() -> int:
 
 
 def test_one_million_distinct_addresses_keep_memory_bounded():
-    store = MemoryStore(max_keys=50_000)
+    store = MemoryStore()  # the default cap: 20,000 keys per scope
     policy = Policy(host_threshold=10, user_threshold=5, window_seconds=3600)
     gc.collect()
     before = _rss_bytes()
@@ -387,10 +387,10 @@ def test_one_million_distinct_addresses_keep_memory_bounded():
         f"{store.tracked_keys():,}, evictions {store.evictions:,}, "
         f"RSS growth {grown / 2**20:.1f} MiB"
     )
-    assert store.tracked_keys() == 100_000  # 50,000 per scope
-    assert store.evictions == 2 * (1_000_000 - 50_000)
+    assert store.tracked_keys() == 2 * store.max_keys == 40_000
+    assert store.evictions == 2 * (1_000_000 - 20_000)
     assert store.violations == 1_000_000
-    assert grown < 120 * 2**20
+    assert grown < 64 * 2**20
 
 
 def test_processor_reads_spans_built_outside_the_sdk(make_sdk, clock, detectors):
@@ -423,3 +423,21 @@ def test_processor_reads_spans_built_outside_the_sdk(make_sdk, clock, detectors)
         r for r in abuse_logs(sdk, "abuse.host") if r.attributes["client.address"] == ADDRESS
     ]
     assert record.attributes["security.abuse.trace_ids"] == (f"{0xABC:032x}",)
+
+
+def test_worst_case_memory_with_every_window_full():
+    """Every tracked key holds a full window of distinct trace IDs: the cap still holds."""
+    store = MemoryStore()
+    policy = Policy(host_threshold=10, user_threshold=5, window_seconds=3600)
+    gc.collect()
+    before = _rss_bytes()
+    for round_ in range(11):
+        for i in range(store.max_keys):
+            store.count(f"2001:db8::{i:x}", f"user-{i}", "auth.login.failed",
+                        f"{round_ * 10**6 + i + 1:032x}", T0 + round_, policy)
+    gc.collect()
+    grown = _rss_bytes() - before
+    print(f"\nworst case, {store.tracked_keys():,} full windows: RSS +{grown / 2**20:.1f} MiB")
+    assert store.tracked_keys() == 2 * store.max_keys
+    assert store.evictions == 0
+    assert grown < 80 * 2**20

@@ -61,7 +61,7 @@ from .. import attributes as attr
 from ..config import Settings
 from ..events import Violation
 from ..recorder import SecurityRecorder
-from .stores import MemoryStore, Store, build_store
+from .stores import DEFAULT_MAX_KEYS, MemoryStore, Store, build_store
 from .window import HOST, USER, Crossing, Hit, Policy
 
 __all__ = ["AbuseDetector"]
@@ -111,7 +111,7 @@ class AbuseDetector:
         batch_size: int = 500,
         batch_interval: float = 0.05,
         refresh_interval: float = 0.3,
-        max_keys: int = 50_000,
+        max_keys: int = DEFAULT_MAX_KEYS,
     ) -> None:
         self.recorder = recorder
         self.settings = settings if settings is not None else recorder.settings
