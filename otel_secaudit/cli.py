@@ -146,6 +146,11 @@ class DemoServer:
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False,
             lifespan="off",
+            # uvicorn would otherwise rewrite the socket peer from X-Forwarded-For itself
+            # (FORWARDED_ALLOW_IPS defaults to 127.0.0.1); the demo shows otel_secaudit's own
+            # resolution (OTEL_SECAUDIT_TRUSTED_PROXIES), with the real peer in
+            # network.peer.address.
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="demo-server", daemon=True)

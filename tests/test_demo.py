@@ -132,7 +132,10 @@ def test_evidence_trace_ids_point_at_the_violations(demo: DemoRun) -> None:
             ]
             assert len(violations) == 1
             if signal.scope == "host":
+                # Resolved by otel_secaudit from X-Forwarded-For (the peer is the trusted
+                # loopback proxy), not by uvicorn.
                 assert violations[0].attributes[attr.CLIENT_ADDRESS] == signal.key
+                assert violations[0].attributes[attr.NETWORK_PEER_ADDRESS] == "127.0.0.1"
 
 
 def test_counters_agree_with_the_log_records(demo: DemoRun) -> None:
@@ -223,3 +226,49 @@ def test_demo_port_in_use(tmp_path: Path) -> None:
     assert process.returncode == 2
     assert "the demo server did not start (is the port in use?)" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+# -- SECURITY.md ----------------------------------------------------------------------------
+
+SECURITY_MD = Path(__file__).resolve().parent.parent / "SECURITY.md"
+
+
+def _blocks(text: str, language: str) -> list[str]:
+    lines: list[str] = []
+    for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.S):
+        lines += [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
+    return lines
+
+
+def test_security_md_catalogue_matches_the_code() -> None:
+    from otel_secaudit import CATALOGUE
+
+    text = SECURITY_MD.read_text(encoding="utf-8")
+    table = text.split("<!-- catalogue:start -->")[1].split("<!-- catalogue:end -->")[0]
+    rows = [
+        [cell.strip().strip("`") for cell in line.strip().strip("|").split("|")][:4]
+        for line in table.strip().splitlines()[2:]
+    ]
+    expected = [[s.name, s.category, s.outcome, s.severity] for s in CATALOGUE.values()]
+    assert rows == expected
+
+
+def test_security_md_queries_parse(tmp_path: Path) -> None:
+    import yaml
+
+    from .servers import require_binary
+
+    text = SECURITY_MD.read_text(encoding="utf-8")
+    promql = _blocks(text, "promql")
+    assert len(promql) >= 4
+    rules = {"groups": [{"name": "security-md", "rules": [
+        {"record": f"parse:check_{i}:sum", "expr": expr} for i, expr in enumerate(promql)
+    ]}]}
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    result = subprocess.run([require_binary("promtool"), "check", "rules", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for query in _blocks(text, "logql"):
+        # Loki's OTLP names: structured metadata with '_' for '.', never the dotted key
+        assert '{service_name=~".+"}' in query and "security.event" not in query, query
