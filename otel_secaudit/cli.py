@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -188,6 +189,25 @@ def _prepare_out(out: Path, err: Any) -> None:
         err.print(f"replacing the previous run's files in {out}", highlight=False, soft_wrap=True)
 
 
+def _wait_for_stop(server: DemoServer) -> None:
+    """Serve until Ctrl-C or SIGTERM (``docker compose stop``), so the exit path still flushes
+    the providers and delivers the spool."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        previous[number] = signal.signal(number, request_stop)
+    try:
+        while server.thread.is_alive() and not stop.wait(0.5):
+            pass
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def _print_serve_help(url: str, console: Any) -> None:
     from .demo.app import DEMO_PASSWORDS
 
@@ -288,11 +308,9 @@ def _demo(args: argparse.Namespace) -> int:
                   highlight=False, soft_wrap=True)
         if args.serve:
             _print_serve_help(url, out_console)
-            try:
-                while server.thread.is_alive():
-                    server.thread.join(0.5)
-            except KeyboardInterrupt:
-                err.print("stopping")
+            _wait_for_stop(server)
+            err.print("stopping: delivering what is left, then closing the files",
+                      highlight=False, soft_wrap=True)
     finally:
         if not stopped:
             server.stop()
@@ -315,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report(args)
     except (ReportError, UsageProblem) as exc:
         print(f"otel-secaudit: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # rich, fastapi, ... live in the demo extra
+        print(f"otel-secaudit: error: {exc}; {_DEMO_EXTRA_HINT}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

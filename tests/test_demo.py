@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal as signals
 import socket
 import subprocess
 import sys
@@ -272,3 +273,40 @@ def test_security_md_queries_parse(tmp_path: Path) -> None:
     for query in _blocks(text, "logql"):
         # Loki's OTLP names: structured metadata with '_' for '.', never the dotted key
         assert '{service_name=~".+"}' in query and "security.event" not in query, query
+
+
+def test_demo_serve_keeps_serving_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """--serve: after the scenario the app answers manual requests; SIGTERM (docker compose
+    stop) ends it through the normal exit path, so the manual request's event is in the files."""
+    import httpx
+
+    from .servers import free_port
+
+    out = tmp_path / "out"
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otel_secaudit.cli", "demo", "--short", "--serve",
+         "--port", str(port), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+    )
+    try:
+        assert process.stdout is not None
+        seen = []
+        for line in process.stdout:
+            seen.append(line)
+            if "curl" in line:
+                break
+        text = "".join(seen)
+        assert f"The demo app is serving on http://127.0.0.1:{port}" in text, text[-2000:]
+        before = summarize(load(out)).events["auth.unauthenticated"]
+        response = httpx.get(f"http://127.0.0.1:{port}/me", timeout=10)
+        assert response.status_code == 401
+        process.send_signal(signals.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr[-2000:]
+    assert "stopping: delivering what is left" in stderr and "Traceback" not in stderr
+    assert summarize(load(out)).events["auth.unauthenticated"] == before + 1

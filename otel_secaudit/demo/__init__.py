@@ -1,0 +1,13 @@
+"""The ``otel-secaudit demo`` and ``otel-secaudit report`` machinery.
+
+* :mod:`.app`: the demo FastAPI application (login + TOTP, JWT with revocation, RBAC, tenants,
+  CSRF, admin area);
+* :mod:`.scenario`: the scripted attack, played over real HTTP;
+* :mod:`.telemetry`: SDK providers and instrumentors, set up as ``opentelemetry-instrument``
+  does, exporting to OTLP/JSON files and optionally a collector;
+* :mod:`.otlp_json`: span, log and metric exporters writing OTLP/JSON lines (the collector
+  ``file`` exporter format);
+* :mod:`.report` and :mod:`.render`: reading such files back, summarizing, printing.
+
+Needs the ``demo`` extra: ``pip install 'otel-secaudit[demo]'``.
+"""

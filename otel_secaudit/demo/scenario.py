@@ -60,14 +60,15 @@ class Step:
 
 @dataclass
 class Outcome:
-    """What the scenario did: status codes per phase (the report is the telemetry's view)."""
+    """What the scenario did: the status code of each step, per phase (the report is the
+    telemetry's view)."""
 
     statuses: dict[str, list[int]] = field(default_factory=dict)
-    requests: int = 0
+    steps: int = 0
 
     def add(self, phase: str, status: int) -> None:
         self.statuses.setdefault(phase, []).append(status)
-        self.requests += 1
+        self.steps += 1
 
 
 class Scenario:

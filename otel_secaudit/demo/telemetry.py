@@ -92,7 +92,7 @@ class Telemetry:
         for instrumentor in self.instrumentors:
             try:
                 instrumentor.uninstrument()
-            except Exception:  # noqa: BLE001 - exiting anyway
+            except Exception:  # exiting anyway
                 pass
         self.tracer_provider.shutdown()
         self.logger_provider.shutdown()
