@@ -176,7 +176,7 @@ def test_report_trace_timeline_of_evidence(demo: DemoRun) -> None:
     assert "span event" in shown.stdout and "auth.login.failed" in shown.stdout
 
 
-@pytest.mark.parametrize("spool", [False, True], ids=["sdk", "spool"])
+@pytest.mark.parametrize("spool", [False, True], ids=["http-sdk", "grpc-spool"])
 def test_demo_also_exports_to_a_collector(tmp_path: Path, spool: bool) -> None:
     """With --otlp-endpoint the same telemetry reaches a real OTLP gRPC receiver, and the
     files are still written (the live report reads them). With OTEL_SECAUDIT_SPOOL_DIR (as in
@@ -185,12 +185,18 @@ def test_demo_also_exports_to_a_collector(tmp_path: Path, spool: bool) -> None:
     receiver = OTLPReceiver().start()
     try:
         out = tmp_path / "out"
-        env = {"OTEL_SECAUDIT_SPOOL_DIR": str(tmp_path / "spool")} if spool else {}
-        process = _cli("demo", "--short", "--out", str(out),
-                       "--otlp-endpoint", receiver.grpc_endpoint, **env)
+        if spool:  # as in docker-compose.yml: gRPC and the spool
+            env = {"OTEL_SECAUDIT_SPOOL_DIR": str(tmp_path / "spool")}
+            endpoint, protocol = receiver.grpc_endpoint, "grpc"
+        else:
+            env = {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+            endpoint, protocol = receiver.http_endpoint, "http/protobuf"
+        process = _cli("demo", "--short", "--out", str(out), "--otlp-endpoint", endpoint, **env)
         assert process.returncode == 0, process.stderr[-3000:]
-        assert f"exporting to the collector at {receiver.grpc_endpoint} (grpc)" in \
-            process.stderr
+        assert f"exporting to the collector at {endpoint} ({protocol})" in process.stderr
+        if not spool:
+            with receiver.lock:
+                assert receiver.trace_requests and receiver.metric_requests
         assert "self-check: all" in process.stderr
         with receiver.lock:
             records = [

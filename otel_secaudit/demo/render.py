@@ -113,7 +113,8 @@ def render_summary(summary: Summary, console: Console) -> None:
     console.print(
         f"[bold]otel-secaudit report[/bold]: {len(summary.files)} file(s), "
         f"{summary.requests} export requests, {summary.log_records} security log records, "
-        f"{summary.spans} spans, {summary.violations} violations"
+        f"{summary.spans} spans, {summary.violations} violations, "
+        f"{len(summary.abuse_signals)} abuse signals"
     )
     if summary.skipped_lines:
         console.print(
