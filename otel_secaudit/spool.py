@@ -607,7 +607,7 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
             accepted = False
             self._error(exc, "spool.append")
         if accepted:
-            if self.spool.depth >= self.max_batch:
+            if self.spool.depth >= self.max_batch and not self._wake.is_set():
                 self._wake.set()
             return
         self._refused.add(1)
