@@ -545,6 +545,8 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
         max_batch: records per export call.
         on_error: called with (exception, where) for internal errors (the recorder counts them).
         backoff_initial_s, backoff_max_s: retry delays while the collector is unreachable.
+        linger_s: how long the sender waits for a full batch before sending a partial one
+            (delivery latency; the SDK batch processor's default is 1 s).
     """
 
     def __init__(
@@ -558,6 +560,7 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
         on_error: Callable[[BaseException, str], None] | None = None,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
+        linger_s: float = 0.2,
     ) -> None:
         self.spool = spool
         self.exporter = exporter if exporter is not None else build_otlp_log_exporter()
@@ -567,8 +570,10 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
         self._backoff_initial = backoff_initial_s
         self._backoff_max = backoff_max_s
         self._refusal_logged = False
+        self.linger_s = linger_s
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._flushing = threading.Event()
         self._idle = threading.Condition()
         meter = get_meter("otel_secaudit", __version__, meter_provider=meter_provider)
         meter.create_observable_up_down_counter(
@@ -623,14 +628,18 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wait until every spooled record was acknowledged (or the timeout)."""
         deadline = time.monotonic() + timeout_millis / 1000
+        self._flushing.set()
         self._wake.set()
-        with self._idle:
-            while self.spool.depth > 0 and not self._stop.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._idle.wait(min(remaining, 0.05))
-        return self.spool.depth == 0
+        try:
+            with self._idle:
+                while self.spool.depth > 0 and not self._stop.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._idle.wait(min(remaining, 0.05))
+            return self.spool.depth == 0
+        finally:
+            self._flushing.clear()
 
     def shutdown(self, timeout_millis: int = 5000) -> None:  # type: ignore[override]
         """Try to deliver what is spooled for up to ``timeout_millis``, then stop; anything
@@ -651,6 +660,13 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
     def _send_loop(self) -> None:
         backoff = self._backoff_initial
         while not self._stop.is_set():
+            if self.spool.depth < self.max_batch and not self._flushing.is_set():
+                # Linger for a full batch (on_emit wakes us at max_batch): one export call per
+                # batch, not one per trickle, keeps the sender's share of the GIL small.
+                self._wake.wait(self.linger_s)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
             try:
                 delivered = self._send_one_batch()
             except Exception as exc:  # keep the sender alive whatever happens
@@ -660,13 +676,11 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
                 backoff = self._backoff_initial
                 continue
             if delivered is None:  # failed: back off, then retry the same batch
-                self._wake.wait(backoff)
+                self._stop.wait(backoff)
                 backoff = min(backoff * 2, self._backoff_max)
             else:  # nothing to send
                 with self._idle:
                     self._idle.notify_all()
-                self._wake.wait(0.05)
-            self._wake.clear()
 
     def _send_one_batch(self) -> int | None:
         """Export one batch; the number delivered, 0 when idle, None when the export failed."""
