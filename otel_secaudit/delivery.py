@@ -178,6 +178,12 @@ class Delivery:
         self.drops = drops
         self._provider: SDKLoggerProvider | None = None
 
+    @property
+    def logger_provider(self) -> SDKLoggerProvider | None:
+        """The spool's own LoggerProvider when durable delivery is on (add processors to it to
+        see the security records elsewhere too, as the demo does), else None."""
+        return self._provider
+
     def close(self, timeout_millis: int = 5000) -> None:
         """Deliver what is spooled for up to ``timeout_millis``, then stop the spool."""
         if self.spool is not None:

@@ -327,8 +327,11 @@ class Redactor:
             if len(out) >= MAX_EXTRA_ATTRIBUTES:
                 acc.problems.append(f"more than {MAX_EXTRA_ATTRIBUTES} attributes; rest dropped")
                 return
-            if not isinstance(raw_key, str):
-                acc.problems.append(f"attribute key must be str, not {type(raw_key).__name__}")
+            if not isinstance(raw_key, str) or not raw_key:
+                acc.problems.append(
+                    "attribute keys must be non-empty str, not "
+                    + (repr(raw_key) if raw_key == "" else type(raw_key).__name__)
+                )
                 continue
             key = prefix + cap_length(escape_control(raw_key), MAX_KEY_LENGTH)
             lowered = raw_key.lower()

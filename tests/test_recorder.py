@@ -221,6 +221,7 @@ BAD_CALLS = [
     ("non-UTF-8 bytes", ("auth.login.failed",), {"reason": b"\xff\xfe bad"}),
     ("attributes not a mapping", ("auth.login.failed",), {"attributes": ["a", "b"]}),
     ("reserved attribute", ("auth.login.failed",), {"attributes": {"security.event.name": "x"}}),
+    ("empty attribute key", ("auth.login.failed",), {"attributes": {"": "x"}}),
     ("unsupported value type", ("auth.login.failed",), {"attributes": {"obj": object()}}),
     ("bad severity", ("auth.login.failed",), {"severity": "loud"}),
 ]

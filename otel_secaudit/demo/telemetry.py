@@ -170,7 +170,7 @@ def setup(out: Path, otlp_endpoint: str | None = None) -> Telemetry:
     # With OTEL_SECAUDIT_SPOOL_DIR the recorder sends its log records through its own spooling
     # LoggerProvider (durable delivery to the collector), not the global one: give that
     # provider the file exporter too, so the files (and the report) stay complete.
-    spool_provider = getattr(otel_secaudit.get_recorder().delivery, "_provider", None)
+    spool_provider = otel_secaudit.get_recorder().delivery.logger_provider
     if spool_provider is not None:
         spool_provider.add_log_record_processor(SimpleLogRecordProcessor(files.log_exporter()))
     return telemetry
