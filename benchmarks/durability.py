@@ -121,12 +121,16 @@ def throughput(args: argparse.Namespace, receiver: OTLPReceiver, spool_dir: str)
     print(f"   blocks={args.blocks} x {args.block_size} records per arm")
     for name, seconds in per_record.items():
         print(f"   {name:<6} {seconds * 1e6:7.1f} us/record  {1 / seconds:9.0f} records/s")
-    print(f"   spool / plain  ratio = {spool_ratio:.2f}  (target <= 2.0)"
-          f"  [p25 {statistics.quantiles(spool_ratios, n=4)[0]:.2f},"
-          f" p75 {statistics.quantiles(spool_ratios, n=4)[2]:.2f}]")
+    print(
+        f"   spool / plain  ratio = {spool_ratio:.2f}  (target <= 2.0)"
+        f"  [p25 {statistics.quantiles(spool_ratios, n=4)[0]:.2f},"
+        f" p75 {statistics.quantiles(spool_ratios, n=4)[2]:.2f}]"
+    )
     print(f"   plain / plain  ratio = {statistics.median(aa_ratios):.2f}  (A/A noise floor)")
-    print(f"   plain arm drops counted: {plain.delivery.drops.total}; "
-          f"spool refused: {spooled.delivery.spool.spool.stats.refused}")
+    print(
+        f"   plain arm drops counted: {plain.delivery.drops.total}; "
+        f"spool refused: {spooled.delivery.spool.spool.stats.refused}"
+    )
     processor = spooled.delivery.spool
     assert processor is not None
     processor.force_flush(60_000)
@@ -145,8 +149,10 @@ def outage(args: argparse.Namespace, spool_dir: str) -> tuple[int, int]:
     rate, lead = 500.0, 5.0
     duration = args.outage + 2 * lead
     total = int(rate * duration)
-    print(f"\n== receiver outage: {rate:.0f} records/s for {duration:.0f} s, "
-          f"receiver down from t={lead:.0f}s for {args.outage:.0f} s")
+    print(
+        f"\n== receiver outage: {rate:.0f} records/s for {duration:.0f} s, "
+        f"receiver down from t={lead:.0f}s for {args.outage:.0f} s"
+    )
     started = time.monotonic()
     down = False
     max_depth = 0
@@ -187,12 +193,16 @@ def outage(args: argparse.Namespace, spool_dir: str) -> tuple[int, int]:
     }
     lost = total - len(seqs)
     dropped = plain.delivery.drops.by_reason
-    print(f"   spool : sent {total}, received {spool_copies} ({len(spool_uids)} after dedup on "
-          f"{LOG_RECORD_UID}), lost {lost}; max depth {max_depth}; drained {drain:.1f} s "
-          f"after the outage; refused {processor.spool.stats.refused}")
-    print(f"   plain : sent {total}, received {plain_received}, lost {total - plain_received}; "
-          f"counted as dropped by otel_secaudit: {dict(dropped)} "
-          f"(sum {sum(dropped.values())})")
+    print(
+        f"   spool : sent {total}, received {spool_copies} ({len(spool_uids)} after dedup on "
+        f"{LOG_RECORD_UID}), lost {lost}; max depth {max_depth}; drained {drain:.1f} s "
+        f"after the outage; refused {processor.spool.stats.refused}"
+    )
+    print(
+        f"   plain : sent {total}, received {plain_received}, lost {total - plain_received}; "
+        f"counted as dropped by otel_secaudit: {dict(dropped)} "
+        f"(sum {sum(dropped.values())})"
+    )
     print(f"   target: 0 lost with the spool -> {'OK' if lost == 0 else 'MISSED'}")
     spooled.close(5_000)
     receiver.stop()

@@ -61,9 +61,7 @@ async def _connection(port: int, request: bytes, deadline: float, counts: list[i
         writer.close()
 
 
-async def _measure(
-    port: int, path: str, seconds: float, connections: int
-) -> tuple[int, float]:
+async def _measure(port: int, path: str, seconds: float, connections: int) -> tuple[int, float]:
     request = f"GET {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n\r\n".encode()
     warm = [0]
     await asyncio.gather(
@@ -183,9 +181,7 @@ def main() -> None:
         for arm in servers:  # warm up every server and route (imports, JIT-less caches)
             for path in ROUTES.values():
                 measure(arm, path, 0.5)
-        print(
-            f"rounds={options.rounds} block={options.block}s connections={options.connections}"
-        )
+        print(f"rounds={options.rounds} block={options.block}s connections={options.connections}")
         print(
             "rps = requests per wall-clock second; cpu = requests per second of server CPU "
             "(less sensitive to other load on the machine)"
@@ -205,12 +201,8 @@ def main() -> None:
                     series["cpu"][arm].append(per_cpu)
             for kind, values in series.items():
                 a_values, b_values, a2_values = values["A"], values["B"], values["A2"]
-                ratio = statistics.median(
-                    b / a for a, b in zip(a_values, b_values, strict=True)
-                )
-                noise = statistics.median(
-                    a2 / a for a, a2 in zip(a_values, a2_values, strict=True)
-                )
+                ratio = statistics.median(b / a for a, b in zip(a_values, b_values, strict=True))
+                noise = statistics.median(a2 / a for a, a2 in zip(a_values, a2_values, strict=True))
                 verdict = "ok" if ratio >= TARGETS[label] else "MISSED"
                 print(
                     f"{label:>5} {kind:>7} {statistics.median(values['A']):7.0f}"

@@ -413,9 +413,7 @@ class SecAuditMiddleware:
             scope,
             method=method[:32] if isinstance(method, str) else None,
             path=path[:MAX_PATH_LENGTH] if isinstance(path, str) else None,
-            client_address=resolve_client_address(
-                peer, headers, recorder.settings.trusted_proxies
-            ),
+            client_address=resolve_client_address(peer, headers, recorder.settings.trusted_proxies),
             peer_address=peer_ip if peer_ip is not None else (peer[:64] if peer else None),
             user_agent=_first_header(headers, b"user-agent"),
             user_id_resolver=resolve_user_id,

@@ -55,23 +55,43 @@ def _parser() -> argparse.ArgumentParser:
         "and print the security report. No collector needed: telemetry is written as OTLP/JSON "
         "lines to --out (and also sent to a collector when one is configured).",
     )
-    demo.add_argument("--out", default=DEFAULT_OUT, type=Path,
-                      help=f"output folder for the OTLP/JSON files (default {DEFAULT_OUT})")
-    demo.add_argument("--short", action="store_true",
-                      help="fast mode: less benign traffic, no pauses, 2 s blocks (tests)")
-    demo.add_argument("--otlp-endpoint", metavar="URL",
-                      help="also export to this OTLP collector (sets OTEL_EXPORTER_OTLP_ENDPOINT;"
-                      " port 4318 means http/protobuf unless OTEL_EXPORTER_OTLP_PROTOCOL says)")
-    demo.add_argument("--serve", action="store_true",
-                      help="after the scenario keep the app running for manual requests "
-                      "(Ctrl-C stops it)")
-    demo.add_argument("--host", default=None,
-                      help="address to listen on (default 127.0.0.1; 0.0.0.0 inside a container,"
-                      " detected by /.dockerenv, so docker compose can publish the port)")
-    demo.add_argument("--port", type=int, default=None,
-                      help="port to listen on (default: 8000 with --serve, else a free one)")
-    demo.add_argument("--json", action="store_true",
-                      help="print the summary as JSON instead of tables")
+    demo.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        type=Path,
+        help=f"output folder for the OTLP/JSON files (default {DEFAULT_OUT})",
+    )
+    demo.add_argument(
+        "--short",
+        action="store_true",
+        help="fast mode: less benign traffic, no pauses, 2 s blocks (tests)",
+    )
+    demo.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="also export to this OTLP collector (sets OTEL_EXPORTER_OTLP_ENDPOINT;"
+        " port 4318 means http/protobuf unless OTEL_EXPORTER_OTLP_PROTOCOL says)",
+    )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the scenario keep the app running for manual requests (Ctrl-C stops it)",
+    )
+    demo.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default 127.0.0.1; 0.0.0.0 inside a container,"
+        " detected by /.dockerenv, so docker compose can publish the port)",
+    )
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default: 8000 with --serve, else a free one)",
+    )
+    demo.add_argument(
+        "--json", action="store_true", help="print the summary as JSON instead of tables"
+    )
 
     report = commands.add_parser(
         "report",
@@ -80,13 +100,18 @@ def _parser() -> argparse.ArgumentParser:
         "evidence trace IDs, blocks, counters, top offending addresses and users.",
     )
     report.add_argument("path", type=Path, help="a folder or a file of OTLP/JSON lines")
-    report.add_argument("--trace", metavar="TRACE_ID",
-                        help="print the timeline of this trace (32 hex characters)")
-    report.add_argument("--strict", action="store_true",
-                        help="fail on the first corrupt line instead of skipping it")
+    report.add_argument(
+        "--trace", metavar="TRACE_ID", help="print the timeline of this trace (32 hex characters)"
+    )
+    report.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first corrupt line instead of skipping it",
+    )
     report.add_argument("--top", type=int, default=5, help="rows in the top-N tables")
-    report.add_argument("--json", action="store_true",
-                        help="print the summary as JSON instead of tables")
+    report.add_argument(
+        "--json", action="store_true", help="print the summary as JSON instead of tables"
+    )
     return parser
 
 
@@ -145,7 +170,11 @@ class DemoServer:
         import uvicorn
 
         config = uvicorn.Config(
-            app, host=host, port=port, log_level="warning", access_log=False,
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
             lifespan="off",
             # uvicorn would otherwise rewrite the socket peer from X-Forwarded-For itself
             # (FORWARDED_ALLOW_IPS defaults to 127.0.0.1); the demo shows otel_secaudit's own
@@ -220,7 +249,7 @@ def _print_serve_help(url: str, console: Any) -> None:
         f"curl -s {url}/health",
         f"curl -s -i {url}/me                          # 401 -> auth.unauthenticated",
         f"curl -s -i -X POST {url}/auth/login -H 'Content-Type: application/json' "
-        "-d '{\"username\":\"alice\",\"password\":\"guess\",\"totp\":\"000000\"}'",
+        '-d \'{"username":"alice","password":"guess","totp":"000000"}\'',
         f"curl -s -i {url}/me -H 'X-Forwarded-For: 203.0.113.7'   # blocked while the block lasts",
     ):
         console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
@@ -254,11 +283,18 @@ def _demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     if telemetry.collector:
-        err.print(f"exporting to the collector at {telemetry.collector} ({telemetry.protocol}) "
-                  f"and to {out}", highlight=False, soft_wrap=True)
+        err.print(
+            f"exporting to the collector at {telemetry.collector} ({telemetry.protocol}) "
+            f"and to {out}",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
-        err.print(f"no collector configured: telemetry goes to OTLP/JSON files in {out}",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"no collector configured: telemetry goes to OTLP/JSON files in {out}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     recorder = otel_secaudit.get_recorder()
     directory = DemoDirectory.seeded()
@@ -267,8 +303,9 @@ def _demo(args: argparse.Namespace) -> int:
     stopped = False
     try:
         with httpx.Client(base_url=url, timeout=30) as client:
-            scenario = Scenario(client, directory, short=args.short,
-                                block_seconds=recorder.settings.block_seconds)
+            scenario = Scenario(
+                client, directory, short=args.short, block_seconds=recorder.settings.block_seconds
+            )
             steps = scenario.steps()
             with Progress(
                 TextColumn("{task.description:<28}"),
@@ -303,14 +340,20 @@ def _demo(args: argparse.Namespace) -> int:
                 f"{out / 'logs.jsonl'} holds {summary.log_records}"
             )
             return 1
-        err.print(f"self-check: all {recorded} recorded security events are in "
-                  f"{out / 'logs.jsonl'}; rerun the report with: otel-secaudit report {out}",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"self-check: all {recorded} recorded security events are in "
+            f"{out / 'logs.jsonl'}; rerun the report with: otel-secaudit report {out}",
+            highlight=False,
+            soft_wrap=True,
+        )
         if args.serve:
             _print_serve_help(url, out_console)
             _wait_for_stop(server)
-            err.print("stopping: delivering what is left, then closing the files",
-                      highlight=False, soft_wrap=True)
+            err.print(
+                "stopping: delivering what is left, then closing the files",
+                highlight=False,
+                soft_wrap=True,
+            )
     finally:
         if not stopped:
             server.stop()

@@ -223,11 +223,7 @@ class Settings:
             object.__setattr__(self, "effective_hash_key", key)
 
     def __repr__(self) -> str:  # never print the hash key
-        shown = ", ".join(
-            f"{f.name}={_shown(self, f.name)}"
-            for f in fields(self)
-            if f.repr
-        )
+        shown = ", ".join(f"{f.name}={_shown(self, f.name)}" for f in fields(self) if f.repr)
         return f"Settings({shown})"
 
     @classmethod

@@ -43,10 +43,9 @@ __all__ = ["EventFields", "SecAuditInputError", "SecurityRecorder"]
 
 _log = logging.getLogger("otel_secaudit")
 
-_FIELD_NAMES = frozenset(
-    {"outcome", "severity", "user_name", "attributes", *attr.FIELD_KEYS}
-)
+_FIELD_NAMES = frozenset({"outcome", "severity", "user_name", "attributes", *attr.FIELD_KEYS})
 _METRIC_ATTRIBUTE_CACHE_SIZE = 4096
+_USER_HASH_CACHE_SIZE = 4096
 
 
 class SecAuditInputError(ValueError):
@@ -114,9 +113,7 @@ class SecurityRecorder:
         self.settings = settings if settings is not None else Settings.load(lenient=True)
         self._redactor = Redactor(self.settings.redact_keys)
         self._hash_key = self.settings.effective_hash_key
-        self._logger = get_logger(
-            attr.SCOPE_NAME, __version__, logger_provider=logger_provider
-        )
+        self._logger = get_logger(attr.SCOPE_NAME, __version__, logger_provider=logger_provider)
         meter = get_meter(attr.SCOPE_NAME, __version__, meter_provider=meter_provider)
         self.meter = meter
         self._violations = meter.create_counter(
@@ -137,6 +134,7 @@ class SecurityRecorder:
             description="Errors inside otel_secaudit (never raised into the application)",
         )
         self._metric_attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._user_hashes: dict[str, str] = {}
         self._logged_errors: set[str] = set()
         self.stats = RecorderStats()
         #: Receives violations that the abuse span processor will not see (see module doc).
@@ -339,7 +337,14 @@ class SecurityRecorder:
         if not isinstance(value, str):
             acc.problems.append(f"user_name must be str, not {type(value).__name__}")
             return
-        attributes[attr.USER_HASH] = hash_identity(self._hash_key, value)
+        # A brute force repeats one user name: remember recent hashes (bounded).
+        hashed = self._user_hashes.get(value)
+        if hashed is None:
+            hashed = hash_identity(self._hash_key, value)
+            if len(self._user_hashes) >= _USER_HASH_CACHE_SIZE:
+                self._user_hashes.clear()
+            self._user_hashes[value] = hashed
+        attributes[attr.USER_HASH] = hashed
         if self.settings.record_user_name:
             text = self._redactor.text(value, acc)
             if text is not None:

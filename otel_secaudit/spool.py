@@ -189,8 +189,10 @@ class Spool:
         closed). Counted either way."""
         frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
         with self._lock:
-            if self._closed or len(payload) > MAX_RECORD_BYTES or (
-                self._bytes + len(frame) > self.max_bytes
+            if (
+                self._closed
+                or len(payload) > MAX_RECORD_BYTES
+                or (self._bytes + len(frame) > self.max_bytes)
             ):
                 self.stats.refused += 1
                 return False
@@ -741,8 +743,12 @@ def _env_max_bytes() -> int:
             raise ValueError
         return value
     except ValueError:
-        _log.warning("otel_secaudit: %s=%r is not a positive integer; using %d",
-                     MAX_BYTES_ENV, raw[:40], DEFAULT_MAX_BYTES)
+        _log.warning(
+            "otel_secaudit: %s=%r is not a positive integer; using %d",
+            MAX_BYTES_ENV,
+            raw[:40],
+            DEFAULT_MAX_BYTES,
+        )
         return DEFAULT_MAX_BYTES
 
 
@@ -762,7 +768,8 @@ def create_spool_logger_provider(
     :class:`Spool` (``segment_bytes``, ``fsync_every``, ``fsync_interval_s``).
     """
     spool = Spool(
-        directory, max_bytes=max_bytes if max_bytes is not None else _env_max_bytes(),
+        directory,
+        max_bytes=max_bytes if max_bytes is not None else _env_max_bytes(),
         **spool_options,
     )
     resource = _global_resource()

@@ -22,6 +22,19 @@ from otel_secaudit import SecurityRecorder, Settings
 from .servers import OTLPReceiver, RedisServer
 
 
+class FakeClock:
+    """An injectable clock for window and block tests: ``clock.advance(seconds)``."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class Point:
     metric: str

@@ -95,12 +95,15 @@ def test_status_event_has_method_route_status_on_log_span_and_metric(sdk: SDK) -
     assert record.trace_id == span.context.trace_id
     assert record.span_id == span.context.span_id
     assert [e.name for e in span.events] == ["authz.permission_denied"]
-    assert sdk.total(
-        "security.violations",
-        security__event__name="authz.permission_denied",
-        http__route="/forbidden",
-        http__response__status_code=403,
-    ) == 1
+    assert (
+        sdk.total(
+            "security.violations",
+            security__event__name="authz.permission_denied",
+            http__route="/forbidden",
+            http__response__status_code=403,
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -323,10 +326,18 @@ async def _call(app: Any, path: str) -> int:
     """Drive the ASGI app directly (10,000 requests need to be cheap)."""
     status = 0
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-        "scheme": "http", "path": path, "raw_path": path.encode("latin-1", "replace"),
-        "root_path": "", "query_string": b"", "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1), "server": ("test", 80),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("latin-1", "replace"),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
     }
 
     async def receive() -> dict[str, Any]:
@@ -474,8 +485,12 @@ def test_middleware_survives_arbitrary_headers_and_paths(
 
         async def run() -> None:
             scope = {
-                "type": "http", "method": "GET", "path": path, "query_string": b"",
-                "headers": headers, "client": (peer, 1),
+                "type": "http",
+                "method": "GET",
+                "path": path,
+                "query_string": b"",
+                "headers": headers,
+                "client": (peer, 1),
             }
 
             async def send(message: dict[str, Any]) -> None:
@@ -549,9 +564,7 @@ def test_helpers_inside_a_request(sdk: SDK) -> None:
         helpers.token_revoked("fedcba9876543210", user_id="u1")
         return PlainTextResponse("no", status_code=403)
 
-    app = Starlette(
-        routes=[Route("/h", endpoint)], middleware=[Middleware(SecAuditMiddleware)]
-    )
+    app = Starlette(routes=[Route("/h", endpoint)], middleware=[Middleware(SecAuditMiddleware)])
     assert get(app, "/h").status_code == 403
     records = events(sdk)
     summary = [

@@ -59,9 +59,7 @@ def run_load(recorder_holder: Any) -> None:
                 response = await http.get(f"/items/{i}")
                 assert response.status_code == 403
 
-            await asyncio.wait_for(
-                asyncio.gather(*(one(i) for i in range(REQUESTS))), timeout=60
-            )
+            await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(REQUESTS))), timeout=60)
 
     threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(THREADS)]
     for thread in threads:
@@ -99,7 +97,9 @@ def test_threads_and_asyncio_with_the_spool(tmp_path: Path, make_sdk: Any) -> No
     from otel_secaudit.spool import create_spool_logger_provider
 
     provider, processor = create_spool_logger_provider(
-        tmp_path / "spool", exporter=exporter, meter_provider=sdk.meter_provider,
+        tmp_path / "spool",
+        exporter=exporter,
+        meter_provider=sdk.meter_provider,
         segment_bytes=256 * 1024,
     )
     processor._backoff_initial = processor._backoff_max = 0.02

@@ -69,7 +69,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 def test_demo_writes_the_three_otlp_files_and_passes_its_self_check(demo: DemoRun) -> None:
     assert sorted(p.name for p in demo.out.iterdir()) == [
-        "logs.jsonl", "metrics.jsonl", "traces.jsonl"
+        "logs.jsonl",
+        "metrics.jsonl",
+        "traces.jsonl",
     ]
     assert demo.recording.skipped_lines == 0
     assert "no collector configured" in demo.process.stderr
@@ -81,11 +83,24 @@ def test_demo_report_shows_the_attacks(demo: DemoRun) -> None:
     s = demo.summary
     # Every scenario phase left its event.
     for name in (
-        "auth.login.succeeded", "auth.login.failed", "auth.mfa.failed", "auth.logout",
-        "auth.token.expired", "auth.token.invalid", "auth.token.revoked", "auth.unauthenticated",
-        "authz.cross_tenant", "authz.permission_denied", "request.csrf_mismatch",
-        "data.sensitive.accessed", "admin.user.created", "admin.user.deleted",
-        "request.blocked", "abuse.host", "abuse.user", "abuse.block.started",
+        "auth.login.succeeded",
+        "auth.login.failed",
+        "auth.mfa.failed",
+        "auth.logout",
+        "auth.token.expired",
+        "auth.token.invalid",
+        "auth.token.revoked",
+        "auth.unauthenticated",
+        "authz.cross_tenant",
+        "authz.permission_denied",
+        "request.csrf_mismatch",
+        "data.sensitive.accessed",
+        "admin.user.created",
+        "admin.user.deleted",
+        "request.blocked",
+        "abuse.host",
+        "abuse.user",
+        "abuse.block.started",
         "abuse.block.ended",
     ):
         assert s.events.get(name, 0) >= 1, name
@@ -140,22 +155,27 @@ def test_evidence_trace_ids_point_at_the_violations(demo: DemoRun) -> None:
 
 
 def test_counters_agree_with_the_log_records(demo: DemoRun) -> None:
-    counted = {
-        a[attr.EVENT_NAME]: v for a, v in demo.summary.counters[attr.METRIC_EVENTS]
-    }
+    counted = {a[attr.EVENT_NAME]: v for a, v in demo.summary.counters[attr.METRIC_EVENTS]}
     assert counted == demo.summary.events
     violations: Counter[str] = Counter()
     for attributes, value in demo.summary.counters[attr.METRIC_VIOLATIONS]:
         violations[attributes[attr.EVENT_NAME]] += value
-    failures = {n: c for n, c in demo.summary.events.items() if demo.summary.outcomes[n] ==
-                "failure"}
+    failures = {
+        n: c for n, c in demo.summary.events.items() if demo.summary.outcomes[n] == "failure"
+    }
     assert dict(violations) == failures
 
 
 def test_no_secret_reaches_the_files(demo: DemoRun) -> None:
     text = "".join(p.read_text() for p in demo.out.iterdir())
-    for secret in [*DEMO_PASSWORDS.values(), "Summer2024!", "letmein", "forged-by-another-site",
-                   "eyJ", "Bearer "]:
+    for secret in [
+        *DEMO_PASSWORDS.values(),
+        "Summer2024!",
+        "letmein",
+        "forged-by-another-site",
+        "eyJ",
+        "Bearer ",
+    ]:
         assert secret not in text, secret
     # Failed-login identities are hashed: the claimed names never appear as user.name.
     assert '"user.name"' not in text
@@ -217,8 +237,15 @@ def test_demo_also_exports_to_a_collector(tmp_path: Path, spool: bool) -> None:
 
 
 def test_demo_rejects_a_bad_protocol(tmp_path: Path) -> None:
-    process = _cli("demo", "--short", "--out", str(tmp_path / "o"),
-                   "--otlp-endpoint", "http://127.0.0.1:9", OTEL_EXPORTER_OTLP_PROTOCOL="carrier")
+    process = _cli(
+        "demo",
+        "--short",
+        "--out",
+        str(tmp_path / "o"),
+        "--otlp-endpoint",
+        "http://127.0.0.1:9",
+        OTEL_EXPORTER_OTLP_PROTOCOL="carrier",
+    )
     assert process.returncode == 2
     assert "OTEL_EXPORTER_OTLP_PROTOCOL='carrier'" in process.stderr
     assert "Traceback" not in process.stderr
@@ -268,13 +295,25 @@ def test_security_md_queries_parse(tmp_path: Path) -> None:
     text = SECURITY_MD.read_text(encoding="utf-8")
     promql = _blocks(text, "promql")
     assert len(promql) >= 4
-    rules = {"groups": [{"name": "security-md", "rules": [
-        {"record": f"parse:check_{i}:sum", "expr": expr} for i, expr in enumerate(promql)
-    ]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "security-md",
+                "rules": [
+                    {"record": f"parse:check_{i}:sum", "expr": expr}
+                    for i, expr in enumerate(promql)
+                ],
+            }
+        ]
+    }
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
-    result = subprocess.run([require_binary("promtool"), "check", "rules", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [require_binary("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for query in _blocks(text, "logql"):
         # Loki's OTLP names: structured metadata with '_' for '.', never the dotted key
@@ -291,9 +330,22 @@ def test_demo_serve_keeps_serving_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     out = tmp_path / "out"
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "otel_secaudit.cli", "demo", "--short", "--serve",
-         "--port", str(port), "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+        [
+            sys.executable,
+            "-m",
+            "otel_secaudit.cli",
+            "demo",
+            "--short",
+            "--serve",
+            "--port",
+            str(port),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(),
     )
     try:
         assert process.stdout is not None

@@ -23,19 +23,10 @@ from otel_secaudit.detection import (
     enable_detection,
 )
 
+from .conftest import FakeClock
+
 ADDRESS = "203.0.113.7"
 T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def trace_id(i: int) -> str:
@@ -155,9 +146,7 @@ def test_window_slides_exactly(make_sdk, clock, detectors):
     clock.advance(10)
     detector.submit(violation(3))  # t=80: 50, 70, 80 are within 60 s
     [record] = abuse_logs(sdk)
-    assert record.attributes["security.abuse.trace_ids"] == (
-        trace_id(1), trace_id(2), trace_id(3)
-    )
+    assert record.attributes["security.abuse.trace_ids"] == (trace_id(1), trace_id(2), trace_id(3))
 
 
 def test_exactly_window_seconds_old_is_outside(clock):
@@ -409,8 +398,9 @@ def test_processor_reads_spans_built_outside_the_sdk(make_sdk, clock, detectors)
         Event("not.ours", {"client.address": ADDRESS}),
         Event("auth.token.invalid", {}),
     )
-    span = ReadableSpan("GET /", context=context, events=events,
-                        attributes={"client.address": "192.0.2.77"})
+    span = ReadableSpan(
+        "GET /", context=context, events=events, attributes={"client.address": "192.0.2.77"}
+    )
     processor.on_end(span)
     processor.on_end(ReadableSpan("empty", context=context))
     assert detector.stats["processed"] == 2
@@ -433,8 +423,14 @@ def test_worst_case_memory_with_every_window_full():
     before = _rss_bytes()
     for round_ in range(11):
         for i in range(store.max_keys):
-            store.count(f"2001:db8::{i:x}", f"user-{i}", "auth.login.failed",
-                        f"{round_ * 10**6 + i + 1:032x}", T0 + round_, policy)
+            store.count(
+                f"2001:db8::{i:x}",
+                f"user-{i}",
+                "auth.login.failed",
+                f"{round_ * 10**6 + i + 1:032x}",
+                T0 + round_,
+                policy,
+            )
     gc.collect()
     grown = _rss_bytes() - before
     print(f"\nworst case, {store.tracked_keys():,} full windows: RSS +{grown / 2**20:.1f} MiB")

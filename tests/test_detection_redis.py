@@ -26,21 +26,11 @@ from otel_secaudit.detection import (
     build_store,
 )
 
+from .conftest import FakeClock
 from .servers import RedisServer, wait_for
 
 ADDRESS = "203.0.113.7"
 T0 = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def violation(i: int = 0, address: str | None = ADDRESS, user: str | None = None) -> Violation:
@@ -131,9 +121,7 @@ def test_detection_latency_under_one_second(make_sdk, redis_url, detectors):
     latency = time.monotonic() - started
     assert latency < 1.0
     [record] = abuse_logs(sdk, "abuse.host")
-    assert record.attributes["security.abuse.trace_ids"] == tuple(
-        f"{i + 1:032x}" for i in range(5)
-    )
+    assert record.attributes["security.abuse.trace_ids"] == tuple(f"{i + 1:032x}" for i in range(5))
     assert detector.stats["fallback_active"] is False
     assert detector.stats["redis_errors"] == 0
 
@@ -252,6 +240,7 @@ def test_redis_killed_mid_test_falls_back_and_recovers(make_sdk, detectors):
         assert sum(n for k, n in errors.items() if k.startswith("detection.redis")) >= 1
 
         server.start()  # same port
+
         def recovered() -> bool:
             detector.submit(violation(99, address="192.0.2.3"))
             detector.flush()

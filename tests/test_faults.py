@@ -40,9 +40,7 @@ def exporter_env(receiver: OTLPReceiver, protocol: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def spooled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Any]:
+def spooled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Factory: a recorder wired exactly as in production (OTEL_SECAUDIT_SPOOL_DIR, exporter
     from OTEL_EXPORTER_OTLP_*), with fast retry backoff for short outages."""
     made: list[SecurityRecorder] = []

@@ -45,9 +45,7 @@ from .conftest import SDK
 # characters that forge or hide log lines.
 FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 SECRET_ALPHABET = string.ascii_letters + string.digits
-FUZZ = settings(
-    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +119,7 @@ def clear(sdk: SDK) -> None:
 
 # -- strategies --------------------------------------------------------------------------------
 
-any_text = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=300
-)
+any_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=300)
 nasty_text = st.one_of(
     any_text,
     st.sampled_from(
@@ -290,9 +286,10 @@ def test_metric_series_bounded_under_100k_users_and_addresses() -> None:
                     series += 1
                     values.update(str(v) for v in (point.attributes or {}).values())
     assert series <= 10, series
-    assert not any(v.startswith(("user-", "name-", "10.", "agent/", "r")) for v in values - {
-        "authentication", "authorization"
-    })
+    assert not any(
+        v.startswith(("user-", "name-", "10.", "agent/", "r"))
+        for v in values - {"authentication", "authorization"}
+    )
 
 
 # -- the ASGI middleware ----------------------------------------------------------------------
@@ -334,9 +331,7 @@ xff_hop = st.one_of(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    path=st.text(
-        alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=200
-    ),
+    path=st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=200),
     status=st.sampled_from([200, 401, 403, 404, 429, 500]),
     xff=st.lists(xff_hop, max_size=6).map(", ".join),
     user_agent=header_value,

@@ -68,9 +68,7 @@ def stack_types(app: Any) -> list[str]:
 
 def security_logs(sdk: SDK) -> list[Any]:
     return [
-        log.log_record
-        for log in sdk.logs()
-        if log.instrumentation_scope.name == "otel_secaudit"
+        log.log_record for log in sdk.logs() if log.instrumentation_scope.name == "otel_secaudit"
     ]
 
 
@@ -207,9 +205,7 @@ def test_hand_added_middleware_is_not_doubled_by_the_class_patch(sdk: SDK) -> No
     assert len(security_logs(sdk)) == 1
 
 
-def test_broken_environment_does_not_raise(
-    make_sdk: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_broken_environment_does_not_raise(make_sdk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     sdk = make_sdk()
     monkeypatch.setenv("OTEL_SECAUDIT_HOST_THRESHOLD", "lots")
     monkeypatch.setenv("OTEL_SECAUDIT_STORE", "bogus://nowhere")

@@ -71,8 +71,13 @@ def written(tmp_path: Path) -> Any:
         w.trace_id = format(span.get_span_context().trace_id, "032x")
     w.meter_provider.force_flush()  # a first cumulative collection: later values must win
     r.record("auth.login.failed", user_name="trent", client_address="203.0.113.9")
-    r.record("authz.cross_tenant", user_id="u-7", tenant_id="acme", requested_tenant_id="globex",
-             client_address="192.0.2.1")
+    r.record(
+        "authz.cross_tenant",
+        user_id="u-7",
+        tenant_id="acme",
+        requested_tenant_id="globex",
+        client_address="192.0.2.1",
+    )
     r.record("auth.login.succeeded", user_id="u-7", client_address="192.0.2.1")
     w.close()
     return w
@@ -100,8 +105,11 @@ def test_exporters_write_otlp_json_that_protobuf_parses(written: Any) -> None:
         for rec in sl["logRecords"]
     ]
     assert [rec["eventName"] for rec in records] == [
-        "auth.login.failed", "auth.login.failed", "auth.login.failed",
-        "authz.cross_tenant", "auth.login.succeeded",
+        "auth.login.failed",
+        "auth.login.failed",
+        "auth.login.failed",
+        "authz.cross_tenant",
+        "auth.login.succeeded",
     ]
     assert records[0]["traceId"] == written.trace_id
     assert "traceId" not in records[2]  # recorded outside any span
@@ -118,7 +126,9 @@ def test_exporters_write_otlp_json_that_protobuf_parses(written: Any) -> None:
 def test_summary_counts_what_was_recorded(written: Any) -> None:
     summary = summarize(load(written.folder))
     assert summary.events == {
-        "auth.login.failed": 3, "auth.login.succeeded": 1, "authz.cross_tenant": 1
+        "auth.login.failed": 3,
+        "auth.login.succeeded": 1,
+        "authz.cross_tenant": 1,
     }
     assert summary.violations == 4
     assert summary.top_addresses == [("203.0.113.9", 3), ("192.0.2.1", 1)]
@@ -139,8 +149,10 @@ def test_timeline_of_one_trace(written: Any) -> None:
     assert kinds[0] == ("span start", "POST /login")
     assert kinds[-1] == ("span end", "POST /login")
     assert kinds.count(("span event", "auth.login.failed")) == 2
-    assert sum(1 for kind, name in kinds if kind.startswith("log") and
-               name == "auth.login.failed") == 2
+    assert (
+        sum(1 for kind, name in kinds if kind.startswith("log") and name == "auth.login.failed")
+        == 2
+    )
     assert [row.time_ns for row in rows] == sorted(row.time_ns for row in rows)
     with pytest.raises(ReportError, match="not in this recording"):
         timeline(load(written.folder), "0" * 31 + "1")
@@ -179,29 +191,61 @@ def test_collector_archive_layout(written: Any, tmp_path: Path) -> None:
 
 
 def _metric_line(value: int, start: int, time: int, temporality: int) -> str:
-    point = {"asInt": str(value), "startTimeUnixNano": str(start), "timeUnixNano": str(time),
-             "attributes": [{"key": "security.abuse.scope", "value": {"stringValue": "host"}}]}
-    return json.dumps({"resourceMetrics": [{"scopeMetrics": [{
-        "scope": {"name": "otel_secaudit"},
-        "metrics": [{"name": "security.abuse.signals", "sum": {
-            "dataPoints": [point], "aggregationTemporality": temporality, "isMonotonic": True}}],
-    }]}]})
+    point = {
+        "asInt": str(value),
+        "startTimeUnixNano": str(start),
+        "timeUnixNano": str(time),
+        "attributes": [{"key": "security.abuse.scope", "value": {"stringValue": "host"}}],
+    }
+    return json.dumps(
+        {
+            "resourceMetrics": [
+                {
+                    "scopeMetrics": [
+                        {
+                            "scope": {"name": "otel_secaudit"},
+                            "metrics": [
+                                {
+                                    "name": "security.abuse.signals",
+                                    "sum": {
+                                        "dataPoints": [point],
+                                        "aggregationTemporality": temporality,
+                                        "isMonotonic": True,
+                                    },
+                                }
+                            ],
+                        }
+                    ]
+                }
+            ]
+        }
+    )
 
 
 def test_counters_cumulative_streams_and_delta(tmp_path: Path) -> None:
-    (tmp_path / "c.jsonl").write_text("\n".join([
-        _metric_line(2, start=100, time=200, temporality=2),
-        _metric_line(5, start=100, time=300, temporality=2),  # same stream, later: wins
-        _metric_line(1, start=100, time=250, temporality=2),  # older, out of order: ignored
-        _metric_line(3, start=900, time=950, temporality=2),  # another process: added
-    ]) + "\n")
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(
+            [
+                _metric_line(2, start=100, time=200, temporality=2),
+                _metric_line(5, start=100, time=300, temporality=2),  # same stream, later: wins
+                _metric_line(1, start=100, time=250, temporality=2),  # older, out of order: ignored
+                _metric_line(3, start=900, time=950, temporality=2),  # another process: added
+            ]
+        )
+        + "\n"
+    )
     assert summarize(load(tmp_path)).counters["security.abuse.signals"] == [
         ({"security.abuse.scope": "host"}, 8)
     ]
-    (tmp_path / "c.jsonl").write_text("\n".join([
-        _metric_line(2, start=100, time=200, temporality=1),
-        _metric_line(5, start=200, time=300, temporality=1),
-    ]) + "\n")
+    (tmp_path / "c.jsonl").write_text(
+        "\n".join(
+            [
+                _metric_line(2, start=100, time=200, temporality=1),
+                _metric_line(5, start=200, time=300, temporality=1),
+            ]
+        )
+        + "\n"
+    )
     assert summarize(load(tmp_path)).counters["security.abuse.signals"] == [
         ({"security.abuse.scope": "host"}, 7)
     ]
@@ -267,9 +311,7 @@ def test_corrupt_lines_are_skipped_and_named(written: Any, capsys: Any) -> None:
 
 
 def test_bad_trace_argument(written: Any, capsys: Any) -> None:
-    assert "is not a trace ID" in _error(
-        capsys, ["report", str(written.folder), "--trace", "abc"]
-    )
+    assert "is not a trace ID" in _error(capsys, ["report", str(written.folder), "--trace", "abc"])
     assert "is not in this recording" in _error(
         capsys, ["report", str(written.folder), "--trace", "f" * 32]
     )

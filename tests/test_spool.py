@@ -222,9 +222,7 @@ def make_recorder(
     return recorder, processor, reader
 
 
-def test_export_failures_are_retried_until_acknowledged(
-    spool_dir: Path, spools: list[Any]
-) -> None:
+def test_export_failures_are_retried_until_acknowledged(spool_dir: Path, spools: list[Any]) -> None:
     exporter = FlakyExporter(failures=4)
     recorder, processor, reader = make_recorder(spool_dir, exporter, spools)
     for i in range(300):

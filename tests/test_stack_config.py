@@ -436,7 +436,13 @@ def test_ports_agree_with_sdk_defaults_and_compose(
     assert (endpoint.hostname, endpoint.port) == ("collector", grpc_port)
     assert demo_env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
     assert services["demo"]["command"] == [
-        "otel-secaudit", "demo", "--serve", "--host", "0.0.0.0", "--port", "8000"
+        "otel-secaudit",
+        "demo",
+        "--serve",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
     ]
 
 

@@ -137,7 +137,12 @@ class DemoDirectory:
     ) -> User:
         salt = secrets.token_bytes(16)
         user = User(
-            user_id, name, tenant, roles, pyotp.random_base32(), salt,
+            user_id,
+            name,
+            tenant,
+            roles,
+            pyotp.random_base32(),
+            salt,
             _hash_password(password, salt),
         )
         with self.lock:

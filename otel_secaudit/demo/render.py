@@ -129,8 +129,9 @@ def render_summary(summary: Summary, console: Console) -> None:
     if summary.blocks:
         parts.append(_blocks_table(summary))
     parts.append(_counters_table(summary))
-    parts.append(_top_table("Top offending client addresses", "client.address",
-                            summary.top_addresses))
+    parts.append(
+        _top_table("Top offending client addresses", "client.address", summary.top_addresses)
+    )
     parts.append(_top_table("Top offending users", "user", summary.top_users))
     console.print(Group(*parts))
 
@@ -138,9 +139,7 @@ def render_summary(summary: Summary, console: Console) -> None:
 def render_timeline(trace_id: str, rows: list[TimelineRow], console: Console) -> None:
     """Print one trace's spans, span events and log records in time order."""
     start = rows[0].time_ns
-    table = Table(
-        title=f"Trace {trace_id}, from {format_time(start)}", title_justify="left"
-    )
+    table = Table(title=f"Trace {trace_id}, from {format_time(start)}", title_justify="left")
     table.add_column("+ms", justify="right")
     table.add_column("kind")
     table.add_column("name")

@@ -199,9 +199,8 @@ def _decode_logs(request: dict[str, Any], out: Recording) -> None:
                 name = log.get("eventName") or attributes.get(attr.EVENT_NAME) or ""
                 out.logs.append(
                     LogEntry(
-                        time_ns=_int(log.get("timeUnixNano")) or _int(
-                            log.get("observedTimeUnixNano")
-                        ),
+                        time_ns=_int(log.get("timeUnixNano"))
+                        or _int(log.get("observedTimeUnixNano")),
                         event_name=str(name),
                         severity=str(log.get("severityText", "")),
                         trace_id=_hex_id(log.get("traceId"), 32),
@@ -290,9 +289,7 @@ def _files_of(path: Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise ReportError(f"{path}: not a file or directory")
-    files = sorted(
-        p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(_SUFFIXES)
-    )
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(_SUFFIXES))
     if not files:
         raise ReportError(
             f"{path}: no OTLP/JSON files here (expected logs.jsonl, traces.jsonl, metrics.jsonl "
@@ -594,8 +591,9 @@ def timeline(recording: Recording, trace_id: str) -> list[TimelineRow]:
         detail = _detail(span.attributes)
         if span.parent_span_id:
             detail = f"parent={span.parent_span_id} {detail}".strip()
-        rows.append(TimelineRow(span.start_ns, "span start", span.name, f"id={span.span_id} "
-                                + detail))
+        rows.append(
+            TimelineRow(span.start_ns, "span start", span.name, f"id={span.span_id} " + detail)
+        )
         duration_ms = (span.end_ns - span.start_ns) / 1e6
         status = span.attributes.get(attr.HTTP_STATUS, span.attributes.get("http.status_code"))
         ended = f"id={span.span_id} duration={duration_ms:.1f}ms"
@@ -603,13 +601,17 @@ def timeline(recording: Recording, trace_id: str) -> list[TimelineRow]:
             ended += f" status={status}"
         rows.append(TimelineRow(span.end_ns, "span end", span.name, ended))
         for event in span.events:
-            rows.append(TimelineRow(event.time_ns, "span event", event.name,
-                                    _detail(event.attributes)))
+            rows.append(
+                TimelineRow(event.time_ns, "span event", event.name, _detail(event.attributes))
+            )
     for log in recording.logs:
         if log.trace_id == wanted:
             name = log.event_name or str(log.body)[:60]
-            rows.append(TimelineRow(log.time_ns, f"log {log.severity}".strip(), name,
-                                    _detail(log.attributes)))
+            rows.append(
+                TimelineRow(
+                    log.time_ns, f"log {log.severity}".strip(), name, _detail(log.attributes)
+                )
+            )
     if not rows:
         raise ReportError(f"trace {wanted} is not in this recording")
     order = {"span start": 0, "span event": 1}

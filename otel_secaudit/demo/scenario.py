@@ -45,8 +45,24 @@ ADDRESSES: Final = {
 }
 
 _STUFFED_NAMES: Final = (
-    "admin", "administrator", "test", "guest", "info", "support", "oracle", "user", "demo",
-    "sales", "ftp", "postgres", "web", "backup", "mail", "office", "jenkins", "git",
+    "admin",
+    "administrator",
+    "test",
+    "guest",
+    "info",
+    "support",
+    "oracle",
+    "user",
+    "demo",
+    "sales",
+    "ftp",
+    "postgres",
+    "web",
+    "backup",
+    "mail",
+    "office",
+    "jenkins",
+    "git",
 )
 
 
@@ -110,8 +126,9 @@ class Scenario:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in cookies.items())
         return self.client.request(method, path, json=json, headers=sent)
 
-    def _login(self, name: str, address: str, password: str | None = None,
-               totp: str | None = None) -> int:
+    def _login(
+        self, name: str, address: str, password: str | None = None, totp: str | None = None
+    ) -> int:
         user = self.directory.users.get(name)
         code = totp if totp is not None else (user.current_totp() if user else "000000")
         response = self._request(
@@ -143,8 +160,10 @@ class Scenario:
                 Step("normal session", lambda path=path: self._get(path, a, self.tokens["alice"]))
             )
         steps.append(
-            Step("normal session",
-                 lambda: self._get("/tenants/acme/documents/1", a, self.tokens["alice"]))
+            Step(
+                "normal session",
+                lambda: self._get("/tenants/acme/documents/1", a, self.tokens["alice"]),
+            )
         )
         steps.append(Step("normal session", lambda: self._profile(a, forged=False)))
         return steps
@@ -166,31 +185,55 @@ class Scenario:
 
     def _brute_force(self) -> list[Step]:
         address = ADDRESSES["brute_force"]
-        guesses = ["123456", "password", "alice2024", "qwerty", "letmein", "welcome1",
-                   "iloveyou", "sunshine", "dragon", "monkey", "football", "princess", "shadow"]
+        guesses = [
+            "123456",
+            "password",
+            "alice2024",
+            "qwerty",
+            "letmein",
+            "welcome1",
+            "iloveyou",
+            "sunshine",
+            "dragon",
+            "monkey",
+            "football",
+            "princess",
+            "shadow",
+        ]
         return [
-            Step("password brute force",
-                 lambda g=g: self._login("alice", address, password=g, totp="000000"))
+            Step(
+                "password brute force",
+                lambda g=g: self._login("alice", address, password=g, totp="000000"),
+            )
             for g in guesses
         ]
 
     def _stuffing(self) -> list[Step]:
         address = ADDRESSES["stuffing"]
         return [
-            Step("credential stuffing",
-                 lambda n=n: self._login(n, address, password="Summer2024!", totp="000000"))
+            Step(
+                "credential stuffing",
+                lambda n=n: self._login(n, address, password="Summer2024!", totp="000000"),
+            )
             for n in _STUFFED_NAMES
         ]
 
     def _cross_tenant(self) -> list[Step]:
         address = ADDRESSES["bob"]
         steps = [Step("cross-tenant probe", lambda: self._login("bob", address))]
-        for path in ("/tenants/globex/documents", "/tenants/globex/documents/7",
-                     "/tenants/globex/documents/8", "/tenants/globex/documents/9",
-                     "/tenants/globex/documents/10", "/tenants/globex/documents/11"):
+        for path in (
+            "/tenants/globex/documents",
+            "/tenants/globex/documents/7",
+            "/tenants/globex/documents/8",
+            "/tenants/globex/documents/9",
+            "/tenants/globex/documents/10",
+            "/tenants/globex/documents/11",
+        ):
             steps.append(
-                Step("cross-tenant probe",
-                     lambda path=path: self._get(path, address, self.tokens["bob"]))
+                Step(
+                    "cross-tenant probe",
+                    lambda path=path: self._get(path, address, self.tokens["bob"]),
+                )
             )
         return steps
 
@@ -228,7 +271,10 @@ class Scenario:
 
         def create() -> int:
             return self._request(
-                "POST", "/admin/users", r, token=self.tokens["root"],
+                "POST",
+                "/admin/users",
+                r,
+                token=self.tokens["root"],
                 json={"username": "dave", "password": "dave-demo-password", "tenant": "acme"},
             ).status_code
 

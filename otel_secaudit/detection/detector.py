@@ -335,8 +335,7 @@ class AbuseDetector:
                 if not queue:
                     # memory store: the worker only keeps time for blocks
                     self._wake.wait(
-                        self._batch_interval if self._shared is not None
-                        else self._refresh_interval
+                        self._batch_interval if self._shared is not None else self._refresh_interval
                     )
                     self._wake.clear()
             except Exception as exc:  # the worker must survive anything

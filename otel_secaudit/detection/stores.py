@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from .window import HOST, USER, Crossing, Hit, KeyWindow, Policy, evidence_of
+from .window import HOST, USER, Crossing, Hit, KeyWindow, Policy, crossing_of
 
 __all__ = ["MemoryStore", "RedisStore", "Store", "build_store"]
 
@@ -152,18 +152,7 @@ class MemoryStore:
         if scope == HOST and policy.block_seconds > 0:
             blocked_until = at + policy.block_seconds
             self._block(key, blocked_until)
-        breakdown, trace_ids = evidence_of(entries, policy.evidence)
-        return Crossing(
-            scope=scope,
-            key=key,
-            count=len(entries),
-            threshold=policy.threshold(scope),
-            window_seconds=policy.window_seconds,
-            at=at,
-            breakdown=breakdown,
-            trace_ids=trace_ids,
-            blocked_until=blocked_until,
-        )
+        return crossing_of(scope, key, entries, policy, at, blocked_until)
 
     def apply(self, hits: Sequence[Hit], policy: Policy) -> list[Crossing]:
         out: list[Crossing] = []
@@ -341,20 +330,8 @@ class RedisStore:
                 at_e, name, trace_id = _text(raw).split("|", 2)
                 entries.append((float(at_e), name, trace_id))
             at = float(at_s)
-            breakdown, trace_ids = evidence_of(entries, policy.evidence)
-            out.append(
-                Crossing(
-                    scope=scope,
-                    key=key,
-                    count=len(entries),
-                    threshold=policy.threshold(scope),
-                    window_seconds=policy.window_seconds,
-                    at=at,
-                    breakdown=breakdown,
-                    trace_ids=trace_ids,
-                    blocked_until=at + policy.block_seconds if blocked == "1" else 0.0,
-                )
-            )
+            blocked_until = at + policy.block_seconds if blocked == "1" else 0.0
+            out.append(crossing_of(scope, key, entries, policy, at, blocked_until))
         return out
 
     def housekeeping(

@@ -32,7 +32,7 @@ from typing import Final, NamedTuple
 
 from ..config import Settings
 
-__all__ = ["HOST", "SCOPES", "USER", "Crossing", "Hit", "KeyWindow", "Policy"]
+__all__ = ["HOST", "SCOPES", "USER", "Crossing", "Hit", "KeyWindow", "Policy", "crossing_of"]
 
 HOST: Final = "host"
 USER: Final = "user"
@@ -90,6 +90,29 @@ class Crossing:
     trace_ids: tuple[str, ...] = ()
     #: epoch seconds until which the address is now blocked; 0.0 = no block started
     blocked_until: float = 0.0
+
+
+def crossing_of(
+    scope: str,
+    key: str,
+    entries: list[tuple[float, str, str]],
+    policy: Policy,
+    at: float,
+    blocked_until: float,
+) -> Crossing:
+    """The :class:`Crossing` a store reports for ``key`` (the same for every store)."""
+    breakdown, trace_ids = evidence_of(entries, policy.evidence)
+    return Crossing(
+        scope=scope,
+        key=key,
+        count=len(entries),
+        threshold=policy.threshold(scope),
+        window_seconds=policy.window_seconds,
+        at=at,
+        breakdown=breakdown,
+        trace_ids=trace_ids,
+        blocked_until=blocked_until,
+    )
 
 
 def evidence_of(
