@@ -204,20 +204,32 @@ class SecurityRecorder:
 
         now = time.time_ns()
         span = trace.get_current_span(context)
-        self._logger.emit(
-            timestamp=now,
-            observed_timestamp=now,
-            context=context,
-            severity_number=number,
-            severity_text=number.name,
-            body=body,
-            attributes=attributes,
-            event_name=spec.name,
-        )
+        # Each signal on its own: a broken processor or exporter behind one of them must not
+        # take the others, or abuse detection, down with it (a violation is never hidden).
+        try:
+            self._logger.emit(
+                timestamp=now,
+                observed_timestamp=now,
+                context=context,
+                severity_number=number,
+                severity_text=number.name,
+                body=body,
+                attributes=attributes,
+                event_name=spec.name,
+            )
+        except Exception as exc:
+            self.internal_error(exc, "record.log")
         on_span = self.settings.span_events and span.is_recording()
         if on_span:
-            span.add_event(spec.name, attributes, timestamp=now)
-        self._count(spec, attributes)
+            try:
+                span.add_event(spec.name, attributes, timestamp=now)
+            except Exception as exc:
+                on_span = False  # the span processor will not see it: feed detection here
+                self.internal_error(exc, "record.span_event")
+        try:
+            self._count(spec, attributes)
+        except Exception as exc:
+            self.internal_error(exc, "record.metrics")
         with self.stats._lock:
             self.stats.recorded += 1
         if spec.is_violation:

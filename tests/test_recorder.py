@@ -279,10 +279,15 @@ def test_record_never_raises_when_the_pipeline_breaks(make_sdk: Any) -> None:
             raise RuntimeError("exporter on fire")
 
     sdk.recorder._logger = Exploding()
+    seen: list[Any] = []
+    sdk.recorder.violation_sink = seen.append
     otel_secaudit.record("auth.login.failed")
     otel_secaudit.record("auth.login.failed")
-    assert sdk.recorder.stats.snapshot()["internal_errors"] == {"record:RuntimeError": 2}
+    assert sdk.recorder.stats.snapshot()["internal_errors"] == {"record.log:RuntimeError": 2}
     assert sdk.total("otel_secaudit.internal.errors", error__type="RuntimeError") == 2
+    # The other signals and detection still see both violations.
+    assert sdk.total("security.violations", security__event__name="auth.login.failed") == 2
+    assert len(seen) == 2
 
 
 def test_violation_sink_failure_is_contained(make_sdk: Any) -> None:
