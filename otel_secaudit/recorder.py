@@ -36,7 +36,13 @@ from . import attributes as attr
 from .config import Settings
 from .context import current_request
 from .events import EventSpec, InvalidEventError, Violation, resolve_event, severity_number
-from .redaction import MAX_USER_AGENT_LENGTH, Redactor, Sanitized, hash_identity
+from .redaction import (
+    MAX_USER_AGENT_LENGTH,
+    MAX_VALUE_LENGTH,
+    Redactor,
+    Sanitized,
+    hash_identity,
+)
 from .version import __version__
 
 __all__ = ["EventFields", "SecAuditInputError", "SecurityRecorder"]
@@ -297,7 +303,6 @@ class SecurityRecorder:
     def _attributes(
         self, spec: EventSpec, fields: Mapping[str, Any], acc: Sanitized
     ) -> dict[str, Any]:
-        redactor = self._redactor
         attributes: dict[str, Any] = {
             attr.EVENT_NAME: spec.name,
             attr.EVENT_CATEGORY: spec.category,
@@ -315,10 +320,7 @@ class SecurityRecorder:
                 (attr.USER_ID, request.resolve_user_id()),
             ):
                 if value is not None:
-                    limit = MAX_USER_AGENT_LENGTH if key == attr.USER_AGENT else 1024
-                    text = redactor.text(value, acc, limit)
-                    if text is not None:
-                        attributes[key] = text
+                    self._set_text(attributes, key, value, acc)
             if request.status_code is not None:
                 attributes[attr.HTTP_STATUS] = request.status_code
 
@@ -327,10 +329,7 @@ class SecurityRecorder:
                 continue
             key = attr.FIELD_KEYS.get(field_name)
             if key is not None:
-                limit = MAX_USER_AGENT_LENGTH if key == attr.USER_AGENT else 1024
-                text = redactor.text(value, acc, limit)
-                if text is not None:
-                    attributes[key] = text
+                self._set_text(attributes, key, value, acc)
             elif field_name == "user_name":
                 self._user_name(value, attributes, acc)
             elif field_name not in _FIELD_NAMES:
@@ -339,9 +338,18 @@ class SecurityRecorder:
                 )
         extra = fields.get("attributes")
         if extra is not None:
-            for key, value in redactor.extra(extra, acc).items():
+            for key, value in self._redactor.extra(extra, acc).items():
                 attributes.setdefault(key, value)
         return attributes
+
+    def _set_text(
+        self, attributes: dict[str, Any], key: str, value: object, acc: Sanitized
+    ) -> None:
+        """Sanitize a caller- or request-supplied value into ``attributes[key]``."""
+        limit = MAX_USER_AGENT_LENGTH if key == attr.USER_AGENT else MAX_VALUE_LENGTH
+        text = self._redactor.text(value, acc, limit)
+        if text is not None:
+            attributes[key] = text
 
     def _user_name(self, value: object, attributes: dict[str, Any], acc: Sanitized) -> None:
         if isinstance(value, (bytes, bytearray)):

@@ -160,16 +160,7 @@ class AbuseDetector:
         try:
             now = self._clock()
             if self._shared is None:
-                crossings = self._local.count(
-                    violation.client_address,
-                    violation.user_key,
-                    violation.name,
-                    violation.trace_id,
-                    now,
-                    self.policy,
-                )
-                for crossing in crossings:
-                    self._report(crossing)
+                self._count_local(violation, now)
             elif len(self._queue) >= self._queue_size or self._stop.is_set():
                 with self._counts_lock:
                     self._dropped += 1
