@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,49 @@ def make_sdk() -> Iterator[Any]:
 def sdk(make_sdk: Any) -> SDK:
     """A default strict SDK (see :class:`SDK`)."""
     return make_sdk()
+
+
+@pytest.fixture
+def detectors() -> Iterator[list[Any]]:
+    """Append every AbuseDetector a test builds; they are shut down after the test."""
+    made: list[Any] = []
+    yield made
+    for detector in made:
+        detector.shutdown()
+
+
+def http_scope(
+    path: str,
+    *,
+    query: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    client: tuple[str, int] = ("127.0.0.1", 1),
+    raw_path: bytes | None = None,
+) -> dict[str, Any]:
+    """An ASGI HTTP ``GET`` scope, for driving apps directly when thousands of requests must
+    be cheap."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode("latin-1", "replace") if raw_path is None else raw_path,
+        "root_path": "",
+        "query_string": query,
+        "headers": [(b"host", b"test")] if headers is None else headers,
+        "client": client,
+        "server": ("test", 80),
+    }
+
+
+def markdown_code_lines(text: str, language: str) -> list[str]:
+    """The non-blank, non-comment lines of every fenced ``language`` block in ``text``, with
+    trailing ``  # comments`` removed."""
+    blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -54,6 +56,31 @@ def require_binary(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def promtool_check_queries(
+    expressions: list[str], folder: Path
+) -> subprocess.CompletedProcess[str]:
+    """Have a real ``promtool`` parse PromQL ``expressions`` (as recording rules in ``folder``)."""
+    rules = {
+        "groups": [
+            {
+                "name": "parse-only",
+                "rules": [
+                    {"record": f"parse:check_{i}:sum", "expr": expr}
+                    for i, expr in enumerate(expressions)
+                ],
+            }
+        ]
+    }
+    path = folder / "queries.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    return subprocess.run(
+        [require_binary("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

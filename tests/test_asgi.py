@@ -32,7 +32,7 @@ from otel_secaudit.asgi import (
 from otel_secaudit.detection import disable_detection, enable_detection
 
 from .apps.secapp import VALID_TOKEN, create_app
-from .conftest import SDK
+from .conftest import SDK, http_scope
 
 
 def fastapi_app(sdk: SDK, **middleware: Any) -> Any:
@@ -325,20 +325,7 @@ def test_bad_headers_do_not_break_requests(make_sdk: Any) -> None:
 async def _call(app: Any, path: str) -> int:
     """Drive the ASGI app directly (10,000 requests need to be cheap)."""
     status = 0
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode("latin-1", "replace"),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("test", 80),
-    }
+    scope = http_scope(path)
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}

@@ -24,7 +24,8 @@ from otel_secaudit.demo.app import DEMO_PASSWORDS
 from otel_secaudit.demo.report import Recording, Summary, load, security_logs, summarize
 from otel_secaudit.demo.scenario import ADDRESSES
 
-from .servers import OTLPReceiver, attributes_of
+from .conftest import markdown_code_lines
+from .servers import OTLPReceiver, attributes_of, promtool_check_queries
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -267,13 +268,6 @@ def test_demo_port_in_use(tmp_path: Path) -> None:
 SECURITY_MD = Path(__file__).resolve().parent.parent / "SECURITY.md"
 
 
-def _blocks(text: str, language: str) -> list[str]:
-    lines: list[str] = []
-    for block in re.findall(rf"```{language}\n(.*?)```", text, flags=re.S):
-        lines += [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("#")]
-    return lines
-
-
 def test_security_md_catalogue_matches_the_code() -> None:
     from otel_secaudit import CATALOGUE
 
@@ -288,34 +282,12 @@ def test_security_md_catalogue_matches_the_code() -> None:
 
 
 def test_security_md_queries_parse(tmp_path: Path) -> None:
-    import yaml
-
-    from .servers import require_binary
-
     text = SECURITY_MD.read_text(encoding="utf-8")
-    promql = _blocks(text, "promql")
+    promql = markdown_code_lines(text, "promql")
     assert len(promql) >= 4
-    rules = {
-        "groups": [
-            {
-                "name": "security-md",
-                "rules": [
-                    {"record": f"parse:check_{i}:sum", "expr": expr}
-                    for i, expr in enumerate(promql)
-                ],
-            }
-        ]
-    }
-    path = tmp_path / "queries.yml"
-    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
-    result = subprocess.run(
-        [require_binary("promtool"), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = promtool_check_queries(promql, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    for query in _blocks(text, "logql"):
+    for query in markdown_code_lines(text, "logql"):
         # Loki's OTLP names: structured metadata with '_' for '.', never the dotted key
         assert '{service_name=~".+"}' in query and "security.event" not in query, query
 

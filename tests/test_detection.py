@@ -58,14 +58,6 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
-def detectors() -> Any:
-    made: list[AbuseDetector] = []
-    yield made
-    for detector in made:
-        detector.shutdown()
-
-
 def make_detector(sdk: Any, clock: FakeClock, detectors: list[AbuseDetector]) -> AbuseDetector:
     detector = AbuseDetector(sdk.recorder, clock=clock)
     detectors.append(detector)

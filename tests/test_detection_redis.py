@@ -49,14 +49,6 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture
-def detectors() -> Any:
-    made: list[AbuseDetector] = []
-    yield made
-    for detector in made:
-        detector.shutdown()
-
-
 # -- one algorithm, two stores ----------------------------------------------------------------
 
 

@@ -39,7 +39,7 @@ import otel_secaudit
 from otel_secaudit import CATALOGUE, SecurityRecorder, Settings
 from otel_secaudit.asgi import SecAuditMiddleware
 
-from .conftest import SDK
+from .conftest import SDK, http_scope
 
 # C0 and C1 controls, DEL, line/paragraph separators, bidi overrides and isolates: the
 # characters that forge or hide log lines.
@@ -472,20 +472,13 @@ def test_middleware_metric_series_bounded_under_100k_routes() -> None:
                 path, target = f"/{token}/{rng.getrandbits(16)}", raw_middleware
                 query = b""
             await target(
-                {
-                    "type": "http",
-                    "asgi": {"version": "3.0"},
-                    "http_version": "1.1",
-                    "method": "GET",
-                    "scheme": "http",
-                    "path": path,
-                    "raw_path": path.encode(),
-                    "query_string": query,
-                    "root_path": "",
-                    "headers": [(b"user-agent", token.encode())],
-                    "client": (f"10.{rng.randrange(256)}.{rng.randrange(256)}.1", 1),
-                    "server": ("test", 80),
-                },
+                http_scope(
+                    path,
+                    query=query,
+                    headers=[(b"user-agent", token.encode())],
+                    client=(f"10.{rng.randrange(256)}.{rng.randrange(256)}.1", 1),
+                    raw_path=path.encode(),
+                ),
                 receive,
                 send,
             )

@@ -23,7 +23,8 @@ import yaml
 
 from otel_secaudit import attributes as attr
 
-from .servers import require_binary
+from .conftest import markdown_code_lines
+from .servers import promtool_check_queries, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR = ROOT / "collector-config.yaml"
@@ -694,14 +695,12 @@ def readme_section() -> str:
 
 
 def readme_blocks(language: str) -> list[str]:
-    blocks = re.findall(rf"```{language}\n(.*?)```", readme_section(), flags=re.S)
-    assert blocks, f"no {language} block in the README section"
-    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+    lines = markdown_code_lines(readme_section(), language)
+    assert lines, f"no {language} block in the README section"
+    return lines
 
 
 def test_promtool_parses_dashboard_and_readme_promql(tmp_path: Path) -> None:
-    promtool = require_binary("promtool")
     expressions = [
         grafana_to_promql(target["expr"])
         for _, target in dashboard_targets()
@@ -711,22 +710,7 @@ def test_promtool_parses_dashboard_and_readme_promql(tmp_path: Path) -> None:
     for expr in readme:
         assert promql_metric_names(expr) <= EXPECTED_NAMES, expr
     expressions += readme
-    rules = {
-        "groups": [
-            {
-                "name": "parse-only",
-                "rules": [
-                    {"record": f"parse:check_{i}:sum", "expr": expr}
-                    for i, expr in enumerate(expressions)
-                ],
-            }
-        ]
-    }
-    path = tmp_path / "queries.yml"
-    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
-    result = subprocess.run(
-        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
-    )
+    result = promtool_check_queries(expressions, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
