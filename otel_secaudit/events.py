@@ -108,6 +108,8 @@ CATALOGUE: Final[Mapping[str, EventSpec]] = MappingProxyType(
         for spec in (
             _spec("auth.login.succeeded", _S, "INFO"),
             _spec("auth.login.failed", _F, "WARN"),
+            _spec("auth.login.succeeded_after_failures", _S, "WARN"),
+            _spec("auth.account.locked", _F, "WARN"),
             _spec("auth.logout", _S, "INFO"),
             _spec("auth.sessions.revoked", _S, "INFO"),
             _spec("auth.unauthenticated", _F, "WARN"),
@@ -122,7 +124,9 @@ CATALOGUE: Final[Mapping[str, EventSpec]] = MappingProxyType(
             _spec("auth.password.changed", _S, "INFO"),
             _spec("auth.password.reset_requested", _S, "INFO"),
             _spec("auth.password.reset_completed", _S, "INFO"),
+            _spec("auth.password.reset_failed", _F, "WARN"),
             _spec("auth.email.verified", _S, "INFO"),
+            _spec("auth.email.verification_failed", _F, "INFO"),
             _spec("auth.api_key.created", _S, "INFO"),
             _spec("auth.api_key.revoked", _S, "INFO"),
             _spec("authz.permission_denied", _F, "WARN"),

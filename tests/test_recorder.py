@@ -23,6 +23,8 @@ CONTRACT_SEVERITY = {
 CONTRACT_TABLE = """
 auth.login.succeeded authentication success INFO
 auth.login.failed authentication failure WARN
+auth.login.succeeded_after_failures authentication success WARN
+auth.account.locked authentication failure WARN
 auth.logout authentication success INFO
 auth.sessions.revoked authentication success INFO
 auth.unauthenticated authentication failure WARN
@@ -37,7 +39,9 @@ auth.backup_code.used authentication success INFO
 auth.password.changed authentication success INFO
 auth.password.reset_requested authentication success INFO
 auth.password.reset_completed authentication success INFO
+auth.password.reset_failed authentication failure WARN
 auth.email.verified authentication success INFO
+auth.email.verification_failed authentication failure INFO
 auth.api_key.created authentication success INFO
 auth.api_key.revoked authentication success INFO
 authz.permission_denied authorization failure WARN
