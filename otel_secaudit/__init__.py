@@ -21,11 +21,11 @@ Configuration: ``OTEL_SECAUDIT_*`` environment variables or :func:`configure` (s
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Unpack
 
+from . import runtime
 from .config import ConfigError, Settings
 from .context import RequestContext, current_request, request_scope
 from .events import CATALOGUE, EventSpec, InvalidEventError, Violation, resolve_event
@@ -56,43 +56,42 @@ __all__ = [
     "record",
     "request_scope",
     "resolve_event",
+    "runtime",
 ]
 
-_lock = threading.Lock()
-_recorder: SecurityRecorder | None = None
-
-
 def get_recorder() -> SecurityRecorder:
-    """The process-wide recorder, created on first use from the environment (lenient)."""
-    global _recorder
-    recorder = _recorder
-    if recorder is None:
-        with _lock:
-            if _recorder is None:
-                _recorder = SecurityRecorder(Settings.load(lenient=True))
-            recorder = _recorder
-    return recorder
+    """The process-wide recorder (``runtime.current().recorder``), created on first use from
+    the environment (lenient)."""
+    return runtime.current().recorder
 
 
 def configure(*, recorder: SecurityRecorder | None = None, **settings: Any) -> SecurityRecorder:
-    """Replace the process-wide recorder.
+    """Replace the process-wide runtime (recorder and, when detection is on, the detector).
 
     Either pass a ready ``recorder`` (tests build one with in-memory providers) or settings
     named like the environment variables (``host_threshold=20``, ``strict=True``). Explicit
-    settings are validated strictly: a bad value raises :class:`ConfigError`. The detection
-    hook of the previous recorder is carried over.
+    settings are validated strictly: a bad value raises :class:`ConfigError` and leaves the
+    current runtime in place. When abuse detection was running, a new detector is built from
+    the new settings and the old one is shut down, as is the old spool.
     """
-    global _recorder
-    if recorder is None:
-        recorder = SecurityRecorder(Settings.load(**settings))
-    elif settings:
+    if recorder is not None and settings:
         raise TypeError("pass either recorder= or settings, not both")
-    with _lock:
-        previous = _recorder
-        if previous is not None and recorder.violation_sink is None:
-            recorder.violation_sink = previous.violation_sink
-            recorder.span_processor_active = previous.span_processor_active
-        _recorder = recorder
+    previous = runtime.current()
+    if recorder is None:
+        recorder = SecurityRecorder(
+            Settings.load(**settings),
+            logger_provider=previous.logger_provider,
+            meter_provider=previous.meter_provider,
+        )
+    runtime.install(
+        runtime.build(
+            recorder=recorder,
+            tracer_provider=previous.tracer_provider,
+            meter_provider=previous.meter_provider,
+            logger_provider=previous.logger_provider,
+            detection=previous.detector is not None,
+        )
+    )
     return recorder
 
 
@@ -112,8 +111,7 @@ def record(name: str, /, **fields: Unpack[EventFields]) -> None:
     (``configure(strict=True)`` or OTEL_SECAUDIT_STRICT=true) bad input raises
     :class:`SecAuditInputError` so tests and development catch it.
     """
-    recorder = _recorder or get_recorder()
-    recorder.record(name, **fields)
+    runtime.current().recorder.record(name, **fields)
 
 
 def __getattr__(name: str) -> Any:

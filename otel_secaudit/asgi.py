@@ -321,9 +321,9 @@ class SecAuditMiddleware:
     def _current_recorder(self) -> SecurityRecorder:
         if self._recorder is not None:
             return self._recorder
-        import otel_secaudit
+        from . import runtime
 
-        return otel_secaudit._recorder or otel_secaudit.get_recorder()
+        return runtime.current().recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":

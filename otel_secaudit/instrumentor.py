@@ -186,7 +186,8 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         import otel_secaudit
 
         cls = type(self)
-        recorder = otel_secaudit._recorder
+        current = otel_secaudit.runtime._current  # transitional, until web/ uses the runtime
+        recorder = current.recorder if current is not None else None
         if recorder is None or settings:
             try:
                 loaded = Settings.load(lenient=True, **settings)

@@ -17,8 +17,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Sampler
 
-import otel_secaudit
-from otel_secaudit import SecurityRecorder, Settings
+from otel_secaudit import SecurityRecorder, Settings, runtime
 
 from .servers import OTLPReceiver, RedisServer
 
@@ -64,6 +63,13 @@ class SDK:
             self.settings,
             logger_provider=self.logger_provider,
             meter_provider=self.meter_provider,
+        )
+        #: The recorder as the process-wide runtime (detection off; tests turn it on).
+        self.runtime = runtime.Runtime(
+            self.recorder,
+            tracer_provider=self.tracer_provider,
+            meter_provider=self.meter_provider,
+            logger_provider=self.logger_provider,
         )
 
     def logs(self) -> list[ReadableLogRecord]:
@@ -114,16 +120,16 @@ def make_sdk() -> Iterator[Any]:
     """Factory: ``make_sdk(sampler=..., host_threshold=3, ...)``; the recorder becomes the
     process-wide one for the test and the previous one is restored afterwards."""
     made: list[SDK] = []
-    previous = otel_secaudit._recorder
+    previous = runtime.swap(None)
 
     def factory(sampler: Sampler | None = None, **settings: Any) -> SDK:
         sdk = SDK(sampler, **settings)
-        otel_secaudit._recorder = sdk.recorder
+        runtime.swap(sdk.runtime)
         made.append(sdk)
         return sdk
 
     yield factory
-    otel_secaudit._recorder = previous
+    runtime.swap(previous)
     for sdk in made:
         sdk.shutdown()
 

@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 import otel_secaudit
-from otel_secaudit import SecurityRecorder, Settings
+from otel_secaudit import SecurityRecorder, Settings, runtime
 from otel_secaudit.asgi import SecAuditMiddleware
 from otel_secaudit.spool import LOG_RECORD_UID
 
@@ -106,7 +106,7 @@ def test_threads_and_asyncio_with_the_spool(tmp_path: Path, make_sdk: Any) -> No
     recorder = SecurityRecorder(
         Settings.load(environ={}), logger_provider=provider, meter_provider=sdk.meter_provider
     )
-    otel_secaudit._recorder = recorder
+    runtime.swap(runtime.Runtime(recorder))
     try:
         run_load(recorder)
         assert processor.force_flush(30_000), processor.spool.stats

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import otel_secaudit
-from otel_secaudit import ConfigError, Settings
+from otel_secaudit import ConfigError, Settings, runtime
 
 
 def test_defaults_match_the_contract() -> None:
@@ -133,7 +133,7 @@ def test_unknown_setting() -> None:
 
 
 def test_configure_is_strict() -> None:
-    previous = otel_secaudit._recorder
+    previous = runtime.swap(None)
     try:
         with pytest.raises(ConfigError):
             otel_secaudit.configure(window_seconds=0)
@@ -141,4 +141,4 @@ def test_configure_is_strict() -> None:
         assert recorder.settings.host_threshold == 3
         assert otel_secaudit.get_recorder() is recorder
     finally:
-        otel_secaudit._recorder = previous
+        runtime.swap(previous)

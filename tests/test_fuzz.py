@@ -36,7 +36,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 import otel_secaudit
-from otel_secaudit import CATALOGUE, SecurityRecorder, Settings
+from otel_secaudit import CATALOGUE, SecurityRecorder, Settings, runtime
 from otel_secaudit.asgi import SecAuditMiddleware
 
 from .conftest import SDK, http_scope
@@ -51,11 +51,10 @@ FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 @pytest.fixture(scope="module")
 def fuzz_sdk() -> Iterator[SDK]:
     """One production-mode SDK for the module (hypothesis examples clear its exporters)."""
-    previous = otel_secaudit._recorder
     sdk = SDK(strict=False)
-    otel_secaudit._recorder = sdk.recorder
+    previous = runtime.swap(sdk.runtime)
     yield sdk
-    otel_secaudit._recorder = previous
+    runtime.swap(previous)
     sdk.shutdown()
 
 

@@ -9,7 +9,7 @@ from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
 import otel_secaudit
-from otel_secaudit import CATALOGUE, RequestContext, SecAuditInputError, request_scope
+from otel_secaudit import CATALOGUE, RequestContext, SecAuditInputError, request_scope, runtime
 from otel_secaudit import attributes as attr
 
 CONTRACT_SEVERITY = {
@@ -329,12 +329,11 @@ def test_request_context_user_resolver_is_lazy_and_safe(sdk: Any) -> None:
 
 
 def test_default_recorder_uses_global_providers_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
-    previous = otel_secaudit._recorder
     monkeypatch.setenv("OTEL_SECAUDIT_HOST_THRESHOLD", "-3")  # bad: warned, default used
-    otel_secaudit._recorder = None
+    previous = runtime.swap(None)
     try:
         recorder = otel_secaudit.get_recorder()
         assert recorder.settings.host_threshold == 10
         otel_secaudit.record("auth.logout")  # the global no-op/proxy providers: no exception
     finally:
-        otel_secaudit._recorder = previous
+        runtime.swap(previous)

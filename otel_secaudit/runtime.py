@@ -1,0 +1,241 @@
+"""The one process-wide runtime: recorder, abuse detector and delivery, as a unit.
+
+Everything that records, detects or blocks reaches these through :func:`current`, once per
+call or request; no other module keeps a recorder or detector of its own. Replacing the
+runtime (:func:`install`, used by :func:`otel_secaudit.configure` and the instrumentor) builds a
+new recorder *and* a new detector from the same settings and closes the previous pair, so a
+changed threshold is never left behind in an old detector and ``abuse.*`` events never go out
+through a replaced recorder.
+
+Usage::
+
+    from otel_secaudit import runtime
+
+    rt = runtime.install(runtime.build(Settings.load(host_threshold=3)))
+    rt.recorder.record("auth.login.failed", user_name="alice")
+    rt.flush()  # before the process exits: detector queue, SDK pipelines, spool
+
+Shutdown: uvicorn re-raises SIGTERM after its graceful shutdown, so ``atexit`` hooks (the SDK's
+own flush included) never run. The web integrations call :meth:`Runtime.flush` on ASGI lifespan
+shutdown and WSGI worker exit, so the last audit records of a rolling deploy still leave.
+
+Fork safety: under a pre-forking server (gunicorn) the runtime is built in the master, and the
+detector's worker thread and the spool sender do not survive ``fork()``. An
+``os.register_at_fork`` hook restarts them in each child, as the SDK's batch processors do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry._logs import LoggerProvider, get_logger_provider
+from opentelemetry.metrics import MeterProvider, get_meter_provider
+
+from .config import Settings
+from .recorder import SecurityRecorder
+
+if TYPE_CHECKING:
+    from .detection import AbuseDetector
+
+__all__ = ["Runtime", "build", "current", "install", "swap"]
+
+_log = logging.getLogger("otel_secaudit")
+
+
+class Runtime:
+    """The recorder, the detector (``None`` when detection is off) and their providers.
+
+    Build it with :func:`build`; make it the process-wide one with :func:`install`.
+    """
+
+    def __init__(
+        self,
+        recorder: SecurityRecorder,
+        detector: AbuseDetector | None = None,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        logger_provider: LoggerProvider | None = None,
+    ) -> None:
+        self.recorder = recorder
+        self.detector = detector
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.logger_provider = logger_provider
+        self._closed = False
+
+    @property
+    def settings(self) -> Settings:
+        """The settings the recorder and detector were built from."""
+        return self.recorder.settings
+
+    def flush(self, timeout_millis: int = 5000) -> bool:
+        """Push out everything queued: the detector's pending violations (so their ``abuse.*``
+        events are emitted), then the tracer, logger and meter pipelines the recorder writes
+        to, then the spool. Never raises; returns False when something did not finish in time.
+        """
+        deadline = time.monotonic() + timeout_millis / 1000
+        results = []
+        if self.detector is not None:
+            results.append(_call(self.recorder, "flush", self.detector.flush, _left(deadline)))
+        for provider in self._providers():
+            force_flush = getattr(provider, "force_flush", None)
+            if callable(force_flush):
+                results.append(_call(self.recorder, "flush", force_flush, _left_ms(deadline)))
+        spool_flush = getattr(self.recorder.delivery, "flush", None)
+        if callable(spool_flush):
+            results.append(_call(self.recorder, "flush", spool_flush, _left_ms(deadline)))
+        # SDK providers return None or a bool; only an explicit False (or an error) is a miss.
+        return all(result is not False for result in results)
+
+    def close(self, timeout_millis: int = 5000) -> None:
+        """Stop the detector (its pending violations are counted first) and the spool. The
+        providers belong to the application and stay open. Idempotent; never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        detector, self.detector = self.detector, None
+        if detector is not None:
+            try:
+                from .detection import disable_detection
+
+                disable_detection(self.recorder, detector)
+            except Exception as exc:
+                self.recorder.internal_error(exc, "runtime.close")
+        try:
+            self.recorder.close(timeout_millis)
+        except Exception as exc:
+            self.recorder.internal_error(exc, "runtime.close")
+
+    def after_fork_in_child(self) -> None:
+        """Restart the threads that ``fork()`` left behind (detector worker, spool sender)."""
+        for component in (self.detector, self.recorder.delivery):
+            restart = getattr(component, "after_fork_in_child", None)
+            if callable(restart):
+                _call(self.recorder, "runtime.fork", restart)
+
+    def _providers(self) -> list[Any]:
+        found: list[Any] = []
+        for provider in (
+            self.tracer_provider or trace.get_tracer_provider(),
+            self.logger_provider or get_logger_provider(),
+            self.meter_provider or get_meter_provider(),
+        ):
+            if provider not in found:
+                found.append(provider)
+        return found
+
+    def __repr__(self) -> str:
+        detection = "on" if self.detector is not None else "off"
+        return f"Runtime(settings={self.settings!r}, detection={detection})"
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _left_ms(deadline: float) -> int:
+    return int(_left(deadline) * 1000)
+
+
+def _call(recorder: SecurityRecorder, where: str, function: Any, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except Exception as exc:  # flushing and closing never raise into the application
+        recorder.internal_error(exc, where)
+        return False
+
+
+def build(
+    settings: Settings | None = None,
+    *,
+    recorder: SecurityRecorder | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    logger_provider: LoggerProvider | None = None,
+    detection: bool = True,
+) -> Runtime:
+    """A new runtime: a recorder from ``settings`` (default: the environment, lenient) on the
+    given providers (default: the global ones), and, with ``detection``, an abuse detector fed
+    by it. Pass a ready ``recorder`` instead of ``settings`` to wrap one (tests).
+
+    Raises:
+        ConfigError: only through ``Settings.load`` done by the caller; building itself falls
+            back to running without detection when the detector cannot start (logged).
+    """
+    if recorder is None:
+        recorder = SecurityRecorder(
+            settings if settings is not None else Settings.load(lenient=True),
+            logger_provider=logger_provider,
+            meter_provider=meter_provider,
+        )
+    elif settings is not None:
+        raise TypeError("pass either settings or recorder, not both")
+    detector = None
+    if detection:
+        try:
+            from .detection import enable_detection
+
+            detector = enable_detection(recorder, tracer_provider)
+        except Exception:
+            _log.exception("otel_secaudit: abuse detection could not start; recording only")
+    return Runtime(
+        recorder,
+        detector,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        logger_provider=logger_provider,
+    )
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def current() -> Runtime:
+    """The process-wide runtime, built on first use from the environment (lenient settings,
+    global providers, detection off until the instrumentor or :func:`install` turns it on)."""
+    runtime = _current
+    if runtime is None:
+        with _lock:
+            if _current is None:
+                swap(build(detection=False))
+            runtime = _current
+    assert runtime is not None
+    return runtime
+
+
+def swap(runtime: Runtime | None) -> Runtime | None:
+    """Make ``runtime`` the process-wide one and return the previous one, left open (tests
+    restore it afterwards). ``None`` resets to "build from the environment on first use"."""
+    global _current
+    previous, _current = _current, runtime
+    return previous
+
+
+def install(runtime: Runtime) -> Runtime:
+    """Make ``runtime`` the process-wide one and close the previous one (its detector stops,
+    its spool delivers what it can). Returns ``runtime``."""
+    with _lock:
+        previous = swap(runtime)
+    if previous is not None and previous is not runtime:
+        previous.close()
+    return runtime
+
+
+def _after_fork_in_child() -> None:
+    runtime = _current
+    if runtime is not None:
+        try:
+            runtime.after_fork_in_child()
+        except Exception:  # a fork hook must never break the child
+            _log.exception("otel_secaudit: could not restart after fork")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
