@@ -4,6 +4,7 @@ summarized; collector archives; bad paths and corrupt input give a clear error (
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 from google.protobuf.json_format import ParseDict
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider
@@ -24,7 +27,7 @@ from otel_secaudit import SecurityRecorder, Settings
 from otel_secaudit import attributes as attr
 from otel_secaudit.cli import main
 from otel_secaudit.demo.otlp_json import OTLPJsonFiles
-from otel_secaudit.demo.report import ReportError, load, summarize, timeline
+from otel_secaudit.demo.report import ReportError, load, printable, summarize, timeline
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -321,3 +324,288 @@ def test_demo_out_is_a_file(capsys: Any, tmp_path: Path) -> None:
     target = tmp_path / "file"
     target.write_text("x")
     assert "is not a directory" in _error(capsys, ["demo", "--out", str(target)])
+
+
+# -- hostile telemetry (issue 11, "Report and spool") ----------------------------------------
+#
+# Every value in an archive is an attacker's choice. The terminal report renders each one as
+# text: never rich markup (``[/]`` raised MarkupError, ``[link=...]`` became a hyperlink), never
+# raw control characters (an OSC 8 sequence is a terminal hyperlink too).
+
+MARKUP_SAMPLES = (
+    "[/]",
+    "[link=https://evil.example]x[/link]",
+    "[bold red]x",
+    "[/bold]",
+    "[@click=app.quit]x[/]",
+    "\\[",
+    "x\x1b]8;;https://evil.example\x1b\\click\x1b]8;;\x1b\\",
+    "\x1b[2J\x1b[31mred",
+    "a\u202eb\u200bc",
+    "<script>alert(1)</script>",
+)
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _kv(attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    def value(v: Any) -> dict[str, Any]:
+        if isinstance(v, list):
+            return {"arrayValue": {"values": [value(item) for item in v]}}
+        if isinstance(v, int):
+            return {"intValue": str(v)}
+        return {"stringValue": str(v)}
+
+    return [{"key": k, "value": value(v)} for k, v in attributes.items()]
+
+
+def _log(name: str, attributes: dict[str, Any], trace_id: str = "", body: Any = None) -> Any:
+    record: dict[str, Any] = {
+        "timeUnixNano": "1764043200000000000",
+        "eventName": name,
+        "severityText": "WARN",
+        "attributes": _kv(attributes),
+    }
+    if trace_id:
+        record["traceId"], record["spanId"] = trace_id, "1" * 16
+    if body is not None:
+        record["body"] = {"kvlistValue": {"values": _kv(body)}}
+    return record
+
+
+def _hostile_archive(folder: Path, hostile: str) -> str:
+    """One archive with ``hostile`` in every field the report shows; returns a trace ID."""
+    trace_id = "ab" * 16
+    failure = {"security.event.outcome": "failure", "security.event.category": hostile}
+    common = {
+        "client.address": hostile,
+        "user.id": hostile,
+        "security.reason": hostile,
+        "http.route": hostile,
+        "security.tenant.id": hostile,
+    }
+    logs = [
+        _log("auth.login.failed", {**failure, **common}, trace_id),
+        _log(hostile, {**failure, **common}, trace_id),
+        _log("auth.login.failed", {**failure, "user.hash": hostile}),
+        _log(
+            "abuse.host",
+            {
+                **failure,
+                "security.abuse.scope": hostile,
+                "security.abuse.key": hostile,
+                "security.abuse.count": 10,
+                "security.abuse.threshold": 10,
+                "security.abuse.window_s": hostile,
+                "security.abuse.trace_ids": [trace_id, hostile],
+            },
+            body={hostile: 10},
+        ),
+        _log(
+            "abuse.block.started",
+            {
+                "security.event.outcome": "success",
+                "client.address": hostile,
+                "security.block.seconds": hostile,
+            },
+        ),
+    ]
+    span = {
+        "traceId": trace_id,
+        "spanId": "1" * 16,
+        "name": hostile,
+        "startTimeUnixNano": "1764043200000000000",
+        "endTimeUnixNano": "1764043200100000000",
+        "attributes": _kv(common),
+        "events": [
+            {"timeUnixNano": "1764043200050000000", "name": hostile, "attributes": _kv(common)}
+        ],
+    }
+    metric_point = {
+        "asInt": "3",
+        "timeUnixNano": "1764043200000000000",
+        "attributes": _kv({"security.event.name": hostile, "http.route": hostile}),
+    }
+    lines = [
+        {
+            "resourceLogs": [
+                {"scopeLogs": [{"scope": {"name": "otel_secaudit"}, "logRecords": logs}]}
+            ]
+        },
+        {"resourceSpans": [{"scopeSpans": [{"scope": {"name": hostile}, "spans": [span]}]}]},
+        {
+            "resourceMetrics": [
+                {
+                    "scopeMetrics": [
+                        {
+                            "scope": {"name": "otel_secaudit"},
+                            "metrics": [
+                                {
+                                    "name": "security.violations",
+                                    "sum": {
+                                        "dataPoints": [metric_point],
+                                        "aggregationTemporality": 2,
+                                    },
+                                }
+                            ],
+                        }
+                    ]
+                }
+            ]
+        },
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "archive.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return trace_id
+
+
+def _terminal_output(folder: Path, trace_id: str) -> str:
+    """The summary and the trace timeline as a colour terminal would receive them."""
+    from rich.console import Console
+
+    from otel_secaudit.demo.render import render_summary, render_timeline
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, color_system="truecolor", width=4000)
+    recording = load(folder)
+    render_summary(summarize(recording), console)
+    render_timeline(trace_id, timeline(recording, trace_id), console)
+    return buffer.getvalue()
+
+
+def _assert_rendered_as_text(output: str, hostile: str) -> None:
+    assert "\x1b]8;" not in output  # no terminal hyperlink
+    plain = _SGR.sub("", output)  # rich's own colours are fine; nothing else may escape
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", plain)
+    assert printable(hostile) in plain
+
+
+@pytest.mark.parametrize("hostile", MARKUP_SAMPLES)
+def test_markup_in_every_rendered_field_is_shown_as_text(tmp_path: Path, hostile: str) -> None:
+    trace_id = _hostile_archive(tmp_path / "in", hostile)
+    _assert_rendered_as_text(_terminal_output(tmp_path / "in", trace_id), hostile)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    hostile=st.one_of(
+        st.sampled_from(MARKUP_SAMPLES),
+        st.text(alphabet="[]/=@:#. ablinkr\\\x1b\x07\u202e", min_size=1, max_size=40),
+        st.text(min_size=1, max_size=40),
+    )
+)
+def test_fuzz_markup_and_controls_never_break_the_report(tmp_path: Path, hostile: str) -> None:
+    folder = tmp_path / f"in{abs(hash(hostile))}"
+    trace_id = _hostile_archive(folder, hostile)
+    _assert_rendered_as_text(_terminal_output(folder, trace_id), hostile)
+
+
+def test_cli_report_with_markup_user_id_from_the_recorder(tmp_path: Path, capsys: Any) -> None:
+    """The issue's reproduction: a user id ``[/]`` made ``otel-secaudit report`` exit 1."""
+    w = Written(tmp_path / "out")
+    w.recorder.record("authz.permission_denied", user_id="[/]", client_address="203.0.113.5")
+    w.recorder.record("authz.permission_denied", user_id="[link=https://evil.example]x[/link]")
+    w.close()
+    assert main(["report", str(w.folder)]) == 0
+    out = capsys.readouterr().out
+    assert "user.id=[/]" in out
+    assert "user.id=[link=https://evil.example]x[/link]" in out
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("[" * 100_000, "not valid JSON"),
+        ('{"intValue":"zz"}', "not an OTLP export request"),
+        ('{"resourceLogs":[1]}', "malformed OTLP export request"),
+        (
+            '{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":7,"events":3}]}]}]}',
+            "malformed OTLP export request",
+        ),
+        (
+            json.dumps(
+                {
+                    "resourceLogs": [
+                        {
+                            "scopeLogs": [
+                                {
+                                    "logRecords": [
+                                        {
+                                            "eventName": "auth.login.failed",
+                                            "attributes": [
+                                                {"key": "x", "value": {"intValue": "zz"}}
+                                            ],
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    ]
+                }
+            ),
+            "malformed OTLP export request",
+        ),
+        (
+            json.dumps(
+                {
+                    "resourceMetrics": [
+                        {
+                            "scopeMetrics": [
+                                {
+                                    "metrics": [
+                                        {
+                                            "name": "m",
+                                            "sum": {"dataPoints": [{"asDouble": {"x": 1}}]},
+                                        }
+                                    ]
+                                }
+                            ]
+                        }
+                    ]
+                }
+            ),
+            "malformed OTLP export request",
+        ),
+    ],
+    ids=[
+        "deep-nesting",
+        "bare-any-value",
+        "resource-not-object",
+        "wrong-types",
+        "bad-int-attribute",
+        "bad-double",
+    ],
+)
+def test_malformed_line_is_skipped_with_file_and_line(
+    written: Any, capsys: Any, line: str, reason: str
+) -> None:
+    logs = written.folder / "logs.jsonl"
+    good = logs.read_text().splitlines()
+    logs.write_text("\n".join([good[0], line, *good[1:]]) + "\n")
+    assert main(["report", str(written.folder)]) == 0
+    captured = capsys.readouterr()
+    assert f"skipped corrupt line {logs}:2: {reason}" in captured.err
+    assert "Traceback" not in captured.err
+    summary = summarize(load(written.folder))
+    assert summary.events["auth.login.failed"] == 3 and summary.skipped_lines == 1
+
+
+def test_values_no_calendar_holds_do_not_break_the_summary(tmp_path: Path) -> None:
+    record = _log(
+        "abuse.block.started",
+        {"security.event.outcome": "success", "security.block.seconds": "nan"},
+    )
+    record["timeUnixNano"] = "9" * 30
+    (tmp_path / "x.jsonl").write_text(
+        json.dumps(
+            {
+                "resourceLogs": [
+                    {"scopeLogs": [{"scope": {"name": "otel_secaudit"}, "logRecords": [record]}]}
+                ]
+            }
+        )
+        + "\n"
+    )
+    summary = summarize(load(tmp_path))
+    assert summary.blocks[0].time == "-" and summary.blocks[0].block_s == 0

@@ -1,5 +1,11 @@
 """Terminal rendering of a :class:`~otel_secaudit.demo.report.Summary` and of a trace timeline
-(rich tables). Shared by ``otel-secaudit demo`` and ``otel-secaudit report``."""
+(rich tables). Shared by ``otel-secaudit demo`` and ``otel-secaudit report``.
+
+Every value that comes from telemetry is an attacker's choice (a user name, a User-Agent, an
+attribute of another service in a collector archive), so it reaches rich only as
+:class:`rich.text.Text` built by :func:`_t` (never as a markup string: ``[/]`` would raise
+``MarkupError``, ``[link=...]`` would become a hyperlink), with control characters escaped by
+:func:`~otel_secaudit.demo.report.printable` (no ANSI / OSC 8 sequences reach the terminal)."""
 
 from __future__ import annotations
 
@@ -10,11 +16,16 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import attributes as attr
-from .report import Summary, TimelineRow, format_time
+from .report import MAX_SHOWN, Summary, TimelineRow, format_time, printable
 
 __all__ = ["render_summary", "render_timeline"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _t(value: object, style: str = "", limit: int = MAX_SHOWN) -> Text:
+    """A value from telemetry as plain text (no markup, no control characters)."""
+    return Text(printable(value, limit), style=style)
 
 
 def _events_table(summary: Summary) -> Table:
@@ -30,10 +41,10 @@ def _events_table(summary: Summary) -> Table:
     for name, count in summary.events.items():
         outcome = summary.outcomes.get(name, "")
         table.add_row(
-            name,
-            Text(outcome, style="red" if outcome == "failure" else ""),
-            str(count),
-            str(counted.get(name, 0)),
+            _t(name),
+            _t(outcome, style="red" if outcome == "failure" else ""),
+            _t(count),
+            _t(counted.get(name, 0)),
         )
     return table
 
@@ -52,16 +63,16 @@ def _signals(summary: Summary) -> list[RenderableType]:
         else:
             who = f"user.id={signal.key}"
         header = Text.assemble(
-            (f"{signal.time[11:23]}  ", "dim"),
-            (signal.event, "bold red"),
-            f"  {who}  {signal.count}/{signal.threshold} in {signal.window_s:g} s",
+            _t(f"{signal.time[11:23]}  ", "dim"),
+            _t(signal.event, "bold red"),
+            _t(f"  {who}  {signal.count}/{signal.threshold} in {signal.window_s:g} s"),
         )
         breakdown = ", ".join(f"{name} x{count}" for name, count in signal.breakdown.items())
-        lines = [header, Text(f"    violations: {breakdown or '-'}")]
+        lines = [header, _t(f"    violations: {breakdown or '-'}")]
         ids = signal.trace_ids
-        lines.append(Text(f"    evidence ({len(ids)} traces):"))
+        lines.append(_t(f"    evidence ({len(ids)} traces):"))
         for i in range(0, len(ids), 2):
-            lines.append(Text("      " + "  ".join(ids[i : i + 2])))
+            lines.append(_t("      " + "  ".join(ids[i : i + 2])))
         parts.append(Group(*lines))
     return parts
 
@@ -73,7 +84,9 @@ def _blocks_table(summary: Summary) -> Table:
     table.add_column("client.address")
     table.add_column("seconds", justify="right")
     for block in summary.blocks:
-        table.add_row(block.time[11:23], block.event, block.address, f"{block.block_s:g}")
+        table.add_row(
+            _t(block.time[11:23]), _t(block.event), _t(block.address), _t(f"{block.block_s:g}")
+        )
     return table
 
 
@@ -91,7 +104,7 @@ def _counters_table(summary: Summary) -> Table:
                 for k, v in sorted(attributes.items())
                 if k != attr.EVENT_CATEGORY
             )
-            table.add_row(metric, shown, str(value))
+            table.add_row(_t(metric), _t(shown, limit=4 * MAX_SHOWN), _t(value))
     return table
 
 
@@ -104,7 +117,7 @@ def _top_table(title: str, column: str, rows: list[tuple[str, int]]) -> Table:
     table.add_column(column)
     table.add_column("violations", justify="right")
     for key, count in rows:
-        table.add_row(key, str(count))
+        table.add_row(_t(key), _t(count))
     return table
 
 
@@ -139,16 +152,16 @@ def render_summary(summary: Summary, console: Console) -> None:
 def render_timeline(trace_id: str, rows: list[TimelineRow], console: Console) -> None:
     """Print one trace's spans, span events and log records in time order."""
     start = rows[0].time_ns
-    table = Table(title=f"Trace {trace_id}, from {format_time(start)}", title_justify="left")
+    table = Table(title=_t(f"Trace {trace_id}, from {format_time(start)}"), title_justify="left")
     table.add_column("+ms", justify="right")
     table.add_column("kind")
     table.add_column("name")
     table.add_column("details", overflow="fold")
     for row in rows:
         table.add_row(
-            f"{(row.time_ns - start) / 1e6:.1f}",
-            row.kind,
-            row.name,
-            row.detail,
+            _t(f"{(row.time_ns - start) / 1e6:.1f}"),
+            _t(row.kind),
+            _t(row.name),
+            _t(row.detail, limit=8 * MAX_SHOWN),
         )
     console.print(table)

@@ -40,11 +40,14 @@ __all__ = [
     "SpanEntry",
     "Summary",
     "load",
+    "printable",
     "summarize",
     "timeline",
 ]
 
 SCOPE_NAME: Final = attr.SCOPE_NAME
+#: CONTRACT section 3 (``security.abuse.block_s`` of older recordings is read too).
+BLOCK_SECONDS: Final = "security.block.seconds"
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 _SUFFIXES: Final = (".json", ".jsonl", ".ndjson")
 _MAX_PROBLEMS_KEPT: Final = 50
@@ -178,16 +181,30 @@ def _hex_id(value: Any, length: int) -> str:
     if len(lowered) == length and all(c in "0123456789abcdef" for c in lowered):
         return lowered
     try:
-        return base64.b64decode(value, validate=True).hex()
+        decoded = base64.b64decode(value, validate=True).hex()
     except (binascii.Error, ValueError):
         return ""
+    return decoded if len(decoded) == length else ""
 
 
 def _int(value: Any) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0
+
+
+def _float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return number if number == number else 0.0  # NaN -> 0
+
+
+def _strings(value: Any) -> list[str]:
+    """A list attribute as strings; a scalar (a malformed record) as an empty list."""
+    return [str(item) for item in value] if isinstance(value, list) else []
 
 
 def _decode_logs(request: dict[str, Any], out: Recording) -> None:
@@ -308,8 +325,46 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
         raise ReportError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+#: What a malformed line can make the decoders raise (wrong JSON types, ``int("zz")``,
+#: nesting deeper than the JSON parser's recursion limit): the line is skipped, never fatal.
+_DECODE_ERRORS: Final = (ValueError, TypeError, AttributeError, KeyError, RecursionError)
+
+
+def _decode_line(line: str) -> Recording | str:
+    """One line as a :class:`Recording` of its own, or the reason it cannot be read.
+
+    Decoding goes into a fresh recording, so a line that fails half-way adds nothing."""
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError as exc:
+        reason = f"not valid JSON ({exc.msg}, column {exc.colno})"
+        if not line.endswith("\n"):
+            reason += ", truncated last line"
+        return reason
+    except RecursionError:
+        return "not valid JSON (nested too deeply)"
+    if not isinstance(request, dict):
+        return "not an OTLP export request (expected a JSON object)"
+    part = Recording()
+    try:
+        if "resourceLogs" in request:
+            _decode_logs(request, part)
+        elif "resourceSpans" in request:
+            _decode_spans(request, part)
+        elif "resourceMetrics" in request:
+            _decode_metrics(request, part)
+        else:
+            return "not an OTLP export request (no resourceLogs, resourceSpans or resourceMetrics)"
+    except _DECODE_ERRORS as exc:
+        return f"malformed OTLP export request ({type(exc).__name__})"
+    return part
+
+
 def load(path: Path | str, *, strict: bool = False) -> Recording:
     """Read every OTLP/JSON export request under ``path``.
+
+    A line that cannot be read is skipped and listed in :attr:`Recording.problems` (file and
+    line number), whatever it holds.
 
     Raises:
         ReportError: missing path, no OTLP files, unreadable file, nothing usable at all, or
@@ -321,36 +376,19 @@ def load(path: Path | str, *, strict: bool = False) -> Recording:
         for number, line in _lines(file):
             if not line.strip():
                 continue
-            reason = ""
-            try:
-                request = json.loads(line)
-            except json.JSONDecodeError as exc:
-                reason = f"not valid JSON ({exc.msg}, column {exc.colno})"
-                if not line.endswith("\n"):
-                    reason += ", truncated last line"
-            else:
-                if not isinstance(request, dict):
-                    reason = "not an OTLP export request (expected a JSON object)"
-                elif "resourceLogs" in request:
-                    _decode_logs(request, out)
-                elif "resourceSpans" in request:
-                    _decode_spans(request, out)
-                elif "resourceMetrics" in request:
-                    _decode_metrics(request, out)
-                else:
-                    reason = (
-                        "not an OTLP export request (no resourceLogs, resourceSpans or "
-                        "resourceMetrics)"
-                    )
-            if reason:
-                problem = Problem(str(file), number, reason)
-                if strict:
-                    raise ReportError(f"corrupt input: {problem}")
-                out.skipped_lines += 1
-                if len(out.problems) < _MAX_PROBLEMS_KEPT:
-                    out.problems.append(problem)
-            else:
+            decoded = _decode_line(line)
+            if isinstance(decoded, Recording):
+                out.logs.extend(decoded.logs)
+                out.spans.extend(decoded.spans)
+                out.points.extend(decoded.points)
                 out.requests += 1
+                continue
+            problem = Problem(str(file), number, decoded)
+            if strict:
+                raise ReportError(f"corrupt input: {problem}")
+            out.skipped_lines += 1
+            if len(out.problems) < _MAX_PROBLEMS_KEPT:
+                out.problems.append(problem)
     if out.requests == 0:
         detail = f"; first problem: {out.problems[0]}" if out.problems else ""
         raise ReportError(f"{root}: no OTLP export requests could be read{detail}")
@@ -411,7 +449,10 @@ class Summary:
 def _iso(time_ns: int) -> str:
     if not time_ns:
         return "-"
-    moment = datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc)
+    try:
+        moment = datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc)
+    except (OverflowError, ValueError, OSError):  # a timestamp no calendar holds
+        return "-"
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
@@ -488,9 +529,9 @@ def summarize(recording: Recording, top: int = 5) -> Summary:
                     key=str(a.get(attr.ABUSE_KEY, "")),
                     count=_int(a.get(attr.ABUSE_COUNT)),
                     threshold=_int(a.get(attr.ABUSE_THRESHOLD)),
-                    window_s=float(a.get(attr.ABUSE_WINDOW_S) or 0),
+                    window_s=_float(a.get(attr.ABUSE_WINDOW_S)),
                     breakdown=log.body if isinstance(log.body, dict) else {},
-                    trace_ids=[str(t) for t in a.get(attr.ABUSE_TRACE_IDS) or []],
+                    trace_ids=_strings(a.get(attr.ABUSE_TRACE_IDS)),
                 )
             )
         elif log.event_name in ("abuse.block.started", "abuse.block.ended"):
@@ -499,7 +540,7 @@ def summarize(recording: Recording, top: int = 5) -> Summary:
                     time=_iso(log.time_ns),
                     event=log.event_name,
                     address=str(a.get(attr.CLIENT_ADDRESS) or a.get(attr.ABUSE_KEY, "")),
-                    block_s=float(a.get("security.abuse.block_s") or 0),
+                    block_s=_float(a.get(BLOCK_SECONDS, a.get("security.abuse.block_s"))),
                     trace_id=log.trace_id,
                 )
             )
@@ -617,6 +658,32 @@ def timeline(recording: Recording, trace_id: str) -> list[TimelineRow]:
     order = {"span start": 0, "span event": 1}
     rows.sort(key=lambda row: (row.time_ns, order.get(row.kind, 2)))
     return rows
+
+
+#: Control characters (C0, DEL, C1) and the invisible / direction-changing characters of
+#: CONTRACT section 3: shown escaped, so a value cannot move the cursor, start an OSC 8
+#: terminal hyperlink or reorder what the reader sees.
+_UNPRINTABLE: Final = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\u061c\ufeff]"
+)
+MAX_SHOWN: Final = 300
+
+
+def printable(value: Any, limit: int = MAX_SHOWN) -> str:
+    """A telemetry value as one line of plain text for a human: unprintable characters
+    escaped (``\\x1b``, ``\\u202e``), cut to ``limit`` characters with an ellipsis.
+
+    This is not markup escaping: renderers still show the result as text, never as markup
+    (rich ``Text``, HTML-escaped)."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    return _UNPRINTABLE.sub(_escape_char, text)
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def format_time(time_ns: int) -> str:
