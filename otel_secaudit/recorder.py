@@ -39,6 +39,7 @@ from .events import EventSpec, InvalidEventError, Violation, resolve_event, seve
 from .redaction import (
     MAX_USER_AGENT_LENGTH,
     MAX_VALUE_LENGTH,
+    REDACTED,
     Redactor,
     Sanitized,
     hash_identity,
@@ -139,7 +140,7 @@ class SecurityRecorder:
             unit="{error}",
             description="Errors inside otel_secaudit (never raised into the application)",
         )
-        self._metric_attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._metric_attributes: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
         self._user_hashes: dict[str, str] = {}
         self._logged_errors: set[str] = set()
         self.stats = RecorderStats()
@@ -210,8 +211,24 @@ class SecurityRecorder:
 
         now = time.time_ns()
         span = trace.get_current_span(context)
-        # Each signal on its own: a broken processor or exporter behind one of them must not
-        # take the others, or abuse detection, down with it (a violation is never hidden).
+        self._signal(spec, attributes, number, body, context, span, now)
+        if spec.is_violation:
+            self._violation(spec, attributes, span, now)
+        return True
+
+    def _signal(
+        self,
+        spec: EventSpec,
+        attributes: dict[str, Any],
+        number: Any,
+        body: Any,
+        context: Context | None,
+        span: trace.Span,
+        now: int,
+    ) -> None:
+        """Log record, span event and counters. Each signal on its own: a broken processor or
+        exporter behind one of them must not take the others down (a violation is never
+        hidden)."""
         try:
             self._logger.emit(
                 timestamp=now,
@@ -225,43 +242,40 @@ class SecurityRecorder:
             )
         except Exception as exc:
             self.internal_error(exc, "record.log")
-        on_span = self.settings.span_events and span.is_recording()
-        if on_span:
+        if self.settings.span_events and span.is_recording():
             try:
                 span.add_event(spec.name, attributes, timestamp=now)
             except Exception as exc:
-                on_span = False  # the span processor will not see it: feed detection here
                 self.internal_error(exc, "record.span_event")
         try:
-            self._count(spec, attributes)
+            self._count(spec)
         except Exception as exc:
             self.internal_error(exc, "record.metrics")
         with self.stats._lock:
             self.stats.recorded += 1
-        if spec.is_violation:
-            request = current_request()
-            if request is not None:
-                request.failure_recorded = True
-            if spec.feeds_detection and not (on_span and self.span_processor_active):
-                sink = self.violation_sink
-                if sink is not None:
-                    span_context = span.get_span_context()
-                    sink(
-                        Violation(
-                            name=spec.name,
-                            client_address=_str_or_none(attributes.get(attr.CLIENT_ADDRESS)),
-                            user_key=_str_or_none(
-                                attributes.get(attr.USER_ID) or attributes.get(attr.USER_HASH)
-                            ),
-                            trace_id=(
-                                format(span_context.trace_id, "032x")
-                                if span_context.is_valid
-                                else ""
-                            ),
-                            timestamp=now / 1e9,
-                        )
-                    )
-        return True
+
+    def _violation(
+        self, spec: EventSpec, attributes: Mapping[str, Any], span: trace.Span, now: int
+    ) -> None:
+        """Mark the request (one request, one violation) and hand the violation to abuse
+        detection: every one, directly, whichever TracerProvider made the span (or none)."""
+        request = current_request()
+        if request is not None:
+            request.failure_recorded = True
+        sink = self.violation_sink
+        if sink is None or not spec.feeds_detection:
+            return
+        span_context = span.get_span_context()
+        sink(
+            Violation(
+                name=spec.name,
+                client_address=_detection_key(attributes.get(attr.CLIENT_ADDRESS)),
+                user_key=_detection_key(attributes.get(attr.USER_ID))
+                or _detection_key(attributes.get(attr.USER_HASH)),
+                trace_id=format(span_context.trace_id, "032x") if span_context.is_valid else "",
+                timestamp=now / 1e9,
+            )
+        )
 
     def internal_error(self, exc: BaseException, where: str = "record") -> None:
         """Count an internal error and log it the first time its kind is seen."""
@@ -327,9 +341,9 @@ class SecurityRecorder:
         for field_name, value in fields.items():
             if value is None:
                 continue
-            key = attr.FIELD_KEYS.get(field_name)
-            if key is not None:
-                self._set_text(attributes, key, value, acc)
+            field_key = attr.FIELD_KEYS.get(field_name)
+            if field_key is not None:
+                self._set_text(attributes, field_key, value, acc)
             elif field_name == "user_name":
                 self._user_name(value, attributes, acc)
             elif field_name not in _FIELD_NAMES:
@@ -338,8 +352,8 @@ class SecurityRecorder:
                 )
         extra = fields.get("attributes")
         if extra is not None:
-            for key, value in self._redactor.extra(extra, acc).items():
-                attributes.setdefault(key, value)
+            for extra_key, extra_value in self._redactor.extra(extra, acc).items():
+                attributes.setdefault(extra_key, extra_value)
         return attributes
 
     def _set_text(
@@ -370,14 +384,20 @@ class SecurityRecorder:
             if text is not None:
                 attributes[attr.USER_NAME] = text
 
-    def _count(self, spec: EventSpec, attributes: Mapping[str, Any]) -> None:
-        route = attributes.get(attr.HTTP_ROUTE)
-        status = attributes.get(attr.HTTP_STATUS)
-        cache_key = (spec.name, spec.outcome, route, status)
+    def _count(self, spec: EventSpec) -> None:
+        # Metric attribute values come from the plugin's own request context, never from the
+        # caller's attributes (free text there would become metric series and exemplars).
+        request = current_request()
+        route = request.route if request is not None else None
+        status = request.status_code if request is not None else None
+        cache_key = (spec.name, route, status)
         cached = self._metric_attributes.get(cache_key)
         if cached is None:
             event_attrs = {attr.EVENT_NAME: spec.name, attr.EVENT_OUTCOME: spec.outcome}
-            violation_attrs = {attr.EVENT_NAME: spec.name, attr.EVENT_CATEGORY: spec.category}
+            violation_attrs: dict[str, Any] = {
+                attr.EVENT_NAME: spec.name,
+                attr.EVENT_CATEGORY: spec.category,
+            }
             if route is not None:
                 violation_attrs[attr.HTTP_ROUTE] = route
             if status is not None:
@@ -385,15 +405,18 @@ class SecurityRecorder:
             if len(self._metric_attributes) >= _METRIC_ATTRIBUTE_CACHE_SIZE:
                 # Defence in depth: whatever an integration passes as route, metric series
                 # stay bounded; the log record keeps the real route.
-                violation_attrs.pop(attr.HTTP_ROUTE, None)
                 violation_attrs[attr.HTTP_ROUTE] = "other"
-            cached = {"events": event_attrs, "violations": violation_attrs}
-            if len(self._metric_attributes) < _METRIC_ATTRIBUTE_CACHE_SIZE:
-                self._metric_attributes[cache_key] = cached
-        self._events.add(1, cached["events"])
+            else:
+                self._metric_attributes[cache_key] = (event_attrs, violation_attrs)
+            cached = (event_attrs, violation_attrs)
+        self._events.add(1, cached[0])
         if spec.is_violation:
-            self._violations.add(1, cached["violations"])
+            self._violations.add(1, cached[1])
 
 
-def _str_or_none(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _detection_key(value: object) -> str | None:
+    """A detection key, never a redacted value: ``[REDACTED]`` would merge every user whose
+    id was blanked into one key (CONTRACT section 3)."""
+    if isinstance(value, str) and value and REDACTED not in value:
+        return value
+    return None

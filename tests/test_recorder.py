@@ -148,7 +148,6 @@ def test_sampled_out_span_still_logs_counts_and_feeds_detection(make_sdk: Any) -
     sdk = make_sdk(sampler=ParentBased(ALWAYS_OFF))
     seen: list[Any] = []
     sdk.recorder.violation_sink = seen.append
-    sdk.recorder.span_processor_active = True  # a processor would not see this span
     with sdk.tracer.start_as_current_span("request") as span:
         assert not span.is_recording()
         otel_secaudit.record("auth.unauthenticated", client_address="198.51.100.7")
@@ -162,17 +161,29 @@ def test_sampled_out_span_still_logs_counts_and_feeds_detection(make_sdk: Any) -
     assert seen[0].trace_id == format(span.get_span_context().trace_id, "032x")
 
 
-def test_detection_sees_each_violation_exactly_once(make_sdk: Any) -> None:
+def test_detection_sees_each_violation_exactly_once(make_sdk: Any, detectors: list[Any]) -> None:
+    # A real detector on the SDK's provider: one violation on a recording span counts once
+    # (threshold 2 not reached), the second crosses it: exactly one abuse.host, count 2.
+    from otel_secaudit.detection import enable_detection
+
+    sdk = make_sdk(host_threshold=2)
+    detector = enable_detection(sdk.recorder, sdk.tracer_provider)
+    detectors.append(detector)
+    with sdk.tracer.start_as_current_span("request"):
+        otel_secaudit.record("authz.permission_denied", user_id="7", client_address="10.9.9.9")
+    assert detector.flush(5)
+    assert [log for log in sdk.logs() if log.log_record.event_name == "abuse.host"] == []
+    with sdk.tracer.start_as_current_span("request"):
+        otel_secaudit.record("authz.permission_denied", user_id="7", client_address="10.9.9.9")
+    assert detector.flush(5)
+    (abuse,) = [log for log in sdk.logs() if log.log_record.event_name == "abuse.host"]
+    assert abuse.log_record.attributes["security.abuse.count"] == 2
+
+
+def test_detection_is_fed_successes_and_abuse_events_never(make_sdk: Any) -> None:
     sdk = make_sdk()
     seen: list[Any] = []
     sdk.recorder.violation_sink = seen.append
-    # Recording span + processor registered: the processor feeds detection, not the recorder.
-    sdk.recorder.span_processor_active = True
-    with sdk.tracer.start_as_current_span("request"):
-        otel_secaudit.record("authz.permission_denied", user_id="7")
-    assert seen == []
-    # No processor registered: the recorder feeds detection itself.
-    sdk.recorder.span_processor_active = False
     with sdk.tracer.start_as_current_span("request"):
         otel_secaudit.record("authz.permission_denied", user_id="7")
     assert [v.user_key for v in seen] == ["7"]
@@ -183,11 +194,30 @@ def test_detection_sees_each_violation_exactly_once(make_sdk: Any) -> None:
     assert len(seen) == 1
 
 
+def test_redacted_identifiers_never_become_detection_keys(make_sdk: Any) -> None:
+    sdk = make_sdk(strict=False)
+    seen: list[Any] = []
+    sdk.recorder.violation_sink = seen.append
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlc2lnbmF0dXJl"
+    otel_secaudit.record("auth.login.failed", user_id=jwt, user_name="mallory")
+    (violation,) = seen
+    assert violation.user_key is not None and "REDACTED" not in violation.user_key
+    assert violation.user_key == sdk.logs()[-1].log_record.attributes["user.hash"]
+
+
+def test_metric_attributes_never_come_from_caller_attributes(sdk: Any) -> None:
+    otel_secaudit.record(
+        "authz.permission_denied", attributes={"http.route": "/free/text/alice@example.com"}
+    )
+    (point,) = sdk.points("security.violations")
+    assert "http.route" not in point.attributes
+    assert all("alice" not in str(v) for v in point.attributes.values())
+
+
 def test_span_events_can_be_turned_off(make_sdk: Any) -> None:
     sdk = make_sdk(span_events=False)
     seen: list[Any] = []
     sdk.recorder.violation_sink = seen.append
-    sdk.recorder.span_processor_active = True
     with sdk.tracer.start_as_current_span("request"):
         otel_secaudit.record("request.csrf_mismatch")
     assert sdk.spans()[0].events == ()
