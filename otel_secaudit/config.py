@@ -120,6 +120,11 @@ def _parse_path(raw: str) -> Path | None:
     return Path(raw).expanduser() if raw else None
 
 
+def _parse_export_dir(raw: str) -> Path:
+    """The ``otlp_json_dir`` exporters' folder; blank means the default."""
+    return Path(raw.strip() or "./otel-secaudit-output").expanduser()
+
+
 def _parse_hash_key(raw: str) -> bytes | None:
     raw = raw.strip()
     if not raw:
@@ -147,6 +152,7 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "status_events": (_parse_status_events, _DEFAULT_STATUS_EVENTS),
     "redact_keys": (_parse_list, ""),
     "spool_dir": (_parse_path, ""),
+    "export_dir": (_parse_export_dir, "./otel-secaudit-output"),
     "strict": (_parse_bool, "false"),
 }
 
@@ -181,6 +187,8 @@ def _coerce_argument(name: str, value: Any) -> Any:
             return None
     if name == "spool_dir":
         return None if value is None else Path(value).expanduser()
+    if name == "export_dir":
+        return Path(value).expanduser()
     raise ValueError(f"unsupported value {value!r}")
 
 
@@ -211,6 +219,8 @@ class Settings:
     )
     redact_keys: tuple[str, ...] = ()
     spool_dir: Path | None = None
+    #: Where the ``otlp_json_dir`` exporters write (``otel_secaudit.exporters``).
+    export_dir: Path = Path("./otel-secaudit-output")
     #: Raise :class:`otel_secaudit.SecAuditInputError` from ``record()`` on bad input
     #: (tests and development). Off in production, where bad input is counted and logged.
     strict: bool = False
