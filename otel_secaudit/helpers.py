@@ -32,6 +32,7 @@ from typing import Any
 
 from typing_extensions import Unpack
 
+from . import runtime
 from .recorder import EventFields, SecAuditInputError
 
 __all__ = [
@@ -47,12 +48,12 @@ __all__ = [
 
 
 def _record(name: str, fields: Mapping[str, Any]) -> None:
-    import otel_secaudit
+    # Named arguments come first in ``fields`` and keyword fields after them, so
+    # ``csrf_mismatch(reason="missing_token")`` (a keyword field) overrides the default.
+    runtime.current().recorder.record(name, **{k: v for k, v in fields.items() if v is not None})
 
-    otel_secaudit.record(name, **{k: v for k, v in fields.items() if v is not None})
 
-
-def csrf_mismatch(reason: str = "token_mismatch", **fields: Unpack[EventFields]) -> None:
+def csrf_mismatch(reason: str = "token_mismatch", /, **fields: Unpack[EventFields]) -> None:
     """A request whose CSRF token did not match (``request.csrf_mismatch``).
 
     Never pass the token values: they are secrets (and would be redacted anyway).
@@ -67,6 +68,7 @@ def cross_tenant(
     user_id: str | int | None,
     tenant_id: str | int | None,
     requested_tenant_id: str | int,
+    /,
     **fields: Unpack[EventFields],
 ) -> None:
     """A user of tenant ``tenant_id`` tried to reach ``requested_tenant_id``
@@ -95,7 +97,7 @@ def tenant_context_missing(**fields: Unpack[EventFields]) -> None:
     _record("authz.tenant_context_missing", {"reason": "no_tenant", **fields})
 
 
-def permission_denied(permission: str, **fields: Unpack[EventFields]) -> None:
+def permission_denied(permission: str, /, **fields: Unpack[EventFields]) -> None:
     """The caller lacks ``permission`` (``authz.permission_denied``).
 
     >>> permission_denied("invoices:delete", user_id="u-7", resource_id=42)  # doctest: +SKIP
@@ -103,7 +105,7 @@ def permission_denied(permission: str, **fields: Unpack[EventFields]) -> None:
     _record("authz.permission_denied", {"permission": permission, **fields})
 
 
-def login_succeeded(user_id: str | int, **fields: Unpack[EventFields]) -> None:
+def login_succeeded(user_id: str | int, /, **fields: Unpack[EventFields]) -> None:
     """A successful login (``auth.login.succeeded``).
 
     >>> login_succeeded("u-7")  # doctest: +SKIP
@@ -114,6 +116,7 @@ def login_succeeded(user_id: str | int, **fields: Unpack[EventFields]) -> None:
 def login_failed(
     user_name: str | None,
     reason: str = "invalid_credentials",
+    /,
     **fields: Unpack[EventFields],
 ) -> None:
     """A failed login (``auth.login.failed``). ``user_name`` is the *claimed* identity: it is
@@ -194,7 +197,7 @@ def token_failure(
 
 
 def token_revoked(
-    jti: str | None, user_id: str | int | None = None, **fields: Unpack[EventFields]
+    jti: str | None, user_id: str | int | None = None, /, **fields: Unpack[EventFields]
 ) -> None:
     """A token on the revocation list was presented (``auth.token.revoked``).
 
@@ -219,6 +222,4 @@ def token_revoked(
 
 
 def _internal_error(error: Exception) -> None:
-    import otel_secaudit
-
-    otel_secaudit.get_recorder().internal_error(error, "helpers")
+    runtime.current().recorder.internal_error(error, "helpers")
