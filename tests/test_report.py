@@ -26,27 +26,32 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from otel_secaudit import SecurityRecorder, Settings
 from otel_secaudit import attributes as attr
 from otel_secaudit.cli import main
-from otel_secaudit.demo.otlp_json import OTLPJsonFiles
 from otel_secaudit.demo.report import ReportError, load, printable, summarize, timeline
+from otel_secaudit.exporters import (
+    OTLPJsonDirLogExporter,
+    OTLPJsonDirMetricExporter,
+    OTLPJsonDirSpanExporter,
+)
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
 
 class Written:
-    """A real SDK exporting through the OTLP/JSON file exporters, and a recorder on it."""
+    """A real SDK exporting through the ``otlp_json_dir`` exporters, and a recorder on it."""
 
     def __init__(self, folder: Path) -> None:
-        files = OTLPJsonFiles(folder)
         self.folder = folder
         self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(files.span_exporter()))
+        self.tracer_provider.add_span_processor(
+            SimpleSpanProcessor(OTLPJsonDirSpanExporter(folder))
+        )
         self.logger_provider = LoggerProvider()
         self.logger_provider.add_log_record_processor(
-            SimpleLogRecordProcessor(files.log_exporter())
+            SimpleLogRecordProcessor(OTLPJsonDirLogExporter(folder))
         )
         self.reader = PeriodicExportingMetricReader(
-            files.metric_exporter(), export_interval_millis=3_600_000
+            OTLPJsonDirMetricExporter(folder), export_interval_millis=3_600_000
         )
         self.meter_provider = MeterProvider(metric_readers=[self.reader])
         self.recorder = SecurityRecorder(

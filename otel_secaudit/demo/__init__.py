@@ -4,9 +4,8 @@
   CSRF, admin area);
 * :mod:`.scenario`: the scripted attack, played over real HTTP;
 * :mod:`.telemetry`: SDK providers and instrumentors, set up as ``opentelemetry-instrument``
-  does, exporting to OTLP/JSON files and optionally a collector;
-* :mod:`.otlp_json`: span, log and metric exporters writing OTLP/JSON lines (the collector
-  ``file`` exporter format);
+  does, exporting to OTLP/JSON files (:mod:`otel_secaudit.exporters`, the ``otlp_json_dir``
+  exporters) and optionally a collector;
 * :mod:`.report` and :mod:`.render`: reading such files back, summarizing, printing.
 
 Needs the ``demo`` extra: ``pip install 'otel-secaudit[demo]'``.

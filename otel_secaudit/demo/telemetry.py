@@ -5,8 +5,10 @@ Global TracerProvider, LoggerProvider and MeterProvider (resource from ``OTEL_SE
 ``FastAPIInstrumentor`` and :class:`otel_secaudit.SecAuditInstrumentor`, both with plain
 ``instrument()``.
 
-Exporters: OTLP/JSON lines files in the output folder always (the embedded default, and what
-the report reads back); in addition OTLP to a collector when one is configured, by
+Exporters: OTLP/JSON lines files in the output folder always, written by the ``otlp_json_dir``
+exporters (:mod:`otel_secaudit.exporters`, over the official OTLP/JSON file exporters; the same
+files ``OTEL_*_EXPORTER=otlp_json_dir`` gives under ``opentelemetry-instrument``, and what the
+report reads back); in addition OTLP to a collector when one is configured, by
 ``--otlp-endpoint`` or the standard ``OTEL_EXPORTER_OTLP_*ENDPOINT`` variables. The protocol
 follows ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``grpc`` or ``http/protobuf``); unset, port 4318 means
 ``http/protobuf`` and anything else ``grpc``.
@@ -30,7 +32,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from .otlp_json import OTLPJsonFiles
+from ..exporters import (
+    OTLPJsonDirLogExporter,
+    OTLPJsonDirMetricExporter,
+    OTLPJsonDirSpanExporter,
+)
 
 __all__ = ["ENDPOINT_VARIABLES", "Telemetry", "collector_endpoint", "otlp_protocol", "setup"]
 
@@ -140,12 +146,11 @@ def setup(out: Path, otlp_endpoint: str | None = None) -> Telemetry:
     collector = _collector_exporters(protocol) if protocol else None
 
     resource = Resource.create()
-    files = OTLPJsonFiles(out)
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(files.span_exporter()))
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPJsonDirSpanExporter(out)))
     logger_provider = LoggerProvider(resource=resource)
-    logger_provider.add_log_record_processor(BatchLogRecordProcessor(files.log_exporter()))
-    readers: list[MetricReader] = [PeriodicExportingMetricReader(files.metric_exporter())]
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(OTLPJsonDirLogExporter(out)))
+    readers: list[MetricReader] = [PeriodicExportingMetricReader(OTLPJsonDirMetricExporter(out))]
     if collector is not None:
         span_exporter, log_exporter, metric_exporter = collector
         tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
@@ -172,5 +177,7 @@ def setup(out: Path, otlp_endpoint: str | None = None) -> Telemetry:
     # provider the file exporter too, so the files (and the report) stay complete.
     spool_provider = otel_secaudit.get_recorder().delivery.logger_provider
     if spool_provider is not None:
-        spool_provider.add_log_record_processor(SimpleLogRecordProcessor(files.log_exporter()))
+        spool_provider.add_log_record_processor(
+            SimpleLogRecordProcessor(OTLPJsonDirLogExporter(out))
+        )
     return telemetry
