@@ -1,0 +1,256 @@
+"""WSGI: the request core (:mod:`otel_secaudit.web.exchange`) for WSGI environs, and a plain
+WSGI middleware for WSGI applications that are neither Django nor Flask.
+
+Under ``opentelemetry-instrument``, :class:`SecAuditWSGIMiddleware` is put inside every
+contrib ``opentelemetry.instrumentation.wsgi.OpenTelemetryMiddleware`` (so it runs inside the
+server span that middleware opens). By hand::
+
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+    from otel_secaudit.web.wsgi import SecAuditWSGIMiddleware
+
+    application = OpenTelemetryMiddleware(SecAuditWSGIMiddleware(application))
+
+For each request it resolves the client address through the trusted proxies, refuses a blocked
+client with 429 and ``Retry-After`` before the application runs, reads the user name of a login
+route's body (at most 64 KiB, replayed untouched to the application), records the status and
+login rules' events at ``start_response``, and scrubs secret query values and captured secret
+headers from the server span. The Django and Flask adapters use the same functions
+(:func:`open_exchange`, :func:`scrub_span`, :func:`read_login_body`), so there is one WSGI
+reading of a request.
+
+Shutdown: :func:`register_exit_flush` flushes the runtime (detector queue, SDK pipelines,
+spool) when a process exits normally, which is how a gunicorn worker ends (``sys.exit`` after
+its graceful shutdown); the hook is registered once, in the master, and inherited by every
+forked worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Final
+
+from opentelemetry import trace
+
+from .. import runtime
+from ..context import current_request, request_scope
+from .exchange import Exchange, WebRequest
+from .rules import MAX_LOGIN_BODY_BYTES
+from .server_span import scrub_server_span
+
+__all__ = [
+    "ENVIRON_MARKER",
+    "SecAuditWSGIMiddleware",
+    "capture_headers_enabled",
+    "environ_header",
+    "open_exchange",
+    "read_login_body",
+    "record_signal",
+    "register_exit_flush",
+    "scrub_span",
+]
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+#: Environ key marking a request already handled by an outer adapter (one exchange a request).
+ENVIRON_MARKER: Final = "otel_secaudit.exchange"
+_CAPTURE_HEADERS_ENV: Final = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST"
+
+
+def environ_header(environ: Environ) -> Callable[[str], Sequence[str]]:
+    """``header(name) -> values`` over a WSGI environ (servers join repeated headers with
+    commas into one ``HTTP_*`` value)."""
+
+    def header(name: str) -> Sequence[str]:
+        value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+        return (value,) if isinstance(value, str) else ()
+
+    return header
+
+
+def open_exchange(
+    environ: Environ,
+    *,
+    route_of: Callable[[], str | None] | None = None,
+    user_id_of: Callable[[], str | None] | None = None,
+) -> Exchange:
+    """The :class:`Exchange` of one WSGI request; marks ``environ`` as handled."""
+    environ[ENVIRON_MARKER] = True
+    return Exchange.open(
+        method=environ.get("REQUEST_METHOD"),
+        path=environ.get("PATH_INFO"),
+        peer=environ.get("REMOTE_ADDR"),
+        header=environ_header(environ),
+        user_agent=environ.get("HTTP_USER_AGENT"),
+        route_of=route_of,
+        user_id_of=user_id_of,
+    )
+
+
+def capture_headers_enabled() -> bool:
+    """Whether contrib captures request headers on the server span (then they are scrubbed)."""
+    return bool(os.environ.get(_CAPTURE_HEADERS_ENV, "").strip())
+
+
+def scrub_span(environ: Environ, *, headers: bool | None = None) -> None:
+    """Scrub the current (server) span's URL attributes and, when contrib captures them,
+    request headers; cheap when the request has no query string and headers are not captured."""
+    query = environ.get("QUERY_STRING") or ""
+    capture = capture_headers_enabled() if headers is None else headers
+    if query or capture:
+        scrub_server_span(trace.get_current_span(), query, headers=capture)
+
+
+def read_login_body(exchange: Exchange, environ: Environ) -> None:
+    """On a login route, give the exchange the body (<= 64 KiB; larger or chunked bodies are
+    not read) and put an identical stream back into ``environ`` for the application."""
+    if not exchange.wants_login_body:
+        return
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length <= 0 or length > MAX_LOGIN_BODY_BYTES:
+        exchange.login_body(None, None)
+        return
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return
+    body = stream.read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    exchange.login_body(environ.get("CONTENT_TYPE"), body)
+
+
+def record_signal(name: str, **fields: Any) -> None:
+    """Record an event a framework signal reports (Django's ``user_logged_in``, Flask-Login's,
+    a CSRF failure), and note it on the current request so a login-route or status rule does
+    not record the same name again. Never raises."""
+    recorder = None
+    try:
+        recorder = runtime.current().recorder
+        recorder.record(name, **fields)
+        request = current_request()
+        if isinstance(request, WebRequest):
+            request.recorded_names.add(name)
+    except Exception as exc:  # a signal receiver must never break the login
+        if recorder is not None:
+            recorder.internal_error(exc, "web.signal")
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status[:3])
+    except (TypeError, ValueError):
+        return 0
+
+
+_exit_flush_registered = False
+
+
+def _flush_at_exit() -> None:
+    try:
+        runtime.current().flush()
+    except Exception:  # exiting anyway
+        pass
+
+
+def register_exit_flush() -> None:
+    """Flush the runtime when the process exits normally (gunicorn workers, runserver on
+    Ctrl-C); registered once. Registered after the SDK's own exit hook, so it runs first and
+    the abuse events it causes still leave through the live pipelines."""
+    global _exit_flush_registered
+    if not _exit_flush_registered:
+        _exit_flush_registered = True
+        atexit.register(_flush_at_exit)
+
+
+class SecAuditWSGIMiddleware:
+    """Plain WSGI middleware; see the module documentation.
+
+    Args:
+        app: the WSGI application to wrap.
+        user_id_resolver: ``callable(environ) -> user id or None``, called lazily, only when
+            an event is recorded.
+    """
+
+    def __init__(
+        self, app: WSGIApp, *, user_id_resolver: Callable[[Environ], Any] | None = None
+    ) -> None:
+        self.app = app
+        self._user_id_resolver = user_id_resolver
+        self._capture_headers = capture_headers_enabled()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if ENVIRON_MARKER in environ:  # an outer adapter owns this request
+            return self.app(environ, start_response)
+        try:
+            exchange = open_exchange(environ, user_id_of=self._user_id_of(environ))
+            scrub_span(environ, headers=self._capture_headers)
+        except Exception as exc:  # security plumbing never breaks the request
+            runtime.current().recorder.internal_error(exc, "wsgi.prepare")
+            return self.app(environ, start_response)
+        with request_scope(exchange.request):
+            refusal = exchange.refusal()
+            if refusal is not None:
+                start_response("429 Too Many Requests", refusal.headers())
+                return [refusal.body]
+            try:
+                read_login_body(exchange, environ)
+            except Exception as exc:
+                exchange.runtime.recorder.internal_error(exc, "wsgi.login_body")
+
+            def start(status: str, headers: Any, exc_info: Any = None) -> Any:
+                # Also called while the body is iterated, outside the ``with`` below.
+                with request_scope(exchange.request):
+                    exchange.respond(_status_code(status))
+                if exc_info is not None:
+                    return start_response(status, headers, exc_info)
+                return start_response(status, headers)
+
+            try:
+                result = self.app(environ, start)
+            except Exception:
+                exchange.failed()
+                raise
+        if isinstance(result, (list, tuple)):  # answered already: nothing left to watch
+            return result
+        return _ClosingIterable(result, exchange)
+
+    def _user_id_of(self, environ: Environ) -> Callable[[], str | None] | None:
+        resolver = self._user_id_resolver
+        if resolver is None:
+            return None
+
+        def user_id() -> str | None:
+            value = resolver(environ)
+            return None if value is None else str(value)
+
+        return user_id
+
+
+class _ClosingIterable:
+    """The application's response iterable, with the request context open while it is
+    iterated (streaming views may record) and a 500 noted when it raises before answering."""
+
+    __slots__ = ("_result", "_exchange")
+
+    def __init__(self, result: Iterable[bytes], exchange: Exchange) -> None:
+        self._result = result
+        self._exchange = exchange
+
+    def __iter__(self) -> Iterator[bytes]:
+        with request_scope(self._exchange.request):
+            try:
+                yield from self._result
+            except Exception:
+                self._exchange.failed()
+                raise
+
+    def close(self) -> None:
+        close = getattr(self._result, "close", None)
+        if callable(close):
+            close()

@@ -1,0 +1,25 @@
+"""Create the SQLite database and the test users: ``python -m secsite.prepare`` (run from
+tests/apps/django_project with SECSITE_DB set)."""
+
+from __future__ import annotations
+
+import os
+
+USERS = {"alice": "correct horse battery staple", "bob": "tr0ub4dor&3-bob-password"}
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "secsite.settings")
+    import django
+
+    django.setup()
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+    for name, password in USERS.items():
+        User.objects.create_user(name, password=password)
+
+
+if __name__ == "__main__":
+    main()
