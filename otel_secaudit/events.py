@@ -202,7 +202,8 @@ def resolve_event(name: object, outcome: object = None) -> EventSpec:
                 f"outcome {outcome!r} contradicts it"
             )
         return spec
-    if len(name) > 128 or not EVENT_NAME_PATTERN.match(name):
+    # fullmatch: with match(), ``$`` accepts a name ending in a newline.
+    if len(name) > 128 or not EVENT_NAME_PATTERN.fullmatch(name):
         raise InvalidEventError(
             f"unknown event name {name[:80]!r}: not in the catalogue, and custom names must "
             f"match {EVENT_NAME_PATTERN.pattern} (at most 128 characters)"

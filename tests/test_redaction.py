@@ -252,7 +252,8 @@ def secret_placements(draw: st.DrawFn) -> tuple[str, dict[str, Any], list[str]]:
         forbidden = [key_id]
     elif kind == "hex":
         hexed = (secret * 2).encode().hex()  # >= 32 hex digits: the documented threshold
-        fields["resource_id"] = hexed
+        # Free text, not an identifier: identifiers pass unless they have a known secret format.
+        fields["attributes"] = {free_key: hexed}
         forbidden = [hexed]
     elif kind == "user_name":
         fields["user_name"] = secret
