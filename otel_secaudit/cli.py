@@ -8,9 +8,11 @@
     or ``OTEL_EXPORTER_OTLP_*ENDPOINT``), to the collector as well. The report is read back from
     the files, exactly as ``otel-secaudit report`` would read them.
 
-``otel-secaudit report PATH [--trace TRACE_ID]``
-    Summarizes an output folder, a collector ``file`` exporter archive, or a folder of
-    ``.json`` / ``.jsonl`` OTLP/JSON files; ``--trace`` prints the timeline of one trace.
+``otel-secaudit report PATH [--trace TRACE_ID] [--html FILE]``
+    Summarizes an output folder (``otlp_json_dir`` exporters, ``otel-secaudit demo``), a
+    collector ``file`` exporter archive, or a folder of ``.json`` / ``.jsonl`` OTLP/JSON files;
+    ``--trace`` prints the timeline of one trace; ``--html`` writes the incident report as one
+    self-contained page (links to Jaeger / Grafana with ``--jaeger-url`` / ``--grafana-url``).
     Corrupt lines are skipped with a warning naming file and line (``--strict``: fail instead).
 
 Exit codes: 0 success, 1 the demo's self-check failed (events recorded but missing from the
@@ -92,6 +94,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--json", action="store_true", help="print the summary as JSON instead of tables"
     )
+    demo.add_argument(
+        "--html",
+        metavar="FILE",
+        type=Path,
+        help="also write the report as one self-contained HTML page"
+        " (with --serve it is also served at /report)",
+    )
+    _link_arguments(demo)
 
     report = commands.add_parser(
         "report",
@@ -112,7 +122,29 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--json", action="store_true", help="print the summary as JSON instead of tables"
     )
+    report.add_argument(
+        "--html",
+        metavar="FILE",
+        type=Path,
+        help="also write the incident report as one self-contained HTML page",
+    )
+    _link_arguments(report)
     return parser
+
+
+def _link_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jaeger-url",
+        metavar="URL",
+        help="Jaeger UI base URL: evidence traces link to URL/trace/<id> in the HTML report"
+        " (the compose stack: http://localhost:16686)",
+    )
+    parser.add_argument(
+        "--grafana-url",
+        metavar="URL",
+        help="Grafana base URL: evidence traces and offenders link to Grafana Explore in the"
+        " HTML report (the compose stack: http://localhost:3000)",
+    )
 
 
 def _consoles() -> tuple[Any, Any]:
@@ -133,7 +165,33 @@ def _print_problems(recording: Any) -> None:
         print(f"warning: {hidden} more corrupt line(s) skipped", file=sys.stderr)
 
 
-def _show(path: Path, *, trace: str | None, strict: bool, top: int, as_json: bool) -> Any:
+def _links(args: argparse.Namespace) -> Any:
+    from .demo.html_report import Links
+
+    return Links(jaeger_url=args.jaeger_url, grafana_url=args.grafana_url)
+
+
+def _write_html(recording: Any, summary: Any, target: Path, links: Any) -> None:
+    from .demo.html_report import render_html
+
+    page = render_html(recording, summary, links)
+    try:
+        target.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise UsageProblem(f"--html {target}: cannot write: {exc.strerror or exc}") from None
+    print(f"wrote the HTML report to {target}", file=sys.stderr)
+
+
+def _show(
+    path: Path,
+    *,
+    trace: str | None,
+    strict: bool,
+    top: int,
+    as_json: bool,
+    html: Path | None = None,
+    links: Any = None,
+) -> Any:
     from .demo.render import render_summary, render_timeline
     from .demo.report import load, summarize, timeline
 
@@ -149,13 +207,23 @@ def _show(path: Path, *, trace: str | None, strict: bool, top: int, as_json: boo
         print(json.dumps(summary.to_dict(), indent=2, default=str))
     else:
         render_summary(summary, out)
+    if html is not None:
+        _write_html(recording, summary, html, links)
     return summary
 
 
 def _report(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UsageProblem("--top must be at least 1")
-    _show(args.path, trace=args.trace, strict=args.strict, top=args.top, as_json=args.json)
+    _show(
+        args.path,
+        trace=args.trace,
+        strict=args.strict,
+        top=args.top,
+        as_json=args.json,
+        html=args.html,
+        links=_links(args),
+    )
     return 0
 
 
@@ -237,10 +305,32 @@ def _wait_for_stop(server: DemoServer) -> None:
             signal.signal(number, handler)
 
 
+def _add_report_page(app: Any, out: Path, telemetry: Any, links: Any) -> None:
+    """``GET /report``: the HTML incident report of everything in ``out`` so far."""
+    from fastapi.responses import HTMLResponse
+
+    from .demo.html_report import render_html
+    from .demo.report import load, summarize
+
+    def report_page() -> HTMLResponse:  # sync: FastAPI runs it in a worker thread
+        telemetry.force_flush(5_000)
+        recording = load(out)
+        page = render_html(recording, summarize(recording), links)
+        return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+
+    app.add_api_route("/report", report_page, methods=["GET"], include_in_schema=False)
+
+
 def _print_serve_help(url: str, console: Any) -> None:
     from .demo.app import DEMO_PASSWORDS
 
     console.print(f"\nThe demo app is serving on [bold]{url}[/bold] (Ctrl-C stops it).")
+    console.print(
+        f"HTML incident report (refreshed on every load): {url}/report",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     console.print("Users (password; the TOTP code is checked too, see /auth/login):")
     for name, password in DEMO_PASSWORDS.items():
         console.print(f"  {name}: {password}", highlight=False, soft_wrap=True)
@@ -255,16 +345,45 @@ def _print_serve_help(url: str, console: Any) -> None:
         console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
+def _play_scenario(
+    url: str, directory: Any, args: argparse.Namespace, err: Any, block_seconds: int
+) -> None:
+    """The attack scenario over real HTTP, with a progress bar on stderr."""
+    import httpx
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from .demo.scenario import Scenario
+
+    with httpx.Client(base_url=url, timeout=30) as client:
+        scenario = Scenario(client, directory, short=args.short, block_seconds=block_seconds)
+        steps = scenario.steps()
+        with Progress(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("starting", total=len(steps))
+            pause = 0.0 if args.short else 0.08
+            for step in steps:
+                progress.update(task, description=step.phase)
+                scenario.outcome.add(step.phase, step.run())
+                progress.advance(task)
+                if pause:
+                    time.sleep(pause)
+            progress.update(task, description="done")
+
+
 def _demo(args: argparse.Namespace) -> int:
     try:
-        import httpx
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        import httpx  # noqa: F401  (the demo extra, checked up front)
+        import rich.progress  # noqa: F401
 
-        import otel_secaudit
-
+        from . import runtime
         from .demo import telemetry as demo_telemetry
         from .demo.app import DemoDirectory, create_app
-        from .demo.scenario import Scenario
+        from .demo.scenario import Scenario  # noqa: F401
     except ImportError as exc:
         raise UsageProblem(f"{exc}; {_DEMO_EXTRA_HINT}") from None
     port = args.port if args.port is not None else (8000 if args.serve else 0)
@@ -296,43 +415,33 @@ def _demo(args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
 
-    recorder = otel_secaudit.get_recorder()
+    recorder = runtime.current().recorder
     directory = DemoDirectory.seeded()
-    server = DemoServer(create_app(directory), host, port)
+    app = create_app(directory)
+    if args.serve:
+        _add_report_page(app, out, telemetry, _links(args))
+    server = DemoServer(app, host, port)
     url = server.start()
     stopped = False
     try:
-        with httpx.Client(base_url=url, timeout=30) as client:
-            scenario = Scenario(
-                client, directory, short=args.short, block_seconds=recorder.settings.block_seconds
-            )
-            steps = scenario.steps()
-            with Progress(
-                TextColumn("{task.description:<28}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=err,
-                transient=False,
-            ) as progress:
-                task = progress.add_task("starting", total=len(steps))
-                pause = 0.0 if args.short else 0.08
-                for step in steps:
-                    progress.update(task, description=step.phase)
-                    scenario.outcome.add(step.phase, step.run())
-                    progress.advance(task)
-                    if pause:
-                        time.sleep(pause)
-                progress.update(task, description="done")
-        detector = getattr(otel_secaudit.SecAuditInstrumentor, "_detector", None)
-        if detector is not None:
-            detector.flush(5.0)
+        _play_scenario(url, directory, args, err, recorder.settings.block_seconds)
+        # The detector's pending violations become abuse.* events before the report is read.
+        runtime.current().flush(10_000)
         if args.serve:
             telemetry.force_flush()
         else:
             server.stop()
             stopped = True
             telemetry.shutdown()
-        summary = _show(out, trace=None, strict=False, top=5, as_json=args.json)
+        summary = _show(
+            out,
+            trace=None,
+            strict=False,
+            top=5,
+            as_json=args.json,
+            html=args.html,
+            links=_links(args),
+        )
         recorded = recorder.stats.snapshot()["recorded"]
         if summary.log_records != recorded:
             err.print(

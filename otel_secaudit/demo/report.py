@@ -591,6 +591,7 @@ _DETAIL_KEYS: Final = (
     attr.CLIENT_ADDRESS,
     attr.USER_ID,
     attr.USER_HASH,
+    attr.USER_AGENT,
     attr.REASON,
     attr.PERMISSION,
     attr.TENANT_ID,

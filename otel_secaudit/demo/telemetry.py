@@ -90,11 +90,11 @@ class Telemetry:
 
     def shutdown(self) -> None:
         """Final export and close the files (idempotent enough for an exit path)."""
-        import otel_secaudit
+        from otel_secaudit import runtime
 
-        # Delivers what the spool (OTEL_SECAUDIT_SPOOL_DIR) holds, for up to 5 s; the rest
-        # stays on disk and is replayed on the next start.
-        otel_secaudit.get_recorder().close()
+        # Stops the detector and delivers what the spool (OTEL_SECAUDIT_SPOOL_DIR) holds, for
+        # up to 5 s; the rest stays on disk and is replayed on the next start.
+        runtime.current().close()
         for instrumentor in self.instrumentors:
             try:
                 instrumentor.uninstrument()

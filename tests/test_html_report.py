@@ -1,0 +1,236 @@
+"""``otel-secaudit report PATH --html FILE``: one self-contained page, checked in a real headless
+Chromium with JavaScript on (DOM counts, evidence trace timelines, hostile values as text,
+a screenshot)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+
+from otel_secaudit.cli import main
+from otel_secaudit.demo.html_report import Links, render_html, violation_chart
+from otel_secaudit.demo.report import ReportError, load, summarize
+
+from .browser import DOM, dump_dom, screenshot
+
+HOSTILE_UA = '<script>document.documentElement.dataset.pwned="ua"</script>'
+HOSTILE_USER = '"><img src=x onerror="document.title=\'pwned\'">[/]'
+HOSTILE_ADDRESS = "</td></tr></table><script>alert(1)</script>"
+BASE_NS = 1_764_043_200_000_000_000  # 2025-11-25T04:00:00Z
+ATTACKER = "203.0.113.7"
+
+
+def _kv(attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    def value(v: Any) -> dict[str, Any]:
+        if isinstance(v, list):
+            return {"arrayValue": {"values": [value(item) for item in v]}}
+        if isinstance(v, int):
+            return {"intValue": str(v)}
+        return {"stringValue": str(v)}
+
+    return [{"key": k, "value": value(v)} for k, v in attributes.items()]
+
+
+def _trace_id(n: int) -> str:
+    return f"{n + 1:032x}"
+
+
+def _archive(folder: Path) -> dict[str, Any]:
+    """Ten failed logins from one address over ten minutes (one trace each, the hostile
+    User-Agent on every one), two from a hostile address, the abuse.host signal with its
+    evidence (one trace ID sampled out), a block started and ended."""
+    logs, spans = [], []
+    failure = {"security.event.outcome": "failure", "security.event.category": "authentication"}
+    for n in range(10):
+        t = BASE_NS + n * 60_000_000_000
+        attributes = {
+            **failure,
+            "client.address": ATTACKER,
+            "user_agent.original": HOSTILE_UA,
+            "user.id": HOSTILE_USER,
+            "security.reason": "invalid_credentials",
+        }
+        logs.append(
+            {
+                "timeUnixNano": str(t + 1_000_000),
+                "eventName": "auth.login.failed",
+                "severityText": "WARN",
+                "traceId": _trace_id(n),
+                "spanId": "a" * 16,
+                "attributes": _kv(attributes),
+            }
+        )
+        spans.append(
+            {
+                "traceId": _trace_id(n),
+                "spanId": "a" * 16,
+                "name": "POST /auth/login",
+                "startTimeUnixNano": str(t),
+                "endTimeUnixNano": str(t + 5_000_000),
+                "attributes": _kv({"http.route": "/auth/login", "http.response.status_code": 401}),
+                "events": [
+                    {
+                        "timeUnixNano": str(t + 1_000_000),
+                        "name": "auth.login.failed",
+                        "attributes": _kv(attributes),
+                    }
+                ],
+            }
+        )
+    for n in range(2):
+        logs.append(
+            {
+                "timeUnixNano": str(BASE_NS + n * 1_000_000_000),
+                "eventName": "authz.permission_denied",
+                "attributes": _kv({**failure, "client.address": HOSTILE_ADDRESS}),
+            }
+        )
+    evidence = [_trace_id(n) for n in range(9)] + ["f" * 32, HOSTILE_USER]
+    end = BASE_NS + 10 * 60_000_000_000
+    logs.append(
+        {
+            "timeUnixNano": str(end),
+            "eventName": "abuse.host",
+            "traceId": _trace_id(9),
+            "spanId": "a" * 16,
+            "attributes": _kv(
+                {
+                    **failure,
+                    "security.event.category": "abuse",
+                    "security.abuse.scope": "host",
+                    "security.abuse.key": ATTACKER,
+                    "security.abuse.count": 10,
+                    "security.abuse.threshold": 10,
+                    "security.abuse.window_s": 3600,
+                    "security.abuse.trace_ids": evidence,
+                }
+            ),
+            "body": {"kvlistValue": {"values": _kv({"auth.login.failed": 10})}},
+        }
+    )
+    for name, offset in (("abuse.block.started", 0), ("abuse.block.ended", 300)):
+        logs.append(
+            {
+                "timeUnixNano": str(end + offset * 1_000_000_000),
+                "eventName": name,
+                "attributes": _kv(
+                    {
+                        "security.event.outcome": "success",
+                        "client.address": ATTACKER,
+                        "security.block.seconds": 300,
+                    }
+                ),
+            }
+        )
+    folder.mkdir(parents=True)
+    scope = {"name": "otel_secaudit"}
+    lines = [
+        {"resourceLogs": [{"scopeLogs": [{"scope": scope, "logRecords": logs}]}]},
+        {"resourceSpans": [{"scopeSpans": [{"scope": {"name": "fastapi"}, "spans": spans}]}]},
+    ]
+    (folder / "archive.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + "[[[\n")
+    return {"evidence": evidence}
+
+
+@pytest.fixture
+def page(tmp_path: Path, capsys: Any) -> Path:
+    _archive(tmp_path / "in")
+    target = tmp_path / "incident.html"
+    argv = ["report", str(tmp_path / "in"), "--html", str(target)]
+    argv += ["--jaeger-url", "http://jaeger.example:16686/", "--grafana-url", "http://g.example"]
+    assert main(argv) == 0
+    assert "wrote the HTML report" in capsys.readouterr().err
+    return target
+
+
+def test_page_is_self_contained_and_escapes_every_value(page: Path) -> None:
+    text = page.read_text()
+    # Nothing is fetched: no external script, style, image or font.
+    assert not re.search(r"<(script|link|img|iframe)[^>]*\b(src|href)=", text)
+    assert "@import" not in text and "url(" not in text
+    assert text.count("<script") == 1  # the page's own, with its CSP nonce
+    for hostile in (HOSTILE_UA, HOSTILE_USER, HOSTILE_ADDRESS):
+        assert hostile not in text
+    assert "&lt;script&gt;document.documentElement.dataset.pwned=&quot;ua&quot;" in text
+
+
+def test_in_chromium_counts_evidence_links_and_hostile_values(page: Path, tmp_path: Path) -> None:
+    trace_id = _trace_id(3)
+    dom = DOM(dump_dom(page.as_uri() + f"#trace-{trace_id}", tmp_path / "profile"))
+    (html_element,) = dom.find("html")
+    assert html_element.attrs.get("data-js") == "on"  # the page's script ran
+    assert "data-pwned" not in html_element.attrs  # and no injected one did
+    assert dom.find("title")[0].text == "otel-secaudit incident report"  # then the SVG's
+    assert len(dom.find("script")) == 1 and not dom.find("img")
+
+    def count(name: str) -> str:
+        (card,) = dom.find("div", class_="card", data_count=name)
+        return card.text.split()[0]
+
+    assert count("violations") == "12"
+    assert count("abuse-signals") == "1"
+    assert count("blocks") == "1"
+    assert count("skipped-lines") == "1"  # the truncated "[[[" line
+    # The chart: 12 violations in per-minute bar segments (10 logins + 2 denials).
+    bars = [int(rect.attrs["data-count"]) for rect in dom.find("rect")]
+    assert sum(bars) == 12 and sorted(bars) == [1] * 10 + [2]
+
+    (signal,) = dom.find("li", class_="signal")
+    assert signal.attrs["data-event"] == "abuse.host" and ATTACKER in signal.text
+    evidence = dom.find("details", class_="evidence")
+    assert len(evidence) == 11
+    (opened,) = [d for d in evidence if "open" in d.attrs]  # #trace-<id> opened it (script)
+    assert opened.attrs["data-trace-id"] == trace_id
+    assert "POST /auth/login" in opened.text and "span event" in opened.text
+    assert "log WARN" in opened.text and "auth.login.failed" in opened.text
+    assert HOSTILE_UA in opened.text  # shown as text, exactly as sent
+    (missing,) = dom.find("details", class_="evidence", data_trace_id="f" * 32)
+    assert "not in this recording" in missing.text
+    (not_an_id,) = dom.find("details", class_="evidence", data_trace_id="")
+    assert HOSTILE_USER in not_an_id.text and "Jaeger" not in not_an_id.text
+
+    links = [a.attrs["href"] for a in dom.find("a")]
+    assert f"http://jaeger.example:16686/trace/{trace_id}" in links
+    explore = [link for link in links if link.startswith("http://g.example/explore?")]
+    panes = [json.loads(parse_qs(urlsplit(link).query)["panes"][0]) for link in explore]
+    assert {"refId": "A", "datasource": {"type": "jaeger", "uid": "jaeger"}, "query": trace_id} in [
+        pane["a"]["queries"][0] for pane in panes
+    ]
+    loki = [p["a"]["queries"][0]["expr"] for p in panes if p["a"]["datasource"] == "loki"]
+    assert any(json.dumps(HOSTILE_ADDRESS) in unquote(expr) for expr in loki)
+
+    (addresses,) = dom.find("table", id="top-addresses")
+    assert HOSTILE_ADDRESS in addresses.text and ATTACKER in addresses.text
+    (blocks,) = dom.find("table", id="blocks")
+    assert "abuse.block.started" in blocks.text and "300" in blocks.text
+
+    shot = screenshot(page.as_uri(), tmp_path / "incident.png", tmp_path / "profile")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_buckets(tmp_path: Path) -> None:
+    _archive(tmp_path / "in")
+    chart = violation_chart(load(tmp_path / "in"))
+    assert chart.bucket_s == 60 and chart.buckets == 30  # ten minutes, padded to thirty
+    assert chart.counts["auth.login.failed"][-10:] == [1] * 10
+    assert sum(chart.counts["authz.permission_denied"]) == 2
+
+
+def test_links_refuse_other_schemes() -> None:
+    with pytest.raises(ReportError, match="expected http"):
+        Links(jaeger_url="javascript:alert(1)//")
+    assert Links(jaeger_url="http://j/").trace("not-hex") == []
+
+
+def test_render_without_links_or_signals(tmp_path: Path) -> None:
+    folder = tmp_path / "quiet"
+    folder.mkdir()
+    (folder / "x.jsonl").write_text(json.dumps({"resourceSpans": []}) + "\n")
+    recording = load(folder)
+    page = render_html(recording, summarize(recording))
+    assert "No abuse signals." in page and "No violations." in page and "/trace/" not in page
