@@ -17,14 +17,14 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
-import otel_secaudit
-from otel_secaudit import SecAuditInstrumentor
-from otel_secaudit.asgi import SecAuditMiddleware
+from otel_secaudit import SecAuditInstrumentor, runtime
+from otel_secaudit.web.asgi import SecAuditMiddleware
 
 from .conftest import SDK
 
 ORIGINAL_FASTAPI = fastapi.FastAPI
 ORIGINAL_STARLETTE_BUILD = Starlette.__dict__["build_middleware_stack"]
+ORIGINAL_STARLETTE_CALL = Starlette.__dict__["__call__"]
 ORIGINAL_FASTAPI_BUILD = fastapi.applications.FastAPI.__dict__["build_middleware_stack"]
 
 
@@ -87,7 +87,9 @@ def test_entry_point_is_registered() -> None:
     group = entry_points(group="opentelemetry_instrumentor")
     (ep,) = [e for e in group if e.name == "otel_secaudit"]
     assert ep.load() is SecAuditInstrumentor
-    assert SecAuditInstrumentor().instrumentation_dependencies() == ("starlette >= 0.37",)
+    # one instrumentor for every framework: none is required (a missing one must not make
+    # opentelemetry-instrument skip the others)
+    assert SecAuditInstrumentor().instrumentation_dependencies() == ()
 
 
 def test_uninstrument_restores_the_original_classes_exactly(sdk: SDK) -> None:
@@ -103,6 +105,7 @@ def test_uninstrument_restores_the_original_classes_exactly(sdk: SDK) -> None:
 
     instrumentor.uninstrument()
     assert Starlette.__dict__["build_middleware_stack"] is ORIGINAL_STARLETTE_BUILD
+    assert Starlette.__dict__["__call__"] is ORIGINAL_STARLETTE_CALL
     assert fastapi.applications.FastAPI.__dict__["build_middleware_stack"] is (
         ORIGINAL_FASTAPI_BUILD
     )
@@ -110,7 +113,7 @@ def test_uninstrument_restores_the_original_classes_exactly(sdk: SDK) -> None:
     get(app, "/denied/x")
     assert "SecAuditMiddleware" not in stack_types(app)
     assert security_logs(sdk) == []
-    assert sdk.recorder.violation_sink is None  # detection disabled
+    assert runtime.current().detector is None  # detection disabled
 
 
 @pytest.mark.parametrize("contrib_first", [True, False], ids=["contrib-first", "secaudit-first"])
@@ -162,7 +165,7 @@ def test_fastapi_native_telemetry_alone(sdk: SDK) -> None:
     # FastAPI's own server span exports url.query; the middleware scrubs secrets from it
     assert get(app, "/fine?token=TOPSECRET42&page=1").status_code == 200
     (span,) = [s for s in sdk.spans() if s.attributes.get("url.path") == "/fine"]
-    assert span.attributes["url.query"] == "token=%5BREDACTED%5D&page=1"
+    assert span.attributes["url.query"] == "token=[REDACTED]&page=1"
 
 
 def test_plain_starlette_and_mounted_subapp_record_once(sdk: SDK) -> None:
@@ -210,10 +213,9 @@ def test_broken_environment_does_not_raise(make_sdk: Any, monkeypatch: pytest.Mo
     monkeypatch.setenv("OTEL_SECAUDIT_HOST_THRESHOLD", "lots")
     monkeypatch.setenv("OTEL_SECAUDIT_STORE", "bogus://nowhere")
     monkeypatch.setenv("OTEL_SECAUDIT_STATUS_EVENTS", "403:not an event")
-    otel_secaudit._recorder = None  # as in a fresh process under opentelemetry-instrument
+    runtime.swap(None)  # as in a fresh process under opentelemetry-instrument
     SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
-    recorder = otel_secaudit._recorder
-    assert recorder is not None
+    recorder = runtime.current().recorder
     assert recorder.settings.host_threshold == 10
     assert recorder.settings.store == "memory://"
     assert recorder.settings.status_events[403] == "authz.permission_denied"
@@ -223,14 +225,21 @@ def test_broken_environment_does_not_raise(make_sdk: Any, monkeypatch: pytest.Mo
 def test_bad_arguments_and_internal_failures_do_not_raise(
     sdk: SDK, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider, host_threshold="x")
-    assert otel_secaudit._recorder is not None
+    SecAuditInstrumentor().instrument(
+        tracer_provider=sdk.tracer_provider, host_threshold="x", user_threshold=2
+    )
+    settings = runtime.current().settings
+    assert settings.host_threshold == 10  # the bad argument is left out...
+    assert settings.user_threshold == 2  # ...and the good one kept
+    assert runtime.current().detector is not None
     SecAuditInstrumentor().uninstrument()
 
-    def explode(self: Any) -> None:
+    def explode(**options: Any) -> None:
         raise RuntimeError("patching failed")
 
-    monkeypatch.setattr(SecAuditInstrumentor, "_patch_classes", explode)
+    from otel_secaudit.web import starlette as adapter
+
+    monkeypatch.setattr(adapter, "patch", explode)
     SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)  # no exception
     app = add_routes(fastapi.FastAPI())
     assert get(app, "/fine").status_code == 200
@@ -247,7 +256,8 @@ def test_unreachable_redis_store_does_not_break_startup_or_requests(sdk: SDK) ->
     app = add_routes(fastapi.FastAPI())
     assert get(app, "/fine").status_code == 200
     assert get(app, "/denied/e").status_code == 403
-    assert [r.event_name for r in security_logs(sdk)] == []  # a new recorder (settings given)
-    recorder = otel_secaudit._recorder
-    assert recorder is not None and recorder is not sdk.recorder
+    # a new runtime (settings given) on the same providers
+    assert [r.event_name for r in security_logs(sdk)] == ["authz.permission_denied"]
+    recorder = runtime.current().recorder
+    assert recorder is not sdk.recorder
     assert recorder.stats.snapshot()["recorded"] == 1

@@ -1,0 +1,14 @@
+"""Web integration: the framework-independent request core and its adapters.
+
+* :mod:`.client`: the client address through trusted proxies (one configured header).
+* :mod:`.rules`: status rules and login routes (parsing and matching).
+* :mod:`.exchange`: the request core every adapter shares (blocks, login routes, status
+  events, one request one violation); see its documentation for the adapter protocol.
+* :mod:`.server_span`: scrubbing the server span other instrumentations opened.
+* :mod:`.asgi`: the pure ASGI middleware; :mod:`.starlette`: where it goes in Starlette/FastAPI.
+* :mod:`.instrumentor`: :class:`SecAuditInstrumentor`, wiring only.
+
+Importing this package imports no web framework.
+"""
+
+from __future__ import annotations

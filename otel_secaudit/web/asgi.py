@@ -1,0 +1,331 @@
+"""Pure ASGI middleware: the ASGI adapter of :mod:`otel_secaudit.web.exchange`.
+
+:class:`SecAuditMiddleware` is what :class:`otel_secaudit.SecAuditInstrumentor` puts into every
+Starlette/FastAPI application, inside the server span. It can also be added by hand::
+
+    from otel_secaudit.web.asgi import SecAuditMiddleware
+
+    app.add_middleware(SecAuditMiddleware)
+    app.add_middleware(SecAuditMiddleware, user_id_resolver=lambda scope: scope.get("uid"))
+
+For each HTTP request it opens an :class:`~otel_secaudit.web.exchange.Exchange` (client address
+through trusted proxies, request context for every ``record()``), answers 429 to blocked
+clients before the application runs, reads the body of login routes (at most 64 KiB, replayed
+untouched), records the status/login events at response start, and scrubs secret query values
+and captured secret headers from the current server span.
+
+Lifespan: on shutdown the process-wide runtime is flushed (detector queue, SDK pipelines,
+spool) before ``lifespan.shutdown.complete`` goes out, because uvicorn re-raises SIGTERM after
+its graceful shutdown and ``atexit`` never runs. Lifespan messages pass through untouched; an
+application without lifespan support is not affected. Websockets pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any, Final
+
+from opentelemetry import trace
+
+from .. import runtime as _runtime
+from ..context import request_scope
+from .client import header_values
+from .exchange import Exchange
+from .rules import MAX_LOGIN_BODY_BYTES
+from .server_span import scrub_server_span
+
+__all__ = ["SCOPE_MARKER", "SecAuditMiddleware", "UserIdResolver", "route_template"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: ``callable(scope) -> user id or None``; called lazily, only when an event is recorded.
+UserIdResolver = Callable[[Scope], "str | int | None"]
+
+#: Scope key marking a request already handled by an outer SecAuditMiddleware (mounted apps).
+SCOPE_MARKER: Final = "otel_secaudit.request"
+_MOUNT_KEY: Final = "otel_secaudit.mount"
+MAX_ROUTE_LENGTH: Final = 256
+
+
+# -- route template ---------------------------------------------------------------------------
+
+
+def _enter_mount(scope: Scope) -> None:
+    """Called when a request enters a mounted Starlette app: ``scope["route"]`` is the Mount."""
+    mount = scope.get("route")
+    path = getattr(mount, "path", None)
+    if isinstance(path, str) and path:
+        outer = scope.get(_MOUNT_KEY)
+        prefix = outer[0] if outer else ""
+        scope[_MOUNT_KEY] = ((prefix + path)[:MAX_ROUTE_LENGTH], mount)
+
+
+def _fastapi_effective_path(scope: Scope) -> str | None:
+    """FastAPI >= 0.137 runs routes of included routers without copying them: the matched
+    route's own ``path`` lacks the router prefix, which only its effective route context
+    carries. Private FastAPI state, read in this one place (tests/test_layouts.py fails when it
+    moves); contrib's FastAPI instrumentation reports the same template."""
+    state = scope.get("fastapi")
+    if not isinstance(state, Mapping):
+        return None
+    path = getattr(state.get("effective_route_context"), "path", None)
+    return path if isinstance(path, str) else None
+
+
+def route_template(scope: Scope) -> str | None:
+    """The matched route's template with router and mount prefixes, or None (before routing,
+    or when no route matched)."""
+    route = scope.get("route")
+    if route is None:
+        return None
+    path = _fastapi_effective_path(scope) or getattr(route, "path", None)
+    if not isinstance(path, str):
+        return None
+    mount = scope.get(_MOUNT_KEY)
+    if mount is not None:
+        prefix, mount_route = mount
+        path = prefix if route is mount_route else prefix + path
+    return path[:MAX_ROUTE_LENGTH]
+
+
+def _routes_of(app: Any) -> Any:
+    routes = getattr(app, "routes", None)
+    if routes is None:
+        return ()
+    try:
+        from fastapi.routing import iter_route_contexts  # FastAPI >= 0.137.2: prefixes kept
+    except ImportError:
+        return routes
+    return iter_route_contexts(routes)
+
+
+def matched_route(scope: Scope) -> str | None:
+    """The template of the route a request *would* match, without running it: for requests
+    answered before routing (blocked clients), as contrib's instrumentations compute it."""
+    from starlette.routing import Match
+
+    partial = None
+    for route in _routes_of(scope.get("app")):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            path = getattr(route, "path", None)
+            if hasattr(route, "routes") and isinstance(path, str):  # a Mount
+                path = path.rstrip("/") + "/{path}"
+            return path[:MAX_ROUTE_LENGTH] if isinstance(path, str) else None
+        if match == Match.PARTIAL and partial is None:
+            partial = getattr(route, "path", None)
+    return partial[:MAX_ROUTE_LENGTH] if isinstance(partial, str) else None
+
+
+def _route_of(scope: Scope) -> Callable[[], str | None]:
+    def route() -> str | None:
+        if "route" in scope:
+            return route_template(scope)
+        return matched_route(scope)
+
+    return route
+
+
+# -- user id ----------------------------------------------------------------------------------
+
+
+def _id_text(value: object) -> str | None:
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+        return str(value)
+    return None
+
+
+def user_id_from_scope(scope: Scope) -> str | None:
+    """``scope["user"]`` (Starlette AuthenticationMiddleware) when authenticated, else
+    ``request.state.user_id``."""
+    user = scope.get("user")
+    if user is not None and getattr(user, "is_authenticated", False) is True:
+        for name in ("id", "user_id", "identity"):
+            found = _id_text(getattr(user, name, None))
+            if found is not None:
+                return found
+    state = scope.get("state")
+    if isinstance(state, Mapping):
+        return _id_text(state.get("user_id"))
+    return _id_text(getattr(state, "user_id", None)) if state is not None else None
+
+
+def _first_header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers") or ():
+        if key.lower() == name:
+            return str(value[:512].decode("latin-1"))
+    return None
+
+
+# -- login bodies -----------------------------------------------------------------------------
+
+
+async def _read_login_body(receive: Receive) -> tuple[list[Message], bytes | None]:
+    """Read a request body up to :data:`MAX_LOGIN_BODY_BYTES`: the messages read (to replay)
+    and the body, or None when it is larger (the rest is left for the application)."""
+    messages: list[Message] = []
+    size = 0
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message.get("type") != "http.request":
+            return messages, None  # disconnect
+        body = message.get("body") or b""
+        size += len(body)
+        if size > MAX_LOGIN_BODY_BYTES:
+            return messages, None
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return messages, b"".join(chunks)
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that hands out ``messages`` first, then reads on."""
+    pending = list(messages)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+# -- the middleware ---------------------------------------------------------------------------
+
+
+class SecAuditMiddleware:
+    """Pure ASGI middleware; see the module documentation.
+
+    Args:
+        app: the ASGI application to wrap.
+        user_id_resolver: ``callable(scope) -> user id or None``, tried before ``scope["user"]``
+            and ``request.state.user_id``; called lazily, only when an event is recorded.
+    """
+
+    def __init__(self, app: ASGIApp, *, user_id_resolver: UserIdResolver | None = None) -> None:
+        self.app = app
+        self._user_id_resolver = user_id_resolver
+        # Contrib captures request headers only when asked to; scrub captured ones only then
+        # (it costs a walk over the span's attributes).
+        self._scrub_headers = bool(
+            os.environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "").strip()
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind == "lifespan":
+            await self.app(scope, receive, _flushing_on_shutdown(send))
+            return
+        if kind != "http":
+            await self.app(scope, receive, send)
+            return
+        if SCOPE_MARKER in scope:
+            # A mounted sub-application: the outer middleware owns the request; remember the
+            # mount's template so routes below it are reported in full.
+            _enter_mount(scope)
+            await self.app(scope, receive, send)
+            return
+        scope[SCOPE_MARKER] = True
+        try:
+            exchange = self._open(scope)
+        except Exception as exc:  # security plumbing never breaks the request
+            _runtime.current().recorder.internal_error(exc, "asgi.prepare")
+            await self.app(scope, receive, send)
+            return
+        with request_scope(exchange.request):
+            await self._serve(exchange, scope, receive, send)
+
+    def _open(self, scope: Scope) -> Exchange:
+        headers = scope.get("headers") or ()
+        client = scope.get("client")
+        resolver = self._user_id_resolver
+
+        def user_id_of() -> str | None:
+            if resolver is not None:
+                value = resolver(scope)
+                if value is not None:
+                    return str(value)
+            return user_id_from_scope(scope)
+
+        exchange = Exchange.open(
+            method=scope.get("method"),
+            path=scope.get("path"),
+            peer=client[0] if client else None,
+            header=lambda name: header_values(headers, name),
+            user_agent=_first_header(scope, b"user-agent"),
+            route_of=_route_of(scope),
+            user_id_of=user_id_of,
+        )
+        if self._scrub_headers or scope.get("query_string"):
+            try:
+                scrub_server_span(
+                    trace.get_current_span(),
+                    scope.get("query_string") or b"",
+                    headers=self._scrub_headers,
+                )
+            except Exception as exc:
+                exchange.runtime.recorder.internal_error(exc, "asgi.scrub")
+        return exchange
+
+    async def _serve(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = exchange.refusal()
+        if refusal is not None:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": refusal.status,
+                    "headers": [(k.encode(), v.encode()) for k, v in refusal.headers()],
+                }
+            )
+            await send({"type": "http.response.body", "body": refusal.body})
+            return
+        if exchange.wants_login_body:
+            messages, body = await _read_login_body(receive)
+            exchange.login_body(_first_header(scope, b"content-type"), body)
+            receive = _replaying(messages, receive)
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if not started and message.get("type") == "http.response.start":
+                started = True
+                status = message.get("status")
+                if isinstance(status, int):
+                    exchange.respond(status)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            if not started:
+                exchange.failed()  # ServerErrorMiddleware outside answers 500
+            raise
+
+
+def _flushing_on_shutdown(send: Send) -> Send:
+    """A lifespan ``send`` that flushes the runtime before the server hears that shutdown is
+    complete (or failed), so the last audit records leave before the process exits."""
+
+    async def lifespan_send(message: Message) -> None:
+        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            await _flush()
+        await send(message)
+
+    return lifespan_send
+
+
+async def _flush() -> None:
+    rt = _runtime.current()
+    try:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, rt.flush)
+    except Exception as exc:  # e.g. no executor at shutdown: flush on the loop instead
+        rt.recorder.internal_error(exc, "asgi.lifespan_flush")
+        rt.flush()

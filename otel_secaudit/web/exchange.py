@@ -1,0 +1,325 @@
+"""The framework-independent request core every web adapter (ASGI, WSGI, Django, Flask) shares.
+
+An adapter turns its framework's request into an :class:`Exchange` and acts on its answers::
+
+    exchange = Exchange.open(method=..., path=..., peer=..., header=..., user_agent=...,
+                             route_of=lambda: matched_template_or_None,
+                             user_id_of=lambda: authenticated_user_id_or_None)
+    with request_scope(exchange.request):          # every record() gets the request context
+        refusal = exchange.refusal()                # blocked client: answer it, app not called
+        if refusal is not None:
+            return respond(refusal.status, refusal.headers(), refusal.body)
+        if exchange.wants_login_body:               # a login route: give it the body (<= 64 KiB)
+            exchange.login_body(content_type, body_or_None_when_oversized)
+        ...run the application...
+        exchange.respond(status)                    # at response start: status/login events
+        # or exchange.failed() when the application raised before answering (500)
+
+What it decides, once per request:
+
+* **blocks** (CONTRACT section 7): a client address the detector blocks gets a
+  :class:`Refusal` (429, ``Retry-After`` = seconds left) before any application code runs;
+  ``request.blocked`` is recorded and ``security.requests.blocked`` counted.
+* **login routes** (OTEL_SECAUDIT_LOGIN_ROUTES): 2xx/3xx -> ``auth.login.succeeded`` (and
+  ``auth.login.succeeded_after_failures`` when the user key had violations in the window),
+  4xx other than 429 -> ``auth.login.failed`` with ``security.reason`` ``http_<status>``, with
+  ``user.hash`` of the submitted user name. On a login route these take the place of the status
+  rules.
+* **status rules** (OTEL_SECAUDIT_STATUS_EVENTS): the most specific rule's event.
+* **one request, one violation**: no failure event when the application already recorded one
+  during the request; no event name twice for one request.
+
+The runtime (recorder, detector, settings) is looked up once per request through
+:func:`otel_secaudit.runtime.current`; nothing here keeps a recorder or detector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .. import attributes as attr
+from .. import runtime as _runtime
+from ..context import RequestContext
+from ..redaction import hash_identity, scrub_path
+from .client import normalize_ip, resolve_client_address
+from .rules import LoginRoute, StatusRule, login_user_name
+
+__all__ = ["Exchange", "Refusal", "WebRequest"]
+
+MAX_ROUTE_LENGTH: Final = 256
+MAX_PATH_LENGTH: Final = 1024
+MAX_USER_AGENT_LENGTH: Final = 512
+LOGIN_SUCCEEDED: Final = "auth.login.succeeded"
+LOGIN_FAILED: Final = "auth.login.failed"
+LOGIN_AFTER_FAILURES: Final = "auth.login.succeeded_after_failures"
+
+#: ``header(name) -> values``: every value of one request header (lower-case name), in order.
+HeaderLookup = Callable[[str], Sequence[str]]
+
+
+class WebRequest(RequestContext):
+    """A :class:`RequestContext` whose ``route`` is resolved lazily: frameworks know the route
+    template only after routing, while the context is opened before it. It also remembers the
+    event names recorded for the request (no event name twice)."""
+
+    __slots__ = ("_route_of", "_route", "_path", "recorded_names")
+
+    def __init__(self, route_of: Callable[[], str | None] | None = None, **fields: Any) -> None:
+        self._route_of = route_of
+        self._route: str | None = None
+        self._path: str | None = None
+        self.recorded_names: set[str] = set()
+        super().__init__(**fields)
+
+    @property  # type: ignore[override]
+    def route(self) -> str | None:
+        """The matched route template, router prefixes included; None when none matched."""
+        if self._route is None and self._route_of is not None:
+            value = self._route_of()
+            if isinstance(value, str) and value:
+                self._route = value[:MAX_ROUTE_LENGTH]
+        return self._route
+
+    @route.setter
+    def route(self, value: str | None) -> None:
+        self._route = value
+
+    @property  # type: ignore[override]
+    def path(self) -> str | None:
+        """The request path; once the route template is known, path parameters that hold a
+        secret (``/reset/{token}``) are not copied (:func:`~otel_secaudit.redaction.scrub_path`)."""
+        path = self._path
+        route = self.route if path is not None else None
+        if path is None or route is None:
+            return path
+        return scrub_path(route, path)[0]
+
+    @path.setter
+    def path(self, value: str | None) -> None:
+        self._path = value
+
+    @property
+    def raw_path(self) -> str | None:
+        """The request path as received (capped), for matching rules."""
+        return self._path
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The answer to a blocked client: ``status`` 429, ``Retry-After`` in seconds."""
+
+    retry_after: int
+    status: int = 429
+    body: bytes = b"Too Many Requests"
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Response headers (``content-type``, ``content-length``, ``retry-after``)."""
+        return [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("content-length", str(len(self.body))),
+            ("retry-after", str(self.retry_after)),
+        ]
+
+
+def _text(value: object, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+class Exchange:
+    """One HTTP request and its response, as the security core sees them; see the module
+    documentation. Every method is defensive: an internal error is counted and the request
+    proceeds (security plumbing never breaks the application)."""
+
+    __slots__ = ("runtime", "request", "login", "_user_name", "_answered")
+
+    def __init__(
+        self, runtime: _runtime.Runtime, request: WebRequest, login: LoginRoute | None
+    ) -> None:
+        self.runtime = runtime
+        self.request = request
+        #: The login route this request goes to, if any.
+        self.login = login
+        self._user_name: str | None = None
+        self._answered = False
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        method: str | None,
+        path: str | None,
+        peer: str | None,
+        header: HeaderLookup,
+        user_agent: str | None = None,
+        route_of: Callable[[], str | None] | None = None,
+        user_id_of: Callable[[], str | None] | None = None,
+        runtime: _runtime.Runtime | None = None,
+    ) -> Exchange:
+        """Start the exchange of one request (the runtime is looked up now, once).
+
+        Args:
+            method, path: the request line (path without query string).
+            peer: the socket peer address.
+            header: ``header(name) -> values`` of the request headers (see :data:`HeaderLookup`).
+            user_agent: the User-Agent header.
+            route_of: returns the matched route template once routing happened (or None).
+            user_id_of: returns the authenticated user's id (called lazily, at most once).
+        """
+        rt = runtime if runtime is not None else _runtime.current()
+        settings = rt.settings
+        peer_text = _text(peer, 64)
+        peer_ip = normalize_ip(peer_text) if peer_text is not None else None
+        client = resolve_client_address(
+            peer_text,
+            header(settings.client_address_header) if settings.trusted_proxies else (),
+            settings.trusted_proxies,
+            settings.client_address_header,
+        )
+        method_text = _text(method, 32)
+        path_text = _text(path, MAX_PATH_LENGTH)
+        request = WebRequest(
+            route_of,
+            method=method_text,
+            path=path_text,
+            client_address=client,
+            peer_address=peer_ip if peer_ip is not None else peer_text,
+            user_agent=_text(user_agent, MAX_USER_AGENT_LENGTH),
+            user_id_resolver=user_id_of,
+        )
+        login = settings.login_routes.for_request(method_text, path_text)
+        return cls(rt, request, login)
+
+    # -- before the application ---------------------------------------------------------------
+
+    def refusal(self) -> Refusal | None:
+        """A :class:`Refusal` when the client address is blocked (``request.blocked`` is
+        recorded, at most once per key per 60 s when the detector aggregates), else None."""
+        try:
+            seconds = self._blocked_for()
+            if seconds <= 0:
+                return None
+            self._refused()
+            return Refusal(max(1, math.ceil(seconds)))
+        except Exception as exc:
+            self.runtime.recorder.internal_error(exc, "web.block")
+            return None
+
+    @property
+    def wants_login_body(self) -> bool:
+        """True on a login route: the adapter reads the body (at most
+        :data:`~otel_secaudit.web.rules.MAX_LOGIN_BODY_BYTES`), hands it to
+        :meth:`login_body` and replays it untouched to the application."""
+        return self.login is not None and bool(self.runtime.settings.login_user_fields)
+
+    def login_body(self, content_type: str | None, body: bytes | None) -> None:
+        """The body of a login request (None when oversized or unreadable): only the user name
+        is kept, to be hashed into ``user.hash``."""
+        if body is None:
+            return
+        try:
+            self._user_name = login_user_name(
+                content_type, body, self.runtime.settings.login_user_fields
+            )
+        except Exception as exc:
+            self.runtime.recorder.internal_error(exc, "web.login_body")
+
+    # -- after the application ----------------------------------------------------------------
+
+    def respond(self, status: int) -> None:
+        """The application answered ``status`` (call at response start, once)."""
+        if self._answered:
+            return
+        self._answered = True
+        try:
+            self.request.status_code = status
+            if self.login is not None and self._login_answered(status):
+                return
+            self._status_rule(status)
+        except Exception as exc:
+            self.runtime.recorder.internal_error(exc, "web.status")
+
+    def failed(self) -> None:
+        """The application raised before answering: the server answers 500."""
+        self.respond(500)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _record(self, name: str, outcome: str | None = None, **fields: Any) -> None:
+        if outcome is not None:
+            fields["outcome"] = outcome
+        self.runtime.recorder.record(name, **fields)
+        self.request.recorded_names.add(name)
+
+    def _already(self, name: str) -> bool:
+        return name in self.request.recorded_names
+
+    def _blocked_for(self) -> float:
+        rt = self.runtime
+        address = self.request.client_address
+        if rt.settings.block_seconds <= 0 or address is None or rt.detector is None:
+            return 0.0
+        remaining = rt.detector.is_blocked(address)
+        return float(remaining) if remaining and remaining > 0 else 0.0
+
+    def _refused(self) -> None:
+        rt = self.runtime
+        self.request.status_code = 429
+        rt.recorder.requests_blocked.add(1, {attr.ABUSE_SCOPE: "host"})
+        self._record("request.blocked", reason="blocked")
+
+    def _login_answered(self, status: int) -> bool:
+        """Record the login route's outcome; False when the status is not the login rule's
+        (429, 5xx, 1xx): the status rules apply then."""
+        name = self._user_name
+        fields: dict[str, Any] = {"user_name": name} if name else {}
+        if 200 <= status < 400:
+            if not self._already(LOGIN_SUCCEEDED):
+                self._record(LOGIN_SUCCEEDED, **fields)
+            if name and not self._already(LOGIN_AFTER_FAILURES):
+                self._after_failures(name, fields)
+            return True
+        if 400 <= status < 500 and status != 429:
+            if not self.request.failure_recorded and not self._already(LOGIN_FAILED):
+                self._record(LOGIN_FAILED, reason=f"http_{status}", **fields)
+            return True
+        return False
+
+    def _after_failures(self, name: str, fields: dict[str, Any]) -> None:
+        """``auth.login.succeeded_after_failures`` when the user key had violations in the
+        window (a brute force that worked)."""
+        count = _user_violations(self.runtime, name)
+        if count > 0:
+            recorder = self.runtime.recorder
+            recorder.emit(
+                LOGIN_AFTER_FAILURES, fields, internal_attributes={attr.ABUSE_COUNT: count}
+            )
+            self.request.recorded_names.add(LOGIN_AFTER_FAILURES)
+
+    def _status_rule(self, status: int) -> None:
+        rules = self.runtime.settings.status_events
+        candidates = rules.candidates(status)
+        if not candidates:
+            return
+        request = self.request
+        route = request.route if any(r.route is not None for r in candidates) else None
+        rule: StatusRule | None = rules.match(request.method, status, route, request.raw_path)
+        if rule is None or self._already(rule.event):
+            return
+        if rule.outcome == "failure" and request.failure_recorded:
+            return  # one request, one violation: the application recorded its own
+        self._record(rule.event, outcome=rule.outcome)
+
+
+def _user_violations(rt: _runtime.Runtime, name: str) -> int:
+    """Violations of the user key (``user.hash`` of ``name``) in the detection window, from the
+    detector; 0 when detection is off or cannot say."""
+    detector = rt.detector
+    count_of = getattr(detector, "user_violations", None)
+    if count_of is None:
+        return 0
+    key = hash_identity(rt.settings.effective_hash_key, name)
+    value = count_of(key)
+    return int(value) if isinstance(value, (int, float)) else 0

@@ -1,0 +1,218 @@
+"""Where :class:`~otel_secaudit.web.asgi.SecAuditMiddleware` goes in a Starlette/FastAPI app,
+so that it runs inside the server span whatever creates the span and whatever the order of
+setup calls.
+
+The layouts, and why one position serves them all:
+
+* FastAPI's own telemetry opens the span in ``FastAPI.__call__``, around the whole stack.
+* Contrib's ``FastAPIInstrumentor`` wraps the app's ``build_middleware_stack``: its
+  ``OpenTelemetryMiddleware`` goes around everything after the outer ``ServerErrorMiddleware``,
+  so the user middleware list is inside the span.
+* Contrib's ``StarletteInstrumentor`` and an app that calls
+  ``app.add_middleware(OpenTelemetryMiddleware)`` itself put the span middleware INTO the user
+  middleware list; middleware added later goes outside it.
+
+So the security middleware is inserted into the user middleware list at build time, right after
+the last ``OpenTelemetryMiddleware`` entry (or first when there is none): outermost of the
+application's own middleware (blocks before any application code, the final status seen), and
+inside every server span.
+
+Two patch points make that hold for every order of setup calls: the class methods
+``build_middleware_stack`` of Starlette and FastAPI (the normal path), and ``Starlette.__call__``,
+which checks once per built stack that the middleware is in it. The second one catches the app
+that ``FastAPIInstrumentor.instrument_app(app)`` wrapped *before* we patched the class: contrib
+keeps the bound method it wrapped, which never reaches our class patch, so the stack is rebuilt
+through contrib's wrapper with the middleware in the list.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Callable
+from typing import Any, Final
+
+from .asgi import SecAuditMiddleware
+
+__all__ = ["patch", "unpatch", "with_secaudit"]
+
+_log = logging.getLogger(__name__)
+
+_PATCHED_FLAG: Final = "_otel_secaudit_patched"
+#: The stack an app was last checked with (so the check runs once per built stack).
+_CHECKED: Final = "_otel_secaudit_checked_stack"
+_MAX_STACK_DEPTH: Final = 64
+
+_originals: dict[tuple[type, str], Any] = {}
+_apps: weakref.WeakSet[Any] = weakref.WeakSet()
+_options: dict[str, Any] = {}
+
+
+def _is_otel_middleware(cls: Any) -> bool:
+    """Contrib's ``OpenTelemetryMiddleware`` (or a subclass), without importing contrib."""
+    for klass in getattr(cls, "__mro__", ()):
+        if (
+            klass.__name__ == "OpenTelemetryMiddleware"
+            and klass.__module__ == "opentelemetry.instrumentation.asgi"
+        ):
+            return True
+    return False
+
+
+def has_secaudit(middleware: Any) -> bool:
+    """Whether a user middleware list already holds the security middleware."""
+    return any(getattr(item, "cls", None) is SecAuditMiddleware for item in middleware or ())
+
+
+def with_secaudit(middleware: list[Any], **options: Any) -> list[Any]:
+    """``middleware`` with the security middleware right after the last
+    ``OpenTelemetryMiddleware`` entry (first when there is none)."""
+    from starlette.middleware import Middleware
+
+    position = 0
+    for index, item in enumerate(middleware):
+        if _is_otel_middleware(getattr(item, "cls", None)):
+            position = index + 1
+    entry = Middleware(SecAuditMiddleware, **options)
+    return [*middleware[:position], entry, *middleware[position:]]
+
+
+def _stack_has_secaudit(stack: Any) -> bool:
+    for _ in range(_MAX_STACK_DEPTH):
+        if stack is None:
+            return False
+        if isinstance(stack, SecAuditMiddleware):
+            return True
+        stack = getattr(stack, "app", None)
+    return False
+
+
+def _build_with_secaudit(app: Any, build: Callable[[], Any]) -> Any:
+    """Build ``app``'s stack with the security middleware in its user middleware list."""
+    saved = app.user_middleware
+    try:
+        app.user_middleware = with_secaudit(list(saved), **_options)
+        stack = build()
+    finally:
+        app.user_middleware = saved
+    _apps.add(app)
+    return stack
+
+
+def _patched_build(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    @functools.wraps(original)
+    def build_middleware_stack(self: Any) -> Any:
+        if not _originals or has_secaudit(self.user_middleware):
+            return original(self)
+        try:
+            stack = _build_with_secaudit(self, lambda: original(self))
+        except Exception:
+            _log.exception("otel_secaudit: could not add the middleware to %r", self)
+            return original(self)
+        setattr(self, _CHECKED, stack)
+        return stack
+
+    setattr(build_middleware_stack, _PATCHED_FLAG, True)
+    return build_middleware_stack
+
+
+def _ensure_in_stack(app: Any) -> None:
+    """Rebuild a stack that bypassed the class patch (see the module documentation)."""
+    stack = app.middleware_stack
+    if stack is None or getattr(app, _CHECKED, None) is stack:
+        return
+    if not _stack_has_secaudit(stack):
+        stack = _build_with_secaudit(app, app.build_middleware_stack)
+        app.middleware_stack = stack
+    setattr(app, _CHECKED, stack)
+
+
+def _patched_call(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        if _originals:
+            try:
+                if self.middleware_stack is None:
+                    self.middleware_stack = self.build_middleware_stack()
+                _ensure_in_stack(self)
+            except Exception:
+                _log.exception("otel_secaudit: could not check the middleware of %r", self)
+        await original(self, scope, receive, send)
+
+    setattr(__call__, _PATCHED_FLAG, True)
+    return __call__
+
+
+def _real_class(module: str, name: str) -> type | None:
+    """The framework's own class: instrumentors replace the *names* ``starlette.applications.
+    Starlette`` / ``fastapi.FastAPI`` by subclasses, which define no methods of their own."""
+    try:
+        found = __import__(module, fromlist=[name])
+        cls = getattr(found, name)
+    except (ImportError, AttributeError):
+        return None
+    for klass in cls.__mro__:
+        if klass.__module__ == module and klass.__qualname__ == name:
+            return klass
+    return None
+
+
+def _patch_method(klass: type, name: str, wrap: Callable[[Any], Any]) -> None:
+    current = klass.__dict__.get(name)
+    if current is None or getattr(current, _PATCHED_FLAG, False) or (klass, name) in _originals:
+        return
+    _originals[(klass, name)] = current
+    setattr(klass, name, wrap(current))
+
+
+def patch(**options: Any) -> bool:
+    """Patch Starlette (and FastAPI, when installed); False when Starlette is not installed.
+    ``options`` are the middleware's keyword arguments (``user_id_resolver``)."""
+    _options.clear()
+    _options.update(options)
+    starlette = _real_class("starlette.applications", "Starlette")
+    if starlette is None:
+        return False
+    _patch_method(starlette, "build_middleware_stack", _patched_build)
+    _patch_method(starlette, "__call__", _patched_call)
+    fastapi = _real_class("fastapi.applications", "FastAPI")
+    if fastapi is not None:
+        _patch_method(fastapi, "build_middleware_stack", _patched_build)
+    return True
+
+
+def unpatch() -> None:
+    """Restore the original methods; apps that built their stack with the middleware rebuild
+    it without on their next request."""
+    for (klass, name), original in list(_originals.items()):
+        try:
+            setattr(klass, name, original)
+        except Exception:
+            _log.exception("otel_secaudit: could not restore %s.%s", klass.__qualname__, name)
+    _originals.clear()
+    for app in list(_apps):
+        try:
+            app.middleware_stack = None
+            if hasattr(app, _CHECKED):
+                delattr(app, _CHECKED)
+        except Exception:
+            pass
+    _apps.clear()
+    _options.clear()
+
+
+def add_to_app(app: Any, **options: Any) -> None:
+    """Add the middleware to one app's user middleware list (explicit ``instrument_app``)."""
+    if has_secaudit(app.user_middleware):
+        return
+    app.user_middleware[:] = with_secaudit(list(app.user_middleware), **options)
+    app.middleware_stack = None  # rebuilt on the next request, with the middleware
+
+
+def remove_from_app(app: Any) -> None:
+    """Remove what :func:`add_to_app` added."""
+    app.user_middleware[:] = [
+        item for item in app.user_middleware if getattr(item, "cls", None) is not SecAuditMiddleware
+    ]
+    app.middleware_stack = None
