@@ -57,9 +57,9 @@ def _scenario(store: Store) -> list[tuple[str, str, int, tuple[str, ...], float]
     times = [0, 50, 70, 80, 81, 82, 141, 142, 143]
     out = []
     for i, t in enumerate(times):
-        hits = [Hit("host", ADDRESS, "auth.login.failed", f"{i + 1:032x}", T0 + t)]
+        hits = [Hit(ADDRESS, None, "auth.login.failed", f"{i + 1:032x}", T0 + t, blockable=True)]
         if i < 2:
-            hits.append(Hit("user", "u1", "authz.cross_tenant", "", T0 + t))
+            hits.append(Hit(None, "u1", "authz.cross_tenant", "", T0 + t))
         for c in store.apply(hits, policy):
             blocked = c.blocked_until and c.blocked_until - T0
             out.append((c.scope, c.key, c.count, c.trace_ids, blocked))
@@ -79,9 +79,10 @@ def test_redis_store_matches_memory_store(redis_url):
     assert expected == [
         ("user", "u1", 2, (), 0.0),  # user scope: never a block
         ("host", ADDRESS, 3, ids(1, 2, 3), 80 + 30),  # t=80: 50, 70, 80 (t=0 slid out)
-        # t=141 and 142: the oldest of the last three is exactly 60 s old (outside);
-        # t=143: 141, 142, 143 within 60 s and 143 >= 80 + 60, so a new window signals
-        ("host", ADDRESS, 3, ids(6, 7, 8), 143 + 30),
+        # t=81 and 82 fall in the block (not counted: the count restarts when it ends, 110);
+        # t=143: 141, 142, 143 are three fresh violations: a repeat offender, whose second
+        # block is twice as long as its first (CONTRACT section 7)
+        ("host", ADDRESS, 3, ids(6, 7, 8), 143 + 60),
     ]
 
 
@@ -89,7 +90,7 @@ def test_redis_housekeeping_expires_each_block_once(redis_url):
     policy = Policy(host_threshold=1, block_seconds=10)
     first, second = RedisStore(redis_url), RedisStore(redis_url)
     try:
-        first.apply([Hit("host", "192.0.2.1", "auth.login.failed", "", T0)], policy)
+        first.apply([Hit("192.0.2.1", None, "auth.login.failed", "", T0, blockable=True)], policy)
         expired, active = second.housekeeping(T0 + 5)
         assert (expired, active) == ([], {"192.0.2.1": T0 + 10})
         results = [first.housekeeping(T0 + 11), second.housekeeping(T0 + 11)]
@@ -240,7 +241,7 @@ def test_redis_killed_mid_test_falls_back_and_recovers(make_sdk, detectors):
 
         wait_for(recovered, timeout=15, interval=0.2)
         client = redis.Redis.from_url(server.url)
-        assert client.exists("secaudit:abuse:w:host:192.0.2.3")
+        assert client.exists("{secaudit:abuse}:w:host:192.0.2.3")
         client.close()
     finally:
         server.close()
@@ -270,7 +271,8 @@ def test_full_queue_counts_the_drop_and_still_counts_locally(make_sdk, redis_url
     detector = AbuseDetector(sdk.recorder, queue_size=0)  # every submit finds the queue full
     detectors.append(detector)
     for i in range(3):
-        detector.submit(violation(i, address=f"2001:db8::{uuid.uuid4().hex[:4]}"))
+        # distinct /64 networks: one /64 is one host key (CONTRACT section 7)
+        detector.submit(violation(i, address=f"2001:db8:{uuid.uuid4().hex[:4]}::1"))
         detector.submit(violation(i))
     assert detector.stats["dropped"] == 6
     assert detector.stats["processed"] == 6

@@ -1,77 +1,82 @@
-"""Abuse detection: escalate repeated violations per client address and per user.
+"""Abuse detection: escalate repeated violations per client address and per user, block.
 
-Pieces (one job each): :mod:`.window` (the moving-window algorithm), :mod:`.stores` (the
-:class:`Store` protocol, :class:`MemoryStore`, :class:`RedisStore`, :func:`build_store`),
-:mod:`.detector` (:class:`AbuseDetector`: counting, ``abuse.*`` events, blocks) and
-:mod:`.processor` (:class:`AbuseSpanProcessor`, feeding the detector from finished spans).
+Pieces, one job each (CONTRACT sections 5 and 7):
 
-Usage::
+* :mod:`.window`: the moving-window algorithm (:class:`Policy`, :class:`Hit`,
+  :class:`Crossing`, :class:`KeyWindow`), repeat-offender doubling;
+* :mod:`.stores`: the :class:`Store` protocol, :class:`MemoryStore`, :class:`RedisStore` (Lua
+  in ``.lua`` files) and :func:`build_store`, the one place a store URI becomes a store;
+* :mod:`.keys`: host keys (IPv6 networks, IPv4-mapped addresses, allowlist);
+* :mod:`.failover`, :mod:`.handoff`, :mod:`.blocks`, :mod:`.emission`: Redis failover, the
+  request-path queue and its worker, the blocks enforced here and ``request.blocked``
+  aggregation, the ``abuse.*`` events;
+* :mod:`.detector`: :class:`AbuseDetector`, which wires them.
 
-    from otel_secaudit import get_recorder
-    from otel_secaudit.detection import enable_detection
+Usage (the runtime does this; see :mod:`otel_secaudit.runtime`)::
 
-    detector = enable_detection(get_recorder())   # reads OTEL_SECAUDIT_* settings
+    detector = enable_detection(recorder)      # reads recorder.settings
     ...
-    if detector.is_blocked(client_address):        # web integration, on every request
-        ...                                        # answer 429
+    refusal = detector.refusal(client_address)  # web integration, on every request
+    if refusal is not None:                     # 429, Retry-After: refusal.retry_after
+        if refusal.record_count:
+            recorder.record("request.blocked", reason="blocked",
+                            attributes={BLOCK_COUNT: refusal.record_count})
 """
 
 from __future__ import annotations
 
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from typing import Any
 
 from ..recorder import SecurityRecorder
+from .blocks import Refusal
 from .detector import AbuseDetector
-from .processor import AbuseSpanProcessor
-from .stores import MemoryStore, RedisStore, Store, build_store
+from .emission import BLOCK_COUNT, BLOCK_SECONDS
+from .keys import HostKeys
+from .stores import MemoryStore, Store, build_store, parse_store_uri
 from .window import HOST, USER, Crossing, Hit, KeyWindow, Policy
 
 __all__ = [
+    "BLOCK_COUNT",
+    "BLOCK_SECONDS",
     "HOST",
     "USER",
     "AbuseDetector",
-    "AbuseSpanProcessor",
     "Crossing",
     "Hit",
+    "HostKeys",
     "KeyWindow",
     "MemoryStore",
     "Policy",
     "RedisStore",
+    "Refusal",
     "Store",
     "build_store",
     "disable_detection",
     "enable_detection",
+    "parse_store_uri",
 ]
 
 
-def enable_detection(
-    recorder: SecurityRecorder, tracer_provider: trace.TracerProvider | None = None
-) -> AbuseDetector:
-    """Build a detector from ``recorder.settings`` and connect it.
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":  # imported on use: redis-py is an optional dependency
+        from .stores.redis import RedisStore
 
-    Violations recorded on sampled-out spans (or without a span) reach the detector through
-    ``recorder.violation_sink``; when ``tracer_provider`` (default: the global one) is an SDK
-    :class:`TracerProvider`, an :class:`AbuseSpanProcessor` is registered for the rest and
-    ``recorder.span_processor_active`` is set, so each violation is counted exactly once.
-    """
+        return RedisStore
+    raise AttributeError(name)
+
+
+def enable_detection(recorder: SecurityRecorder, tracer_provider: Any = None) -> AbuseDetector:
+    """Build a detector from ``recorder.settings`` and make it the recorder's
+    ``violation_sink``: every violation the recorder writes reaches it, whichever tracer
+    provider made the span (``tracer_provider`` is accepted for compatibility and unused:
+    detection registers no span processor)."""
     detector = AbuseDetector(recorder)
-    provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
-    if isinstance(provider, TracerProvider):
-        processor = AbuseSpanProcessor(detector)
-        provider.add_span_processor(processor)
-        detector.processor = processor
-        recorder.span_processor_active = True
     recorder.violation_sink = detector.submit
     return detector
 
 
 def disable_detection(recorder: SecurityRecorder, detector: AbuseDetector) -> None:
-    """Undo :func:`enable_detection`: switch the processor off (the SDK cannot remove it),
-    unhook the recorder and shut the detector down."""
-    processor = getattr(detector, "processor", None)
-    if processor is not None:
-        processor.enabled = False
-    recorder.violation_sink = None
-    recorder.span_processor_active = False
+    """Undo :func:`enable_detection`: unhook the recorder and shut the detector down."""
+    if recorder.violation_sink == detector.submit:
+        recorder.violation_sink = None
     detector.shutdown()

@@ -1,0 +1,120 @@
+"""How detection speaks: ``abuse.host``, ``abuse.user``, ``abuse.block.started`` and
+``abuse.block.ended``, through the recorder (CONTRACT sections 2, 3, 7).
+
+``abuse.*`` events are about a key, not about the request that happens to be current, so they
+are emitted in an empty :mod:`contextvars` context (no request attributes leak in), linked to
+the trace of the last triggering violation. (``request.blocked`` is about the refused request:
+the web integration records it, see :meth:`AbuseDetector.refusal`.)
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from .. import attributes as attr
+from ..recorder import SecurityRecorder
+from .window import HOST, Crossing
+
+__all__ = ["BLOCK_COUNT", "BLOCK_SECONDS", "AbuseEmitter"]
+
+#: On abuse.block.started: this block's length (CONTRACT section 3).
+BLOCK_SECONDS: Final = "security.block.seconds"
+#: On request.blocked: requests refused since the last request.blocked record for that key.
+BLOCK_COUNT: Final = "security.block.count"
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class AbuseEmitter:
+    """Turns crossings and block ends into events. Never raises (errors are counted
+    through ``recorder.internal_error``)."""
+
+    def __init__(self, recorder: SecurityRecorder) -> None:
+        self.recorder = recorder
+
+    def crossing(self, crossing: Crossing) -> None:
+        """``abuse.host`` / ``abuse.user`` (+ ``security.abuse.signals``), and
+        ``abuse.block.started`` when the crossing started a block."""
+        contextvars.Context().run(self._crossing, crossing)
+
+    def block_ended(self, key: str) -> None:
+        """``abuse.block.ended`` (emitted once per block across instances by the caller)."""
+        contextvars.Context().run(self._block_ended, key)
+
+    def _crossing(self, crossing: Crossing) -> None:
+        recorder = self.recorder
+        try:
+            internal: dict[str, Any] = {
+                attr.ABUSE_SCOPE: crossing.scope,
+                attr.ABUSE_KEY: crossing.key,
+                attr.ABUSE_COUNT: crossing.count,
+                attr.ABUSE_THRESHOLD: crossing.threshold,
+                attr.ABUSE_WINDOW_S: _number(crossing.window_seconds),
+                attr.ABUSE_TRACE_IDS: tuple(t for t in crossing.trace_ids if _HEX32.match(t)),
+            }
+            if crossing.scope == HOST:
+                _set_client(internal, crossing.key)
+            elif _HEX64.match(crossing.key):
+                internal[attr.USER_HASH] = crossing.key
+            else:
+                internal[attr.USER_ID] = crossing.key
+            context = _context_of(crossing.trace_ids)
+            recorder.emit(
+                "abuse.host" if crossing.scope == HOST else "abuse.user",
+                {},
+                body=dict(crossing.breakdown),
+                context=context,
+                internal_attributes=internal,
+            )
+            recorder.abuse_signals.add(1, {attr.ABUSE_SCOPE: crossing.scope})
+            if crossing.block_seconds:
+                started: dict[str, Any] = {
+                    attr.ABUSE_SCOPE: HOST,
+                    attr.ABUSE_KEY: crossing.key,
+                    BLOCK_SECONDS: _number(crossing.block_seconds),
+                }
+                _set_client(started, crossing.key)
+                recorder.emit(
+                    "abuse.block.started", {}, context=context, internal_attributes=started
+                )
+        except Exception as exc:
+            recorder.internal_error(exc, "detection.report")
+
+    def _block_ended(self, key: str) -> None:
+        try:
+            internal: dict[str, Any] = {attr.ABUSE_SCOPE: HOST, attr.ABUSE_KEY: key}
+            _set_client(internal, key)
+            self.recorder.emit("abuse.block.ended", {}, internal_attributes=internal)
+        except Exception as exc:
+            self.recorder.internal_error(exc, "detection.report")
+
+
+def _set_client(attributes: dict[str, Any], key: str) -> None:
+    # A network key (2001:db8:1:2::/64) is many clients: no client.address then.
+    if "/" not in key:
+        attributes[attr.CLIENT_ADDRESS] = key
+
+
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _context_of(trace_ids: tuple[str, ...]) -> Context | None:
+    """A context whose span carries the trace ID of the last triggering violation."""
+    for trace_id in reversed(trace_ids):
+        if _HEX32.match(trace_id):
+            span_context = SpanContext(
+                trace_id=int(trace_id, 16),
+                span_id=0,  # unknown: the log record links to the trace, not to a span
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+            return trace.set_span_in_context(NonRecordingSpan(span_context))
+    return None

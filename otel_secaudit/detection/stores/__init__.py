@@ -1,0 +1,82 @@
+"""Where abuse detection keeps its state, chosen by URI like the ``limits`` library's storage.
+
+* :class:`Store`: the small protocol (``apply`` a batch of hits, ``housekeeping``, ``stats``,
+  ``close``);
+* :class:`MemoryStore` (``memory://``, the default): in process;
+* :class:`RedisStore` (``redis://``, ``rediss://``, ``unix://``): shared by every instance,
+  one atomic Lua round trip per batch (``apply.lua``, ``housekeeping.lua``);
+* :func:`parse_store_uri` validates ``OTEL_SECAUDIT_STORE`` (the config module uses it) and
+  :func:`build_store` turns it into a store: the one place a URI becomes a store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, Housekeeping, Store
+from .memory import MemoryStore
+
+__all__ = [
+    "DEFAULT_MAX_BLOCKS",
+    "DEFAULT_MAX_KEYS",
+    "Housekeeping",
+    "MemoryStore",
+    "RedisStore",
+    "Store",
+    "build_store",
+    "parse_store_uri",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":  # imported on use: redis-py is an optional dependency
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(name)
+
+
+def parse_store_uri(raw: str) -> str:
+    """Validate a store URI and return it normalized (``memory://``) or as given.
+
+    Forms (CONTRACT section 5): ``memory://`` or any Redis form of
+    :func:`~.redis_clients.parse_redis_uri` (``redis://``, ``rediss://``, ``unix://``,
+    ``redis+sentinel://``, ``redis+cluster://``).
+
+    Raises:
+        ValueError: saying what is wrong (the password is never echoed).
+    """
+    uri = raw.strip()
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme == "memory":
+        return "memory://"
+    from .redis_clients import SCHEMES, parse_redis_uri, redact_password
+
+    if scheme in SCHEMES:
+        parse_redis_uri(uri)
+        return uri
+    raise ValueError(
+        "expected memory:// or a Redis URI (redis://host:port/db, rediss://, unix://, "
+        f"redis+sentinel://host:port[,host:port]/service, redis+cluster://host:port), got "
+        f"{redact_password(uri)[:100]!r}"
+    )
+
+
+def build_store(
+    uri: str, *, max_keys: int = DEFAULT_MAX_KEYS, client: Any = None, **options: Any
+) -> Store:
+    """A store for ``uri`` (see :func:`parse_store_uri`). Does no network I/O.
+
+    ``max_keys`` caps the keys tracked per scope; ``client`` is a ready Redis client (tests,
+    or a caller that builds its own); other ``options`` go to the store's constructor.
+
+    Raises:
+        ValueError: a URI :func:`parse_store_uri` refuses.
+        ImportError: a Redis URI without redis-py installed.
+    """
+    uri = parse_store_uri(uri)
+    if uri == "memory://":
+        return MemoryStore(max_keys=max_keys, **options)
+    from .redis import RedisStore
+
+    return RedisStore(uri, max_keys=max_keys, client=client, **options)
