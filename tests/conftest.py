@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from otel_secaudit import SecurityRecorder, Settings, runtime
 
-from .servers import OTLPReceiver, RedisServer
+from .servers import OTLPReceiver, RedisClusterServers, RedisSentinelServers, RedisServer
 
 
 class FakeClock:
@@ -189,6 +189,23 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A real 3-master Redis Cluster (``redis-cli --cluster create``) for the session."""
+    cluster = RedisClusterServers().start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def redis_sentinel() -> Iterator[RedisSentinelServers]:
+    """A fresh master + replica + ``redis-server --sentinel``, all requiring a password
+    (function scope: a test may fail the master over)."""
+    setup = RedisSentinelServers(password="sentinel-test-pw").start()
+    yield setup
+    setup.close()
 
 
 @pytest.fixture

@@ -102,10 +102,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: floa
 class RedisServer:
     """A real ``redis-server`` on a free loopback port, no persistence."""
 
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, extra_args: list[str] | None = None) -> None:
         self.binary = require_binary("redis-server")
         self.port = free_port()
         self.password = password
+        #: more ``redis-server`` arguments (cluster mode, replicaof, ...)
+        self.extra_args = list(extra_args or [])
         self._dir = tempfile.mkdtemp(prefix="secaudit-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -132,6 +134,7 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(self._accepting, timeout=10)
         return self
@@ -164,6 +167,171 @@ class RedisServer:
 
     def close(self) -> None:
         self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class RedisClusterServers:
+    """A real Redis Cluster on loopback: ``masters`` ``redis-server --cluster-enabled yes``
+    nodes (no replicas, no TLS) joined by ``redis-cli --cluster create``."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.cli = require_binary("redis-cli")
+        self.nodes = [RedisServer() for _ in range(masters)]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with two of the nodes as startup nodes."""
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:2])
+        return f"redis+cluster://{hosts}"
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.extra_args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                os.path.join(node._dir, "nodes.conf"),
+                # the default bus port (port + 10000) may be taken or above 65535
+                "--cluster-port",
+                str(free_port()),
+                "--cluster-node-timeout",
+                "2000",
+            ]
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        created = subprocess.run(
+            [self.cli, "--cluster", "create", *addresses]
+            + ["--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
+        wait_for(self._ready, timeout=15, interval=0.05)
+        return self
+
+    def _ready(self) -> bool:
+        # every node agrees the cluster is up and all 16384 slots are served
+        for node in self.nodes:
+            info = self.info(node, "cluster", "info")
+            if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:
+                return False
+        return True
+
+    def info(self, node: RedisServer, *command: str) -> str:
+        """Output of ``redis-cli -p PORT COMMAND...`` against one node."""
+        return subprocess.run(
+            [self.cli, "-p", str(node.port), *command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+class RedisSentinelServers:
+    """A real Redis Sentinel setup on loopback: a master, one replica and one
+    ``redis-server --sentinel`` (quorum 1) watching them as :attr:`service_name`, quick to
+    notice a dead master (:attr:`down_after_ms`). With ``password``, the servers and the
+    sentinel all require it (as the ``limits`` URI form expects: one password for both)."""
+
+    service_name = "secaudit"
+    down_after_ms = 400
+
+    def __init__(self, password: str | None = None) -> None:
+        self.password = password
+        self.master = RedisServer(password)
+        self.replica = RedisServer(password)
+        self.sentinel_port = free_port()
+        self._dir = tempfile.mkdtemp(prefix="secaudit-sentinel-")
+        self.sentinel: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+sentinel://{auth}127.0.0.1:{self.sentinel_port}/{self.service_name}"
+
+    def start(self) -> RedisSentinelServers:
+        # masterauth: the master replicates the new one once demoted; no 5 s diskless delay
+        common = ["--repl-diskless-sync-delay", "0"]
+        common += ["--masterauth", self.password] if self.password else []
+        self.master.extra_args = list(common)
+        self.master.start()
+        self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.master.port), *common]
+        self.replica.start()
+        wait_for(
+            lambda: "master_link_status:up" in self.cli(self.replica.port, "info", "replication"),
+            timeout=10,
+        )
+        name = self.service_name
+        lines = [
+            f"port {self.sentinel_port}",
+            "bind 127.0.0.1",
+            f"dir {self._dir}",
+            f"sentinel monitor {name} 127.0.0.1 {self.master.port} 1",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+            f"sentinel failover-timeout {name} 5000",
+            f"sentinel parallel-syncs {name} 1",
+            # known at once (else the sentinel learns it from the master's INFO, up to 10 s)
+            f"sentinel known-replica {name} 127.0.0.1 {self.replica.port}",
+        ]
+        if self.password:
+            lines += [f"sentinel auth-pass {name} {self.password}", f"requirepass {self.password}"]
+        config = os.path.join(self._dir, "sentinel.conf")
+        with open(config, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines) + "\n")
+        self.sentinel = subprocess.Popen(
+            [self.master.binary, config, "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # the sentinel must know the replica before it can promote it
+        wait_for(
+            lambda: str(self.replica.port)
+            in self.sentinel_cli("sentinel", "replicas", self.service_name),
+            timeout=15,
+            interval=0.05,
+        )
+        return self
+
+    def cli(self, port: int, *command: str) -> str:
+        """Output of ``redis-cli -p PORT COMMAND...`` (with the password, if any)."""
+        auth = ["--no-auth-warning", "-a", self.password] if self.password else []
+        return subprocess.run(
+            [require_binary("redis-cli"), "-p", str(port), *auth, *command],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+
+    def sentinel_cli(self, *command: str) -> str:
+        if self.sentinel is not None and self.sentinel.poll() is not None:
+            raise RuntimeError(f"redis-server --sentinel exited with {self.sentinel.returncode}")
+        return self.cli(self.sentinel_port, *command)
+
+    def master_port(self) -> int:
+        """The port of the master the sentinel currently names."""
+        reply = self.sentinel_cli("sentinel", "get-master-addr-by-name", self.service_name)
+        return int(reply.split()[1])
+
+    def current_master(self) -> RedisServer:
+        port = self.master_port()
+        return self.master if port == self.master.port else self.replica
+
+    def close(self) -> None:
+        if self.sentinel is not None and self.sentinel.poll() is None:
+            self.sentinel.terminate()
+            try:
+                self.sentinel.wait(5)
+            except subprocess.TimeoutExpired:
+                self.sentinel.kill()
+                self.sentinel.wait(5)
+        self.master.close()
+        self.replica.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

@@ -333,9 +333,12 @@ class RedisConnector:
             from redis.sentinel import Sentinel
 
             assert target.service_name is not None
+            # the sentinels too: no retries of redis-py's own (its default, 3 with backoff,
+            # costs ~4 s per attempt when a sentinel is down)
             sentinel_options = {
                 "socket_timeout": self.timeout,
                 "socket_connect_timeout": self.timeout,
+                "retry": options["retry"],
                 **self._auth(),
             }
             sentinel = Sentinel(
@@ -346,8 +349,8 @@ class RedisConnector:
 
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in target.locations],
-            # one attempt per call, as above; MOVED/ASK redirections are still followed
-            cluster_error_retry_attempts=0,
+            # ``retry`` (no retries) is the cluster-level one here; MOVED/ASK redirections are
+            # still followed
             **self._auth(),
             **options,
         )

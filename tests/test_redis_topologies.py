@@ -1,0 +1,318 @@
+"""The Redis store on every topology of ``OTEL_SECAUDIT_STORE`` (the ``limits`` URI forms),
+against real servers the tests start: a 3-master Redis Cluster (``redis-cli --cluster
+create``) and a master + replica watched by ``redis-server --sentinel``, including a failover
+while the application keeps recording violations."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+import otel_secaudit
+from otel_secaudit import Settings, runtime
+from otel_secaudit.config import ConfigError
+from otel_secaudit.detection.stores import MemoryStore, build_store
+from otel_secaudit.detection.stores.redis import DEFAULT_PREFIX
+from otel_secaudit.detection.stores.redis_clients import (
+    CLUSTER,
+    SENTINEL,
+    STANDALONE,
+    has_hash_tag,
+    parse_redis_uri,
+    redact_password,
+    redis_client,
+)
+from otel_secaudit.detection.window import Hit, Policy
+
+from .servers import RedisClusterServers, RedisSentinelServers, wait_for
+
+SECRET = "hunter2-s3cret"
+T0 = 1_700_000_000.0
+
+
+# -- URI forms (no server) --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "kind", "locations", "service_name", "password"),
+    [
+        ("redis://127.0.0.1:6379/2", STANDALONE, (("127.0.0.1", 6379),), None, None),
+        ("redis://:pw@redis.internal/0", STANDALONE, (("redis.internal", 6379),), None, "pw"),
+        ("rediss://user:p%40ss@cache:6380/0?ssl_cert_reqs=none", STANDALONE, (("cache", 6380),),
+         None, "p@ss"),
+        ("unix:///run/redis.sock?db=3", STANDALONE, (), None, None),
+        ("redis+sentinel://s1:26379,s2:26380/mymaster", SENTINEL,
+         (("s1", 26379), ("s2", 26380)), "mymaster", None),
+        ("redis+sentinel://:pw@s1:26379/mymaster", SENTINEL, (("s1", 26379),), "mymaster", "pw"),
+        ("redis+cluster://n1:7000,n2:7001", CLUSTER, (("n1", 7000), ("n2", 7001)), None, None),
+        ("redis+cluster://:p%2Cw@n1:7000", CLUSTER, (("n1", 7000),), None, "p,w"),
+    ],
+)  # fmt: skip
+def test_limits_uri_forms(uri, kind, locations, service_name, password):
+    target = parse_redis_uri(uri)
+    assert (target.kind, target.locations, target.service_name) == (kind, locations, service_name)
+    assert target.password == password
+    if password:
+        assert password not in repr(target)
+        assert password not in target.redacted_uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        (f"redis+sentinel://:{SECRET}@s1:26379", "service name"),
+        (f"redis+sentinel://:{SECRET}@s1/mymaster", "host and a port"),
+        (f"redis+cluster://:{SECRET}@n1:7000/1", "no database"),
+        (f"redis+cluster://:{SECRET}@n1:99999", "bad port"),
+        (f"redis+cluster://:{SECRET}@", "at least one host:port"),
+        (f"redis+cluster://:{SECRET}@n1:7000?ssl=true", "no query options"),
+        (f"redis://:{SECRET}@/0", "needs a host"),
+        (f"redis://:{SECRET}@h:port/0", "bad port"),
+        (f"redis://:{SECRET}@h:6379/zero", "must be a number"),
+        (f"redis://:{SECRET}@h1:6379,h2:6379", "one server only"),
+        (f"memcached://:{SECRET}@h:11211", "expected redis://"),
+        (f"rediss://u:{SECRET}@h:6380/0?password={SECRET}", None),  # valid: checks the repr
+    ],
+)
+def test_malformed_uri_is_a_config_error_naming_the_variable_without_the_password(uri, why):
+    if why is None:
+        target = parse_redis_uri(uri)
+        assert SECRET not in repr(target) and SECRET not in repr(redis_client(uri))
+        return
+    with pytest.raises(ConfigError) as raised:
+        parse_redis_uri(uri)
+    message = str(raised.value)
+    assert message.startswith("OTEL_SECAUDIT_STORE=")
+    assert why in message
+    assert SECRET not in message
+
+
+def test_settings_never_echo_the_store_password():
+    with pytest.raises(ConfigError) as raised:
+        Settings.load(environ={"OTEL_SECAUDIT_STORE": f"redis+cluster://:{SECRET}@n1:70000"})
+    assert "OTEL_SECAUDIT_STORE" in str(raised.value)
+    assert SECRET not in str(raised.value)
+    settings = Settings.load(environ={"OTEL_SECAUDIT_STORE": f"redis://:{SECRET}@h:6379/0"})
+    assert SECRET not in repr(settings)
+
+
+def test_redact_password():
+    assert redact_password("redis://:pw@h:1/0") == "redis://:***@h:1/0"
+    assert redact_password("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert redact_password("redis://pw@h:1/0") == "redis://***@h:1/0"
+    assert redact_password("redis://h:1/0?password=pw&db=1") == "redis://h:1/0?password=***&db=1"
+    assert redact_password("redis://h:1/0") == "redis://h:1/0"
+    assert has_hash_tag(DEFAULT_PREFIX) and not has_hash_tag("secaudit:{}:")
+
+
+def test_building_a_cluster_or_sentinel_store_does_no_network_io():
+    # nothing listens on port 1: building must not connect (it would raise); the first use
+    # fails fast, without redis-py's own retries (the detector owns retrying, with backoff)
+    for uri in ("redis+cluster://127.0.0.1:1", "redis+sentinel://127.0.0.1:1/mymaster"):
+        store = build_store(uri)
+        started = time.monotonic()
+        with pytest.raises(Exception, match="(?i)connect|master"):
+            store.apply([Hit("192.0.2.1", None, "auth.login.failed", "", T0)], Policy())
+        assert time.monotonic() - started < 1.0
+        store.close()
+
+
+# -- Redis Cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterServers) -> str:
+    for node in redis_cluster.nodes:
+        client = redis.Redis(port=node.port)
+        client.flushall()
+        client.close()
+    return redis_cluster.url
+
+
+def _cluster_keys(cluster: RedisClusterServers) -> dict[int, list[bytes]]:
+    found = {}
+    for node in cluster.nodes:
+        client = redis.Redis(port=node.port)
+        found[node.port] = list(client.scan_iter(count=1000))
+        client.close()
+    return found
+
+
+def _run(store: Any, policy: Policy) -> list[tuple[Any, ...]]:
+    """A repeat offender, a second host and a user, through ``store``; the crossings."""
+    times = [0, 1, 2, 3, 10, 11, 12, 13, 14, 15, 70, 71, 72]
+    out = []
+    for i, t in enumerate(times):
+        hits = [
+            Hit("203.0.113.7", "u1", "auth.login.failed", f"{i + 1:032x}", T0 + t, True),
+            Hit(f"198.51.100.{i}", None, "authz.permission_denied", "", T0 + t, True),
+        ]
+        for c in store.apply(hits, policy):
+            out.append((c.scope, c.key, c.count, c.trace_ids, c.blocked_until, c.block_seconds))
+    return out
+
+
+def test_cluster_store_counts_like_memory_and_touches_one_slot(redis_cluster, cluster_url):
+    policy = Policy(
+        host_threshold=3, user_threshold=4, window_seconds=60, block_seconds=5,
+        block_max_seconds=20,
+    )  # fmt: skip
+    store = build_store(cluster_url)
+    try:
+        assert _run(store, policy) == _run(MemoryStore(), policy)
+        expired = store.housekeeping(T0 + 1000).expired
+        assert [key for key, _ in expired] == ["203.0.113.7"]
+    finally:
+        store.close()
+    keys = [key for keys in _cluster_keys(redis_cluster).values() for key in keys]
+    assert len(keys) > 5
+    assert {key_slot(key) for key in keys} == {key_slot(DEFAULT_PREFIX.encode())}
+    assert sum(1 for keys in _cluster_keys(redis_cluster).values() if keys) == 1
+
+
+def test_cluster_key_cap_keeps_memory_flat(redis_cluster, cluster_url):
+    policy = Policy(host_threshold=3, user_threshold=3, window_seconds=3600)
+    store = build_store(cluster_url, max_keys=100)
+    try:
+        for batch in range(4):
+            hits = [
+                Hit(f"10.0.{batch}.{i}", f"user-{batch}-{i}", "auth.login.failed", "", T0 + batch)
+                for i in range(250)
+            ]
+            store.apply(hits, policy)
+    finally:
+        store.close()
+    keys = [key for keys in _cluster_keys(redis_cluster).values() for key in keys]
+    windows = [key for key in keys if b"w:" in key]
+    assert len(windows) == 200  # 100 host + 100 user windows: the most recently seen
+    assert all(b"10.0.3." in key or b"user-3-" in key for key in windows)
+
+
+@pytest.fixture
+def app_runtime(make_sdk: Any) -> Iterator[Callable[..., tuple[Any, runtime.Runtime]]]:
+    """Factory: an SDK plus a runtime with abuse detection on, installed for the test."""
+    built: list[runtime.Runtime] = []
+
+    def factory(**settings: Any) -> tuple[Any, runtime.Runtime]:
+        sdk = make_sdk(**settings)
+        rt = runtime.build(
+            recorder=sdk.recorder,
+            tracer_provider=sdk.tracer_provider,
+            meter_provider=sdk.meter_provider,
+            logger_provider=sdk.logger_provider,
+        )
+        runtime.swap(rt)
+        built.append(rt)
+        return sdk, rt
+
+    yield factory
+    for rt in built:
+        rt.close()
+
+
+def abuse_hosts(sdk: Any) -> list[str]:
+    return [
+        log.log_record.attributes["security.abuse.key"]
+        for log in sdk.logs()
+        if log.log_record.event_name == "abuse.host"
+    ]
+
+
+def attack(address: str, times: int) -> None:
+    for _ in range(times):
+        otel_secaudit.record("auth.login.failed", client_address=address)
+
+
+def test_detection_over_a_cluster(app_runtime, redis_cluster, cluster_url):
+    sdk, rt = app_runtime(store=cluster_url, host_threshold=5)
+    attack("203.0.113.50", 5)
+    assert rt.flush(5000)
+    assert abuse_hosts(sdk) == ["203.0.113.50"]
+    assert rt.detector is not None and rt.detector.stats["redis_errors"] == 0
+    keys = [key for keys in _cluster_keys(redis_cluster).values() for key in keys]
+    assert any(b"203.0.113.50" in key for key in keys)
+
+
+# -- Redis Sentinel ---------------------------------------------------------------------------
+
+
+def _master_client(setup: RedisSentinelServers) -> redis.Redis:
+    return redis.Redis(port=setup.master_port(), password=setup.password)
+
+
+def test_detection_through_a_password_protected_sentinel(app_runtime, redis_sentinel):
+    sdk, rt = app_runtime(store=redis_sentinel.url, host_threshold=5)
+    attack("203.0.113.60", 5)
+    assert rt.flush(5000)
+    assert abuse_hosts(sdk) == ["203.0.113.60"]
+    assert rt.detector is not None and rt.detector.stats["redis_errors"] == 0
+    master = _master_client(redis_sentinel)
+    assert master.zscore(DEFAULT_PREFIX + "seen:host", "203.0.113.60") is not None
+    master.close()
+
+
+def test_wrong_sentinel_password_counts_locally(app_runtime, redis_sentinel):
+    url = redis_sentinel.url.replace(redis_sentinel.password or "", "wrong-password")
+    sdk, rt = app_runtime(store=url, host_threshold=5)
+    attack("203.0.113.61", 5)
+    assert rt.flush(5000)
+    assert abuse_hosts(sdk) == ["203.0.113.61"]
+    assert rt.detector is not None and rt.detector.stats["redis_errors"] >= 1
+
+
+def test_sentinel_failover_during_load(app_runtime, redis_sentinel):
+    """The master dies while the app records violations: no exception reaches the app,
+    detection goes on in memory (abuse.host still raised), then resumes on the new master."""
+    sdk, rt = app_runtime(store=redis_sentinel.url, host_threshold=20)
+    detector = rt.detector
+    assert detector is not None
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    recorded = [0]
+
+    def app() -> None:  # one-off addresses: load that never crosses a threshold
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                address = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+                otel_secaudit.record("auth.login.failed", client_address=address)
+                detector.is_blocked("203.0.113.1")
+            except BaseException as exc:  # noqa: B036 - anything reaching the app fails the test
+                errors.append(exc)
+            recorded[0] = i
+            time.sleep(0.0005)
+
+    loader = threading.Thread(target=app, daemon=True)
+    loader.start()
+    try:
+        attack("203.0.113.70", 20)  # before: counted in Redis
+        wait_for(lambda: "203.0.113.70" in abuse_hosts(sdk), timeout=5)
+        old_master = redis_sentinel.current_master()
+        started = time.monotonic()
+        old_master.kill()
+        wait_for(lambda: detector.stats["fallback_active"], timeout=5)
+        attack("203.0.113.71", 20)  # during: counted locally
+        wait_for(lambda: "203.0.113.71" in abuse_hosts(sdk), timeout=5)
+        wait_for(lambda: redis_sentinel.master_port() != old_master.port, timeout=15)
+        wait_for(lambda: not detector.stats["fallback_active"], timeout=15)
+        recovered = time.monotonic() - started
+        attack("203.0.113.72", 20)  # after: counted in Redis, on the new master
+        wait_for(lambda: "203.0.113.72" in abuse_hosts(sdk), timeout=5)
+    finally:
+        stop.set()
+        loader.join(5)
+    assert errors == []
+    assert recorded[0] > 100
+    assert sorted(abuse_hosts(sdk)) == ["203.0.113.70", "203.0.113.71", "203.0.113.72"]
+    assert detector.stats["redis_errors"] >= 1
+    assert recovered < 15
+    master = _master_client(redis_sentinel)
+    assert master.zscore(DEFAULT_PREFIX + "seen:host", "203.0.113.72") is not None
+    master.close()
