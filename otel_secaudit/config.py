@@ -15,15 +15,17 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from .events import InvalidEventError, resolve_event
 
-__all__ = ["ENV_PREFIX", "ConfigError", "Settings"]
+__all__ = ["ENV_PREFIX", "ConfigError", "Settings", "redact_uri_password"]
 
 _log = logging.getLogger(__name__)
 
@@ -59,17 +61,22 @@ def _parse_int(minimum: int) -> Callable[[str], int]:
 
 
 def _parse_store(raw: str) -> str:
-    # One parser for store URIs: the detection package's (build_store uses the same one).
-    from .detection.stores import parse_store_uri
-
-    return parse_store_uri(raw)
-
-
-def _parse_ipv6_prefix(raw: str) -> int:
-    value = _parse_int(1)(raw)
-    if value > 128:
-        raise ValueError(f"must be between 1 and 128, got {value}")
-    return value
+    uri = raw.strip()
+    parts = urlsplit(uri)
+    if parts.scheme == "memory":
+        return "memory://"
+    if parts.scheme in ("redis", "rediss", "unix"):
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"redis URI needs a host: {uri!r}")
+        try:
+            parts.port  # noqa: B018 - validates the port
+        except ValueError:
+            raise ValueError(f"bad port in {uri!r}") from None
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise ValueError(f"redis database must be a number, got {db!r}")
+        return uri
+    raise ValueError(f"expected memory:// or redis://host:port/db, got {uri!r}")
 
 
 def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
@@ -139,10 +146,6 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "window_seconds": (_parse_int(1), "3600"),
     "store": (_parse_store, "memory://"),
     "block_seconds": (_parse_int(0), "0"),
-    "max_keys": (_parse_int(1), "20000"),
-    "block_max_seconds": (_parse_int(1), "86400"),
-    "allowlist": (_parse_proxies, ""),
-    "ipv6_prefix": (_parse_ipv6_prefix, "64"),
     "trusted_proxies": (_parse_proxies, ""),
     "hash_key": (_parse_hash_key, ""),
     "record_user_name": (_parse_bool, "false"),
@@ -150,6 +153,7 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "status_events": (_parse_status_events, _DEFAULT_STATUS_EVENTS),
     "redact_keys": (_parse_list, ""),
     "spool_dir": (_parse_path, ""),
+    "spool_max_bytes": (_parse_int(4096), "268435456"),
     "export_dir": (_parse_export_dir, "./otel-secaudit-output"),
     "strict": (_parse_bool, "false"),
 }
@@ -165,9 +169,7 @@ def _coerce_argument(name: str, value: Any) -> Any:
         "user_threshold",
         "window_seconds",
         "block_seconds",
-        "max_keys",
-        "block_max_seconds",
-        "ipv6_prefix",
+        "spool_max_bytes",
     ):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {value!r}")
@@ -176,7 +178,7 @@ def _coerce_argument(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"expected a bool, got {value!r}")
         return value
-    if name in ("trusted_proxies", "allowlist"):
+    if name == "trusted_proxies":
         return _parse_proxies(",".join(str(item) for item in value))
     if name == "status_events":
         if isinstance(value, Mapping):
@@ -198,10 +200,44 @@ def _coerce_argument(name: str, value: Any) -> Any:
     raise ValueError(f"unsupported value {value!r}")
 
 
+# A password in a URI's user info (``redis://user:PASSWORD@host``, up to the last ``@``, as a
+# password with an unencoded ``/`` or ``#`` makes the URI unparsable and quoted in an error)
+# or in a query parameter
+# (``?password=...``, ``?sentinel_password=...``; redis-py reads those too).
+_URI_PASSWORD: Final = re.compile(
+    r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s'\"]*:)[^\s'\"]*(?=@)"
+    r"|(?P<param>[?&][A-Za-z_]*pass(?:word|wd)?=)[^&#\s'\"]*",
+    re.IGNORECASE,
+)
+#: What a redacted password is shown as.
+REDACTED: Final = "[REDACTED]"
+# Settings whose values are secrets: never echoed, not even in an error message.
+_SECRET_SETTINGS: Final = frozenset({"hash_key"})
+
+
+def redact_uri_password(text: str) -> str:
+    """``text`` with the password of every URI in it replaced by ``[REDACTED]``
+    (``redis://user:[REDACTED]@host:6379/0``); the rest (scheme, user, host, port, path) is
+    kept, so a configuration error stays diagnosable. Works on a URI or on a message that
+    quotes one."""
+    return _URI_PASSWORD.sub(lambda m: (m.group("keep") or m.group("param")) + REDACTED, text)
+
+
 def _shown(settings: Settings, name: str) -> str:
-    if name == "hash_key" and settings.hash_key:
+    value = getattr(settings, name)
+    if name in _SECRET_SETTINGS and value:
         return "<set>"
-    return repr(getattr(settings, name))
+    if isinstance(value, str):
+        return repr(redact_uri_password(value))
+    return repr(value)
+
+
+def _config_error_text(name: str, shown_value: str, problem: object) -> str:
+    """The message of a bad setting, with no secret in it (neither the value of a secret
+    setting nor a URI password, also when the parser quoted the value)."""
+    if name in _SECRET_SETTINGS:
+        return f"{shown_value.split('=', 1)[0]}=<hidden>: {redact_uri_password(str(problem))}"
+    return redact_uri_password(f"{shown_value}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -216,14 +252,6 @@ class Settings:
     window_seconds: int = 3600
     store: str = "memory://"
     block_seconds: int = 0
-    #: Keys tracked per scope (host, user) in every store; least recently seen dropped first.
-    max_keys: int = 20000
-    #: A repeat offender's block doubles each time, up to this.
-    block_max_seconds: int = 86400
-    #: Client networks never blocked (their events and abuse signals are still recorded).
-    allowlist: tuple[IPNetwork, ...] = ()
-    #: IPv6 clients are counted and blocked per network of this prefix (128 = per address).
-    ipv6_prefix: int = 64
     trusted_proxies: tuple[IPNetwork, ...] = ()
     hash_key: bytes | None = None
     record_user_name: bool = False
@@ -233,6 +261,8 @@ class Settings:
     )
     redact_keys: tuple[str, ...] = ()
     spool_dir: Path | None = None
+    #: Size cap of the spool's segment files; records beyond it are refused and counted.
+    spool_max_bytes: int = 256 * 1024 * 1024
     #: Where the ``otlp_json_dir`` exporters write (``otel_secaudit.exporters``).
     export_dir: Path = Path("./otel-secaudit-output")
     #: Raise :class:`otel_secaudit.SecAuditInputError` from ``record()`` on bad input
@@ -282,7 +312,7 @@ class Settings:
                 try:
                     values[name] = _coerce_argument(name, given)
                 except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"{name}={given!r}: {exc}") from None
+                    raise ConfigError(_config_error_text(name, f"{name}={given!r}", exc)) from None
                 continue
             variable = ENV_PREFIX + name.upper()
             raw = env.get(variable)
@@ -292,7 +322,7 @@ class Settings:
             try:
                 values[name] = parser(raw)
             except ValueError as exc:
-                message = f"{variable}={raw[:200]!r}: {exc}"
+                message = _config_error_text(name, f"{variable}={raw[:200]!r}", exc)
                 if not lenient:
                     raise ConfigError(message) from None
                 _log.warning("otel_secaudit: %s; using the default %r", message, default)

@@ -29,7 +29,7 @@ def main(argv: list[str]) -> int:
         print("spool is not on", file=sys.stderr)
         return 2
     # Tests use short outages: do not let the retry backoff grow to its 5 s production cap.
-    processor._backoff_max = 0.3
+    processor.backoff_max_s = 0.3
     fd = os.open(count_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     interval = 1.0 / rate
     started = time.monotonic()

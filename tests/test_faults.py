@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from otel_secaudit import SecurityRecorder, Settings
-from otel_secaudit.spool import LOG_RECORD_UID, SpoolingLogRecordProcessor
+from otel_secaudit.delivery import LOG_RECORD_UID, SpoolingLogRecordProcessor
 
 from .servers import OTLPReceiver, ReceivedLog, wait_for
 
@@ -53,7 +53,7 @@ def spooled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         )
         processor = recorder.delivery.spool
         assert isinstance(processor, SpoolingLogRecordProcessor)
-        processor._backoff_max = 0.3
+        processor.backoff_max_s = 0.3
         made.append(recorder)
         return recorder
 

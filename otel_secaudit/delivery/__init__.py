@@ -1,0 +1,184 @@
+"""How security log records leave the process: durable (the spool) or through the app's SDK.
+
+:func:`attach` is called once by :class:`otel_secaudit.SecurityRecorder`:
+
+* With ``OTEL_SECAUDIT_SPOOL_DIR`` set (and no explicit ``logger_provider``), the recorder's
+  logger is switched to a dedicated SDK ``LoggerProvider`` that spools to disk and delivers
+  at-least-once with the dedup key ``log.record.uid``: :mod:`.spool` (segments, cursor,
+  directory safety), :mod:`.codec` (frames, record encoding), :mod:`.sender` (the processor and
+  the thread that ships spooled records).
+* Without it, records go through the application's ``LoggerProvider``. The plugin does not
+  reach into that provider's processors (public OpenTelemetry API only); how its losses are
+  counted is in :mod:`.drops`.
+
+:mod:`.exporters` is the one OTLP exporter factory (the spool's and the demo's), configured
+from the standard ``OTEL_EXPORTER_OTLP_*`` variables as the SDK does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry._logs import LoggerProvider, get_logger_provider
+from opentelemetry.metrics import MeterProvider, get_meter_provider
+from opentelemetry.sdk._logs import LoggerProvider as SDKLoggerProvider
+
+from .. import attributes as attr
+from ..version import __version__
+from .codec import LOG_RECORD_UID, new_record_uid
+from .drops import METRIC_LOGS_DROPPED, DropCountingLogExporter, DropStats
+from .exporters import (
+    OTLPExporters,
+    otlp_exporters,
+    otlp_log_exporter,
+    otlp_metric_exporter,
+    otlp_protocol,
+    otlp_span_exporter,
+)
+from .sender import SpoolingLogRecordProcessor, create_spool_logger_provider
+from .spool import DEFAULT_MAX_BYTES, Spool, SpoolDirectoryError, SpoolStats, SpoolWriteError
+
+if TYPE_CHECKING:
+    from ..recorder import SecurityRecorder
+
+__all__ = [
+    "LOG_RECORD_UID",
+    "METRIC_LOGS_DROPPED",
+    "Delivery",
+    "DropCountingLogExporter",
+    "DropStats",
+    "OTLPExporters",
+    "Spool",
+    "SpoolDirectoryError",
+    "SpoolStats",
+    "SpoolWriteError",
+    "SpoolingLogRecordProcessor",
+    "attach",
+    "create_spool_logger_provider",
+    "new_record_uid",
+    "otlp_exporters",
+    "otlp_log_exporter",
+    "otlp_metric_exporter",
+    "otlp_protocol",
+    "otlp_span_exporter",
+]
+
+_log = logging.getLogger("otel_secaudit")
+
+
+class Delivery:
+    """What :func:`attach` set up for one recorder.
+
+    Args:
+        logger_provider: the provider the recorder's log records go to.
+        meter_provider: the provider of the recorder's counters.
+        spool: the spooling processor when durable delivery is on (its provider is
+            ``logger_provider`` then).
+    """
+
+    def __init__(
+        self,
+        logger_provider: Any,
+        meter_provider: Any,
+        spool: SpoolingLogRecordProcessor | None = None,
+    ) -> None:
+        #: The spooling processor when durable delivery is on, else None.
+        self.spool = spool
+        self._logger_provider = logger_provider
+        self._meter_provider = meter_provider
+        self._on_error: Any = None
+
+    @property
+    def logger_provider(self) -> SDKLoggerProvider | None:
+        """The spool's own LoggerProvider when durable delivery is on (add processors to it to
+        see the security records elsewhere too, as the demo does), else None."""
+        return self._logger_provider if self.spool is not None else None
+
+    def flush(self, timeout_millis: int = 5000) -> bool:
+        """Push out what the recorder wrote: its log pipeline (with the spool on, until the
+        collector acknowledged every spooled record) and its metric pipeline, within
+        ``timeout_millis`` in all. True when everything finished in time. Never raises."""
+        deadline = time.monotonic() + max(0, timeout_millis) / 1000
+        done = True
+        for provider in (self._logger_provider, self._meter_provider):
+            force_flush = getattr(provider, "force_flush", None)
+            if not callable(force_flush):
+                continue
+            left = max(0, int((deadline - time.monotonic()) * 1000))
+            try:
+                # SDK providers return a bool or None; only an explicit False is a miss.
+                done = force_flush(left) is not False and done
+            except Exception as exc:  # flushing never raises into the application
+                done = False
+                self._error(exc, "delivery.flush")
+        return done
+
+    def close(self, timeout_millis: int = 5000) -> None:
+        """Deliver what is spooled for up to ``timeout_millis``, then stop the spool. The
+        application's providers stay open. Never raises."""
+        if self.spool is None:
+            return
+        try:
+            self.spool.shutdown(timeout_millis)
+        except Exception as exc:
+            self._error(exc, "delivery.close")
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: give it a spool worker directory and a sender thread of its own."""
+        if self.spool is not None:
+            try:
+                self.spool.after_fork_in_child()
+            except Exception as exc:
+                self._error(exc, "delivery.fork")
+
+    def _error(self, exc: BaseException, where: str) -> None:
+        with contextlib.suppress(Exception):
+            if self._on_error is not None:
+                self._on_error(exc, where)
+            else:
+                _log.warning("otel_secaudit: %s failed", where, exc_info=exc)
+
+
+def attach(
+    recorder: SecurityRecorder,
+    logger_provider: LoggerProvider | None,
+    meter_provider: MeterProvider | None,
+) -> Delivery:
+    """Set up delivery for ``recorder`` (called from its constructor; never raises).
+
+    With ``settings.spool_dir`` and no explicit ``logger_provider``, the recorder's logger is
+    switched to the spool's provider. A spool that cannot be opened (unsafe directory, disk,
+    bad ``OTEL_EXPORTER_OTLP_PROTOCOL``) is logged and counted as an internal error
+    (``spool.start``); records then go through the application's provider.
+    """
+    delivery = Delivery(
+        logger_provider if logger_provider is not None else get_logger_provider(),
+        meter_provider if meter_provider is not None else get_meter_provider(),
+    )
+    delivery._on_error = recorder.internal_error
+    spool_dir = getattr(recorder.settings, "spool_dir", None)
+    if spool_dir is None or logger_provider is not None:
+        return delivery
+    try:
+        provider, processor = create_spool_logger_provider(
+            spool_dir,
+            meter_provider=meter_provider,
+            on_error=recorder.internal_error,
+            max_bytes=getattr(recorder.settings, "spool_max_bytes", None) or DEFAULT_MAX_BYTES,
+        )
+    except Exception as exc:
+        _log.error(
+            "otel_secaudit: cannot open the spool in %s (%s); security log records go "
+            "through the global LoggerProvider without durable delivery",
+            spool_dir,
+            exc,
+        )
+        recorder.internal_error(exc, "spool.start")
+        return delivery
+    recorder._logger = provider.get_logger(attr.SCOPE_NAME, __version__)
+    delivery.spool = processor
+    delivery._logger_provider = provider
+    return delivery

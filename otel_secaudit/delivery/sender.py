@@ -1,0 +1,305 @@
+"""The spooling log record processor and the thread that ships spooled records.
+
+:class:`SpoolingLogRecordProcessor` is the only processor of a dedicated SDK
+``LoggerProvider`` (:func:`create_spool_logger_provider`). ``on_emit`` encodes the record
+(:mod:`.codec`) and appends it to the :class:`~.spool.Spool` before ``record()`` returns. A
+sender thread reads batches from the committed cursor, exports them (instrumentation suppressed,
+so the exporter's own HTTP/gRPC calls are not traced), and advances the cursor only after the
+exporter returned SUCCESS. While the collector is down it retries the same batch with
+exponential backoff. Delivery is at-least-once; ``log.record.uid`` deduplicates.
+
+Internal metric names (not in the contract): ``otel_secaudit.spool.depth`` {record},
+``otel_secaudit.spool.refused`` {record}, ``otel_secaudit.spool.exported`` {record},
+``otel_secaudit.spool.export_failures`` {batch}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry._logs import get_logger_provider
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
+from opentelemetry.sdk._logs import LoggerProvider as SDKLoggerProvider
+from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
+from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk.resources import Resource
+
+from ..version import __version__
+from .codec import decode_record, encode_record, new_record_uid
+from .exporters import otlp_log_exporter
+from .spool import DEFAULT_MAX_BYTES, Spool, SpoolWriteError
+
+__all__ = ["SpoolingLogRecordProcessor", "create_spool_logger_provider"]
+
+_log = logging.getLogger("otel_secaudit")
+
+ErrorHandler = Callable[[BaseException, str], None]
+
+
+class SpoolingLogRecordProcessor(LogRecordProcessor):
+    """Spools every emitted record and delivers it from a sender thread.
+
+    Args:
+        spool: where records wait for acknowledgement.
+        exporter: the exporter (default: :func:`~.exporters.otlp_log_exporter`).
+        resource: the Resource of replayed records (default: the global SDK provider's).
+        meter_provider: for the spool metrics (default: the global one).
+        max_batch: records per export call.
+        on_error: called with (exception, where) for internal errors (the recorder counts them).
+        backoff_initial_s, backoff_max_s: retry delays while the collector is unreachable.
+        linger_s: how long the sender waits for a full batch before sending a partial one
+            (delivery latency; the SDK batch processor's default is 1 s).
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        exporter: LogRecordExporter | None = None,
+        *,
+        resource: Resource | None = None,
+        meter_provider: MeterProvider | None = None,
+        max_batch: int = 512,
+        on_error: ErrorHandler | None = None,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+        linger_s: float = 0.2,
+    ) -> None:
+        self.spool = spool
+        self.exporter = exporter if exporter is not None else otlp_log_exporter()
+        self.resource = resource if resource is not None else global_resource()
+        self.max_batch = max_batch
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.linger_s = linger_s
+        self._on_error = on_error
+        self._refusal_logged = False
+        meter = get_meter("otel_secaudit", __version__, meter_provider=meter_provider)
+        meter.create_observable_up_down_counter(
+            "otel_secaudit.spool.depth",
+            callbacks=[self._observe_depth],
+            unit="{record}",
+            description="Security log records spooled and not yet acknowledged by the collector",
+        )
+        self._refused = meter.create_counter(
+            "otel_secaudit.spool.refused",
+            unit="{record}",
+            description="Security log records refused because the spool was full or failing",
+        )
+        self._exported = meter.create_counter(
+            "otel_secaudit.spool.exported",
+            unit="{record}",
+            description="Spooled security log records acknowledged by the collector",
+        )
+        self._failures = meter.create_counter(
+            "otel_secaudit.spool.export_failures",
+            unit="{batch}",
+            description="Failed export attempts of spooled records (retried)",
+        )
+        self._start_sender()
+
+    def _start_sender(self) -> None:
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._flushing = threading.Event()
+        self._idle = threading.Condition()
+        self._sender = threading.Thread(
+            target=self._send_loop, name="otel_secaudit-spool-sender", daemon=True
+        )
+        self._sender.start()
+
+    # -- LogRecordProcessor
+
+    def on_emit(self, log_record: ReadWriteLogRecord) -> None:  # type: ignore[override]
+        """Append the record to the spool (never raises; a refusal is counted)."""
+        try:
+            accepted = self.spool.append(encode_record(log_record, new_record_uid()))
+        except SpoolWriteError as exc:  # counted as refused by the spool
+            accepted = False
+            self._error(exc, "spool.append")
+        except Exception as exc:  # never raise into record()
+            self.spool.stats.refused += 1
+            accepted = False
+            self._error(exc, "spool.append")
+        if accepted:
+            if self.spool.depth >= self.max_batch and not self._wake.is_set():
+                self._wake.set()
+            return
+        self._refused.add(1)
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            _log.warning(
+                "otel_secaudit: spool %s is full (%d bytes), failing or closed; security log "
+                "records are being refused and counted in otel_secaudit.spool.refused",
+                self.spool.path,
+                self.spool.max_bytes,
+            )
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Wait until every spooled record was acknowledged (or the timeout)."""
+        deadline = time.monotonic() + timeout_millis / 1000
+        self._flushing.set()
+        self._wake.set()
+        try:
+            with self._idle:
+                while self.spool.depth > 0 and not self._stop.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._idle.wait(min(remaining, 0.05))
+            return self.spool.depth == 0
+        finally:
+            self._flushing.clear()
+
+    def shutdown(self, timeout_millis: int = 5000) -> None:  # type: ignore[override]
+        """Try to deliver what is spooled for up to ``timeout_millis``, then stop; anything
+        left stays on disk and is replayed on the next start."""
+        if self._stop.is_set():
+            return
+        with contextlib.suppress(Exception):
+            self.force_flush(timeout_millis)
+        self._stop.set()
+        self._wake.set()
+        with contextlib.suppress(Exception):
+            self.exporter.shutdown()  # aborts an exporter's own retry wait
+        self._sender.join(timeout=max(1.0, timeout_millis / 1000))
+        self.spool.close()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: leave the parent's worker directory to the parent, claim one of
+        this process's own, and start a sender thread (``fork()`` copies no threads)."""
+        if self._stop.is_set():
+            return
+        self.spool = self.spool.reopen_after_fork()
+        self._start_sender()
+
+    # -- sender
+
+    def _send_loop(self) -> None:
+        backoff = self.backoff_initial_s
+        while not self._stop.is_set():
+            if self.spool.depth < self.max_batch and not self._flushing.is_set():
+                # Linger for a full batch (on_emit wakes us at max_batch): one export call per
+                # batch, not one per trickle, keeps the sender's share of the GIL small.
+                self._wake.wait(self.linger_s)
+                self._wake.clear()
+                if self._stop.is_set():
+                    break
+            try:
+                delivered = self._send_one_batch()
+            except Exception as exc:  # keep the sender alive whatever happens
+                self._error(exc, "spool.send")
+                delivered = None
+            if delivered:
+                backoff = self.backoff_initial_s
+                continue
+            if delivered is None:  # failed: back off, then retry the same batch
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.backoff_max_s)
+            else:  # nothing to send
+                with self._idle:
+                    self._idle.notify_all()
+
+    def _send_one_batch(self) -> int | None:
+        """Export one batch; the number delivered, 0 when idle, None when the export failed."""
+        payloads, position = self.spool.read(self.max_batch)
+        if not payloads:
+            if position != self.spool.cursor:  # skipped a torn region / empty segment
+                self.spool.commit(position, 0)
+            return 0
+        records = self._decode(payloads)
+        if records and not self._export(records):
+            self.spool.stats.export_failures += 1
+            self._failures.add(1)
+            return None
+        self.spool.commit(position, len(payloads))
+        self.spool.stats.exported += len(records)
+        self._exported.add(len(records))
+        return len(payloads)
+
+    def _decode(self, payloads: list[bytes]) -> list[ReadableLogRecord]:
+        records = []
+        for payload in payloads:
+            try:
+                records.append(decode_record(payload, self.resource))
+            except Exception as exc:  # CRC-valid but undecodable: count, never loop on it
+                self.spool.stats.undecodable += 1
+                self._error(exc, "spool.decode")
+        return records
+
+    def _export(self, records: Sequence[ReadableLogRecord]) -> bool:
+        try:
+            with suppress_instrumentation():
+                result = self.exporter.export(records)
+        except Exception as exc:
+            self._error(exc, "spool.export")
+            return False
+        return result is LogRecordExportResult.SUCCESS
+
+    def _observe_depth(self, _options: CallbackOptions) -> Sequence[Observation]:
+        return [Observation(self.spool.depth)]
+
+    def _error(self, exc: BaseException, where: str) -> None:
+        if self._on_error is not None:
+            self._on_error(exc, where)
+        else:
+            _log.warning("otel_secaudit: %s failed", where, exc_info=exc)
+
+
+def global_resource() -> Resource:
+    """The global SDK LoggerProvider's Resource, else one from ``OTEL_SERVICE_NAME`` /
+    ``OTEL_RESOURCE_ATTRIBUTES``."""
+    resource = getattr(get_logger_provider(), "resource", None)
+    if isinstance(resource, Resource):
+        return resource
+    return Resource.create()
+
+
+def create_spool_logger_provider(
+    directory: str | os.PathLike[str],
+    *,
+    exporter: LogRecordExporter | None = None,
+    meter_provider: MeterProvider | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    on_error: ErrorHandler | None = None,
+    **spool_options: Any,
+) -> tuple[SDKLoggerProvider, SpoolingLogRecordProcessor]:
+    """A dedicated SDK ``LoggerProvider`` whose only processor spools to ``directory``.
+
+    The provider has the global SDK provider's Resource when there is one. ``spool_options`` go
+    to :class:`~.spool.Spool` (``segment_bytes``, ``fsync_every``, ``fsync_interval_s``,
+    ``segment_file``); ``backoff_initial_s``, ``backoff_max_s``, ``linger_s`` and
+    ``max_batch`` to the processor.
+
+    Raises:
+        SpoolDirectoryError: the directory is unsafe (symlink, another user's).
+        OSError, ValueError, ImportError: it cannot be opened, a bad OTLP protocol, no exporter.
+    """
+    processor_options = {
+        key: spool_options.pop(key)
+        for key in ("backoff_initial_s", "backoff_max_s", "linger_s", "max_batch")
+        if key in spool_options
+    }
+    spool = Spool(directory, max_bytes=max_bytes, **spool_options)
+    resource = global_resource()
+    try:
+        processor = SpoolingLogRecordProcessor(
+            spool,
+            exporter,
+            resource=resource,
+            meter_provider=meter_provider,
+            on_error=on_error,
+            **processor_options,
+        )
+    except BaseException:
+        spool.close()
+        raise
+    provider = SDKLoggerProvider(resource=resource)
+    provider.add_log_record_processor(processor)
+    return provider, processor
