@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 from .events import InvalidEventError, resolve_event
 
@@ -61,22 +60,17 @@ def _parse_int(minimum: int) -> Callable[[str], int]:
 
 
 def _parse_store(raw: str) -> str:
-    uri = raw.strip()
-    parts = urlsplit(uri)
-    if parts.scheme == "memory":
-        return "memory://"
-    if parts.scheme in ("redis", "rediss", "unix"):
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError(f"redis URI needs a host: {uri!r}")
-        try:
-            parts.port  # noqa: B018 - validates the port
-        except ValueError:
-            raise ValueError(f"bad port in {uri!r}") from None
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise ValueError(f"redis database must be a number, got {db!r}")
-        return uri
-    raise ValueError(f"expected memory:// or redis://host:port/db, got {uri!r}")
+    # One parser for store URIs: the detection package's (build_store uses the same one).
+    from .detection.stores import parse_store_uri
+
+    return parse_store_uri(raw)
+
+
+def _parse_ipv6_prefix(raw: str) -> int:
+    value = _parse_int(1)(raw)
+    if value > 128:
+        raise ValueError(f"must be between 1 and 128, got {value}")
+    return value
 
 
 def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
@@ -146,6 +140,10 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "window_seconds": (_parse_int(1), "3600"),
     "store": (_parse_store, "memory://"),
     "block_seconds": (_parse_int(0), "0"),
+    "max_keys": (_parse_int(1), "20000"),
+    "block_max_seconds": (_parse_int(1), "86400"),
+    "allowlist": (_parse_proxies, ""),
+    "ipv6_prefix": (_parse_ipv6_prefix, "64"),
     "trusted_proxies": (_parse_proxies, ""),
     "hash_key": (_parse_hash_key, ""),
     "record_user_name": (_parse_bool, "false"),
@@ -169,6 +167,9 @@ def _coerce_argument(name: str, value: Any) -> Any:
         "user_threshold",
         "window_seconds",
         "block_seconds",
+        "max_keys",
+        "block_max_seconds",
+        "ipv6_prefix",
         "spool_max_bytes",
     ):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -178,7 +179,7 @@ def _coerce_argument(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"expected a bool, got {value!r}")
         return value
-    if name == "trusted_proxies":
+    if name in ("trusted_proxies", "allowlist"):
         return _parse_proxies(",".join(str(item) for item in value))
     if name == "status_events":
         if isinstance(value, Mapping):
@@ -252,6 +253,14 @@ class Settings:
     window_seconds: int = 3600
     store: str = "memory://"
     block_seconds: int = 0
+    #: Keys tracked per scope (host, user) in every store; least recently seen dropped first.
+    max_keys: int = 20000
+    #: A repeat offender's block doubles each time, up to this.
+    block_max_seconds: int = 86400
+    #: Client networks never blocked (their events and abuse signals are still recorded).
+    allowlist: tuple[IPNetwork, ...] = ()
+    #: IPv6 clients are counted and blocked per network of this prefix (128 = per address).
+    ipv6_prefix: int = 64
     trusted_proxies: tuple[IPNetwork, ...] = ()
     hash_key: bytes | None = None
     record_user_name: bool = False
