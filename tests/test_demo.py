@@ -24,6 +24,7 @@ from otel_secaudit.demo.app import DEMO_PASSWORDS
 from otel_secaudit.demo.report import Recording, Summary, load, security_logs, summarize
 from otel_secaudit.demo.scenario import ADDRESSES
 
+from .browser import DOM, dump_dom, screenshot
 from .conftest import markdown_code_lines
 from .servers import OTLPReceiver, attributes_of, promtool_check_queries
 
@@ -62,7 +63,11 @@ class DemoRun:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     out = tmp_path_factory.mktemp("demo") / "secaudit-demo-output"
-    process = _cli("demo", "--short", "--out", str(out))
+    html = out.parent / "incident.html"
+    process = _cli(
+        "demo", "--short", "--out", str(out), "--html", str(html),
+        "--jaeger-url", "http://localhost:16686",
+    )  # fmt: skip
     assert process.returncode == 0, process.stderr[-3000:]
     recording = load(out)
     return DemoRun(out, process, recording, summarize(recording))
@@ -187,6 +192,31 @@ def test_report_on_the_recorded_folder_matches_the_live_report(demo: DemoRun) ->
     assert again.returncode == 0, again.stderr
     assert again.stdout == demo.process.stdout
     assert "abuse.host" in again.stdout and ADDRESSES["brute_force"] in again.stdout
+
+
+def test_demo_html_report_in_chromium(demo: DemoRun, tmp_path: Path) -> None:
+    """``demo --html``: the page a browser shows agrees with the report's numbers."""
+    page = demo.out.parent / "incident.html"
+    dom = DOM(dump_dom(page.as_uri(), tmp_path / "profile"))
+    assert dom.find("html")[0].attrs.get("data-js") == "on"
+
+    def count(name: str) -> int:
+        (card,) = dom.find("div", class_="card", data_count=name)
+        return int(card.text.split()[0])
+
+    s = demo.summary
+    assert count("violations") == s.violations
+    assert count("abuse-signals") == len(s.abuse_signals)
+    assert count("log-records") == s.log_records
+    assert len(dom.find("li", class_="signal")) == len(s.abuse_signals)
+    signal = next(sig for sig in s.abuse_signals if sig.scope == "host")
+    evidence = dom.find("details", class_="evidence", data_trace_id=signal.trace_ids[0])
+    assert evidence and "POST /auth/login" in evidence[0].text
+    links = {a.attrs["href"] for a in dom.find("a")}
+    assert f"http://localhost:16686/trace/{signal.trace_ids[0]}" in links
+    bars = sum(int(rect.attrs["data-count"]) for rect in dom.find("rect"))
+    assert bars == s.violations
+    screenshot(page.as_uri(), tmp_path / "demo-report.png", tmp_path / "profile")
 
 
 def test_report_trace_timeline_of_evidence(demo: DemoRun) -> None:
@@ -328,9 +358,16 @@ def test_demo_serve_keeps_serving_and_stops_cleanly_on_sigterm(tmp_path: Path) -
                 break
         text = "".join(seen)
         assert f"The demo app is serving on http://127.0.0.1:{port}" in text, text[-2000:]
+        assert f"(refreshed on every load): http://127.0.0.1:{port}/report" in text
         before = summarize(load(out)).events["auth.unauthenticated"]
         response = httpx.get(f"http://127.0.0.1:{port}/me", timeout=10)
         assert response.status_code == 401
+        # The served report is read from the files on every load, after a flush: the manual
+        # request is already in it. A real browser loads it from the server.
+        dom = DOM(dump_dom(f"http://127.0.0.1:{port}/report", tmp_path / "profile"))
+        assert dom.find("html")[0].attrs.get("data-js") == "on"
+        (row,) = [r for r in dom.find("tr") if r.text.startswith("auth.unauthenticated")]
+        assert f"failure{before + 1}" in row.text.replace(" ", "")
         process.send_signal(signals.SIGTERM)
         _, stderr = process.communicate(timeout=60)
     finally:
