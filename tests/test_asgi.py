@@ -422,6 +422,12 @@ def test_block_answers_429_once_recorded_and_app_not_called(
         assert sdk.total("security.requests.blocked", security__abuse__scope="host") == 1
         # the blocked request keeps the route it asked for
         assert blocked[0].attributes["http.route"] == "/private"
+        assert blocked[0].attributes["security.block.count"] == 1
+        # every refusal is counted; request.blocked is written at most once per key per 60 s
+        for _ in range(3):
+            assert get(app, "/private").status_code == 429
+        assert len(events(sdk, "request.blocked")) == 1
+        assert sdk.total("security.requests.blocked", security__abuse__scope="host") == 4
         # another client is not blocked
         assert get(app, "/private", client=("127.0.0.2", 1)).status_code == 401
 
@@ -430,7 +436,7 @@ def test_detector_errors_let_the_request_through(sdk: SDK, make_sdk: Any) -> Non
     sdk = make_sdk(block_seconds=60, strict=False)
 
     class Broken:
-        def is_blocked(self, address: str) -> float:
+        def refusal(self, address: str) -> Any:
             raise RuntimeError("store exploded")
 
     runtime.swap(runtime.Runtime(sdk.recorder, Broken(), tracer_provider=sdk.tracer_provider))  # type: ignore[arg-type]

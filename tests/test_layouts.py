@@ -127,8 +127,12 @@ def check_inside_the_span(sdk: SDK, app: Any) -> None:
     assert blocked.span_id == blocked_span.context.span_id
     assert blocked.attributes["http.route"] == "/denied/{thing}"  # the route it asked for
     # 4. a blocked request to no route has no http.route (never a placeholder)
-    assert request(app, "/no/such/page").status_code == 429
+    for _ in range(2):
+        assert request(app, "/denied/d", client="203.0.113.8").status_code == 403
+    assert detector.flush(5.0)
+    assert request(app, "/no/such/page", client="203.0.113.8").status_code == 429
     unmatched = security_logs(sdk, "request.blocked")[-1]
+    assert unmatched.attributes["client.address"] == "203.0.113.8"
     assert "http.route" not in unmatched.attributes
 
 

@@ -35,7 +35,6 @@ The runtime (recorder, detector, settings) is looked up once per request through
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -55,6 +54,7 @@ MAX_USER_AGENT_LENGTH: Final = 512
 LOGIN_SUCCEEDED: Final = "auth.login.succeeded"
 LOGIN_FAILED: Final = "auth.login.failed"
 LOGIN_AFTER_FAILURES: Final = "auth.login.succeeded_after_failures"
+BLOCK_COUNT: Final = "security.block.count"
 
 #: ``header(name) -> values``: every value of one request header (lower-case name), in order.
 HeaderLookup = Callable[[str], Sequence[str]]
@@ -195,16 +195,27 @@ class Exchange:
     # -- before the application ---------------------------------------------------------------
 
     def refusal(self) -> Refusal | None:
-        """A :class:`Refusal` when the client address is blocked (``request.blocked`` is
-        recorded, at most once per key per 60 s when the detector aggregates), else None."""
+        """A :class:`Refusal` when the client address is blocked, else None. Every refusal is
+        counted in ``security.requests.blocked`` (by the detector); ``request.blocked`` is
+        recorded at most once per key per 60 s, with ``security.block.count``."""
+        rt = self.runtime
+        address = self.request.client_address
+        if rt.settings.block_seconds <= 0 or address is None or rt.detector is None:
+            return None
         try:
-            seconds = self._blocked_for()
-            if seconds <= 0:
+            decision = rt.detector.refusal(address)
+            if decision is None:
                 return None
-            self._refused()
-            return Refusal(max(1, math.ceil(seconds)))
+            self.request.status_code = 429
+            if decision.record_count:
+                self._record(
+                    "request.blocked",
+                    reason="blocked",
+                    attributes={BLOCK_COUNT: decision.record_count},
+                )
+            return Refusal(decision.retry_after)
         except Exception as exc:
-            self.runtime.recorder.internal_error(exc, "web.block")
+            rt.recorder.internal_error(exc, "web.block")
             return None
 
     @property
@@ -255,20 +266,6 @@ class Exchange:
 
     def _already(self, name: str) -> bool:
         return name in self.request.recorded_names
-
-    def _blocked_for(self) -> float:
-        rt = self.runtime
-        address = self.request.client_address
-        if rt.settings.block_seconds <= 0 or address is None or rt.detector is None:
-            return 0.0
-        remaining = rt.detector.is_blocked(address)
-        return float(remaining) if remaining and remaining > 0 else 0.0
-
-    def _refused(self) -> None:
-        rt = self.runtime
-        self.request.status_code = 429
-        rt.recorder.requests_blocked.add(1, {attr.ABUSE_SCOPE: "host"})
-        self._record("request.blocked", reason="blocked")
 
     def _login_answered(self, status: int) -> bool:
         """Record the login route's outcome; False when the status is not the login rule's
