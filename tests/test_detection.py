@@ -369,3 +369,292 @@ def test_worst_case_memory_with_every_window_full():
     assert store.tracked_keys() == 2 * store.max_keys
     assert store.evictions == 0
     assert grown < 80 * 2**20
+
+
+# -- a second TracerProvider (issue 11) ---------------------------------------------------------
+
+
+def test_detection_sees_violations_on_spans_of_another_tracer_provider(make_sdk):
+    """Detection enabled with provider A; the app's spans come from provider B. On the old
+    code the span processor sat on A only and the recorder left span-borne violations to it:
+    10 violations logged, 0 detected."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    sdk = make_sdk(host_threshold=10)
+    detector = enable_detection(sdk.recorder, sdk.tracer_provider)  # provider A
+    other = TracerProvider()  # provider B, e.g. one the framework instrumentation built
+    try:
+        tracer = other.get_tracer("app")
+        for i in range(10):
+            with tracer.start_as_current_span(f"POST /login {i}") as span:
+                assert span.is_recording()
+                otel_secaudit.record("auth.login.failed", client_address=ADDRESS)
+        assert len([r for r in sdk.logs() if r.log_record.event_name == "auth.login.failed"]) == 10
+        assert detector.stats["processed"] == 10
+        [record] = abuse_logs(sdk, "abuse.host")
+        assert record.attributes["security.abuse.count"] == 10
+    finally:
+        disable_detection(sdk.recorder, detector)
+        other.shutdown()
+
+
+# -- repeat offenders (CONTRACT section 7) -----------------------------------------------------
+
+
+def _hosts_and_blocks(sdk: Any) -> list[tuple[str, Any]]:
+    out = []
+    for record in abuse_logs(sdk):
+        if record.event_name == "abuse.host":
+            out.append(("abuse.host", record.attributes["security.abuse.key"]))
+        elif record.event_name == "abuse.block.started":
+            out.append(("started", record.attributes["security.block.seconds"]))
+        elif record.event_name == "abuse.block.ended":
+            out.append(("ended", record.attributes["security.abuse.key"]))
+    return out
+
+
+def test_repeat_offender_is_blocked_again_twice_as_long_up_to_the_maximum(
+    make_sdk, clock, detectors
+):
+    sdk = make_sdk(host_threshold=3, window_seconds=3600, block_seconds=10, block_max_seconds=35)
+    detector = make_detector(sdk, clock, detectors)
+    lengths = []
+    for offence in range(4):
+        for i in range(3):
+            detector.submit(violation(offence * 10 + i))
+        left = detector.is_blocked(ADDRESS)
+        lengths.append(left)
+        # refused requests do not reach the app, but violations seen while blocked (another
+        # instance, a race) do not count: the count restarts when the block ends
+        for i in range(5):
+            detector.submit(violation(100 + i))
+        clock.advance(left + 1)
+        assert detector.is_blocked(ADDRESS) == 0.0
+        assert detector.flush()
+    assert lengths == [10, 20, 35, 35]  # doubling, capped by OTEL_SECAUDIT_BLOCK_MAX_SECONDS
+    assert _hosts_and_blocks(sdk) == [
+        ("abuse.host", ADDRESS),
+        ("started", 10),
+        ("ended", ADDRESS),
+        ("abuse.host", ADDRESS),
+        ("started", 20),
+        ("ended", ADDRESS),
+        ("abuse.host", ADDRESS),
+        ("started", 35),
+        ("ended", ADDRESS),
+        ("abuse.host", ADDRESS),
+        ("started", 35),
+        ("ended", ADDRESS),
+    ]
+    assert sdk.total("security.abuse.signals", security__abuse__scope="host") == 4
+
+
+def test_count_restarts_when_the_block_ends(make_sdk, clock, detectors):
+    """On the old code a key crossed once per window: after a 300 s block the same address
+    could fail 1,000 more times in the hour and was never blocked again."""
+    sdk = make_sdk(host_threshold=3, window_seconds=3600, block_seconds=300)
+    detector = make_detector(sdk, clock, detectors)
+    for i in range(3):
+        detector.submit(violation(i))
+    assert detector.is_blocked(ADDRESS) == pytest.approx(300)
+    clock.advance(301)
+    detector.flush()
+    detector.submit(violation(10))
+    detector.submit(violation(11))
+    assert detector.is_blocked(ADDRESS) == 0.0  # two fresh violations: below the threshold
+    detector.submit(violation(12))
+    assert detector.is_blocked(ADDRESS) == pytest.approx(600)
+    second = abuse_logs(sdk, "abuse.host")[-1]
+    assert second.attributes["security.abuse.trace_ids"] == tuple(trace_id(i) for i in (10, 11, 12))
+
+
+def test_observe_only_keeps_one_signal_per_key_per_window(make_sdk, clock, detectors):
+    sdk = make_sdk(host_threshold=3, window_seconds=3600)
+    detector = make_detector(sdk, clock, detectors)
+    for i in range(30):
+        detector.submit(violation(i))
+        clock.advance(10)
+    assert len(abuse_logs(sdk, "abuse.host")) == 1
+    assert abuse_logs(sdk, "abuse.block.started") == []
+
+
+def test_allowlisted_addresses_are_never_blocked_but_still_signal(make_sdk, clock, detectors):
+    sdk = make_sdk(host_threshold=2, block_seconds=60, allowlist="192.0.2.0/24,2001:db8:ffff::/48")
+    detector = make_detector(sdk, clock, detectors)
+    for address in ("192.0.2.10", "2001:db8:ffff:1::7", ADDRESS):
+        for i in range(4):
+            detector.submit(violation(i, address=address))
+    signalled = [r.attributes["security.abuse.key"] for r in abuse_logs(sdk, "abuse.host")]
+    assert signalled == ["192.0.2.10", "2001:db8:ffff:1::/64", ADDRESS]
+    started = [r.attributes["security.abuse.key"] for r in abuse_logs(sdk, "abuse.block.started")]
+    assert started == [ADDRESS]
+    assert detector.is_blocked("192.0.2.10") == 0.0
+    assert detector.refusal("2001:db8:ffff:1::7") is None
+    assert detector.is_blocked(ADDRESS) > 0
+
+
+# -- IPv6 networks ------------------------------------------------------------------------------
+
+
+def test_ipv6_rotation_inside_one_64_is_one_host_and_one_block(make_sdk, clock, detectors):
+    """30 addresses in one /64, threshold 5: the old code keyed each address apart and raised
+    nothing."""
+    sdk = make_sdk(host_threshold=5, block_seconds=60)
+    detector = make_detector(sdk, clock, detectors)
+    for i in range(30):
+        detector.submit(violation(i, address=f"2001:db8:1:2::{i + 1:x}"))
+    [record] = abuse_logs(sdk, "abuse.host")
+    a = dict(record.attributes)
+    assert a["security.abuse.key"] == "2001:db8:1:2::/64"
+    assert "client.address" not in a  # a network, not one client
+    [started] = abuse_logs(sdk, "abuse.block.started")
+    assert started.attributes["security.abuse.key"] == "2001:db8:1:2::/64"
+    assert detector.is_blocked("2001:db8:1:2:ffff:ffff:ffff:ffff") == pytest.approx(60)
+    assert detector.is_blocked("2001:db8:1:3::1") == 0.0
+    refusal = detector.refusal("2001:db8:1:2::99")
+    assert refusal is not None and refusal.key == "2001:db8:1:2::/64"
+
+
+def test_ipv6_prefix_128_counts_each_address_and_mapped_ipv4_is_ipv4(make_sdk, clock, detectors):
+    sdk = make_sdk(host_threshold=2, ipv6_prefix=128, block_seconds=30)
+    detector = make_detector(sdk, clock, detectors)
+    for i in range(4):
+        detector.submit(violation(i, address=f"2001:db8::{i + 1:x}"))
+    assert abuse_logs(sdk, "abuse.host") == []
+    detector.submit(violation(10, address="::ffff:198.51.100.4"))
+    detector.submit(violation(11, address="198.51.100.4"))
+    [record] = abuse_logs(sdk, "abuse.host")
+    assert record.attributes["security.abuse.key"] == "198.51.100.4"
+    assert record.attributes["client.address"] == "198.51.100.4"
+    assert detector.is_blocked("::ffff:198.51.100.4") > 0
+
+
+def test_host_keys():
+    from otel_secaudit.detection import HostKeys
+
+    keys = HostKeys(ipv6_prefix=48)
+    assert keys.key("203.0.113.9") == "203.0.113.9"
+    assert keys.key("2001:db8:aa:bb::1") == "2001:db8:aa::/48"
+    assert keys.key("[2001:db8::1]") == "2001:db8::/48"
+    assert keys.key("::ffff:203.0.113.9") == "203.0.113.9"
+    assert keys.key("testclient") == "testclient"
+    assert keys.resolve("2001:db8::1") == ("2001:db8::/48", True)
+    assert HostKeys(blocking=False).resolve("2001:db8::1") == ("2001:db8::/64", False)
+    with pytest.raises(ValueError):
+        HostKeys(ipv6_prefix=0)
+
+
+# -- refusals: Retry-After, request.blocked aggregation ------------------------------------------
+
+
+def test_refusal_counts_every_request_and_records_once_per_key_per_minute(
+    make_sdk, clock, detectors
+):
+    sdk = make_sdk(host_threshold=1, block_seconds=600)
+    detector = make_detector(sdk, clock, detectors)
+    sdk.recorder.violation_sink = detector.submit
+    assert detector.refusal(ADDRESS) is None
+    detector.submit(violation(0))
+    clock.advance(0.5)
+    first = detector.refusal(ADDRESS)
+    assert first is not None
+    assert (first.key, first.retry_after, first.record_count) == (ADDRESS, 600, 1)
+    assert first.seconds_left == pytest.approx(599.5)
+    counts = [first.record_count]
+    for _ in range(99):  # a flood: 99 more within the minute
+        clock.advance(0.1)
+        refusal = detector.refusal(ADDRESS)
+        assert refusal is not None
+        counts.append(refusal.record_count)
+    assert counts[1:] == [0] * 99
+    clock.advance(60)
+    later = detector.refusal(ADDRESS)
+    assert later is not None and later.record_count == 100  # 99 since the record + this one
+    assert sdk.total("security.requests.blocked", security__abuse__scope="host") == 101
+    assert detector.refusal("192.0.2.200") is None
+    # the web integration records request.blocked; it is never fed back into detection
+    processed = detector.stats["processed"]
+    otel_secaudit.record(
+        "request.blocked", client_address=ADDRESS, attributes={"security.block.count": 1}
+    )
+    assert detector.stats["processed"] == processed
+
+
+def test_refusal_is_none_when_blocks_are_off_or_the_block_ended(make_sdk, clock, detectors):
+    sdk = make_sdk(host_threshold=1)
+    detector = make_detector(sdk, clock, detectors)
+    detector.submit(violation(0))
+    assert detector.refusal(ADDRESS) is None  # observe only
+    sdk = make_sdk(host_threshold=1, block_seconds=5)
+    detector = make_detector(sdk, clock, detectors)
+    detector.submit(violation(0))
+    refusal = detector.refusal(ADDRESS)
+    assert refusal is not None and refusal.retry_after == 5
+    clock.advance(5)
+    assert detector.refusal(ADDRESS) is None
+
+
+# -- the key cap and configuration --------------------------------------------------------------
+
+
+def test_max_keys_setting_caps_each_scope(make_sdk, clock, detectors):
+    sdk = make_sdk(max_keys=50, host_threshold=2, user_threshold=2)
+    detector = make_detector(sdk, clock, detectors)
+    for i in range(500):
+        detector.submit(violation(i, address=f"10.1.{i // 256}.{i % 256}", user=f"user{i}"))
+    stats = detector.stats
+    assert stats["tracked_keys"] == 100  # 50 hosts + 50 users
+    assert stats["evictions"] == 2 * (500 - 50)
+
+
+def test_detection_settings_rows():
+    from otel_secaudit import ConfigError, Settings
+
+    defaults = Settings.load(environ={})
+    assert (defaults.max_keys, defaults.block_max_seconds, defaults.ipv6_prefix) == (
+        20000,
+        86400,
+        64,
+    )
+    assert defaults.allowlist == ()
+    env = {
+        "OTEL_SECAUDIT_MAX_KEYS": "500",
+        "OTEL_SECAUDIT_BLOCK_MAX_SECONDS": "3600",
+        "OTEL_SECAUDIT_ALLOWLIST": "10.0.0.0/8, 2001:db8::/32",
+        "OTEL_SECAUDIT_IPV6_PREFIX": "56",
+    }
+    settings = Settings.load(environ=env)
+    assert (settings.max_keys, settings.block_max_seconds, settings.ipv6_prefix) == (500, 3600, 56)
+    assert [str(n) for n in settings.allowlist] == ["10.0.0.0/8", "2001:db8::/32"]
+    assert Settings.load(environ={}, allowlist=["192.0.2.0/24"]).allowlist[0].prefixlen == 24
+    for variable, value in [
+        ("OTEL_SECAUDIT_MAX_KEYS", "0"),
+        ("OTEL_SECAUDIT_IPV6_PREFIX", "129"),
+        ("OTEL_SECAUDIT_ALLOWLIST", "not-a-network"),
+        ("OTEL_SECAUDIT_STORE", "memcached://localhost"),
+    ]:
+        with pytest.raises(ConfigError, match=variable):
+            Settings.load(environ={variable: value})
+
+
+def test_store_uris_are_parsed_once():
+    from otel_secaudit.detection import build_store, parse_store_uri
+
+    assert parse_store_uri(" memory:// ") == "memory://"
+    assert parse_store_uri("redis://localhost:6379/0") == "redis://localhost:6379/0"
+    for bad in ("memcached://x", "redis://:secret@host:notaport/0", ""):
+        with pytest.raises(ValueError) as info:
+            parse_store_uri(bad)
+        assert "secret" not in str(info.value)
+    store = build_store("memory://", max_keys=7)
+    assert isinstance(store, MemoryStore) and store.max_keys == 7
+
+
+def test_lua_scripts_are_package_resources():
+    """The Redis scripts are read with importlib.resources, so they must ship in the wheel
+    (hatch includes every file under otel_secaudit/)."""
+    from importlib import resources
+
+    folder = resources.files("otel_secaudit.detection.stores")
+    for name in ("apply.lua", "housekeeping.lua"):
+        assert "redis.call" in folder.joinpath(name).read_text(encoding="utf-8")

@@ -52,12 +52,14 @@ def redis_url(redis_server: RedisServer) -> str:
 # -- one algorithm, two stores ----------------------------------------------------------------
 
 
-def _scenario(store: Store) -> list[tuple[str, str, int, tuple[str, ...], float]]:
+def _scenario(
+    store: Store, blockable: bool = True
+) -> list[tuple[str, str, int, tuple[str, ...], float]]:
     policy = Policy(host_threshold=3, user_threshold=2, window_seconds=60, block_seconds=30)
     times = [0, 50, 70, 80, 81, 82, 141, 142, 143]
     out = []
     for i, t in enumerate(times):
-        hits = [Hit(ADDRESS, None, "auth.login.failed", f"{i + 1:032x}", T0 + t, blockable=True)]
+        hits = [Hit(ADDRESS, None, "auth.login.failed", f"{i + 1:032x}", T0 + t, blockable)]
         if i < 2:
             hits.append(Hit(None, "u1", "authz.cross_tenant", "", T0 + t))
         for c in store.apply(hits, policy):
@@ -83,6 +85,24 @@ def test_redis_store_matches_memory_store(redis_url):
         # t=143: 141, 142, 143 are three fresh violations: a repeat offender, whose second
         # block is twice as long as its first (CONTRACT section 7)
         ("host", ADDRESS, 3, ids(6, 7, 8), 143 + 60),
+    ]
+
+
+def test_redis_store_matches_memory_store_for_unblockable_keys(redis_url):
+    """An allowlisted address (not blockable) keeps the observe-only rule: once per window."""
+    store = build_store(redis_url)
+    try:
+        expected = _scenario(MemoryStore(), blockable=False)
+        assert _scenario(store, blockable=False) == expected
+    finally:
+        store.close()
+    ids = lambda *n: tuple(f"{i + 1:032x}" for i in n)  # noqa: E731
+    assert expected == [
+        ("user", "u1", 2, (), 0.0),
+        ("host", ADDRESS, 3, ids(1, 2, 3), 0.0),
+        # t=141 and 142: the oldest of the last three is exactly 60 s old (outside);
+        # t=143: 141, 142, 143 within 60 s and 143 >= 80 + 60, so a new window signals
+        ("host", ADDRESS, 3, ids(6, 7, 8), 0.0),
     ]
 
 
@@ -277,3 +297,113 @@ def test_full_queue_counts_the_drop_and_still_counts_locally(make_sdk, redis_url
     assert detector.stats["dropped"] == 6
     assert detector.stats["processed"] == 6
     assert len(abuse_logs(sdk, "abuse.host")) == 1
+
+
+# -- repeat offenders, IPv6 networks and the key cap, shared through Redis --------------------
+
+
+def test_repeat_offences_are_shared_between_instances(make_sdk, redis_url, detectors):
+    """Instance A blocks an address for 10 s; after it ends, instance B sees the address
+    cross again and blocks it for 20 s: the offence count lives in Redis."""
+    clock = FakeClock()
+    settings = dict(store=redis_url, host_threshold=3, block_seconds=10, block_max_seconds=100)
+    sdk_a, sdk_b = make_sdk(**settings), make_sdk(**settings)
+    a = AbuseDetector(sdk_a.recorder, clock=clock)
+    b = AbuseDetector(sdk_b.recorder, clock=clock)
+    detectors += [a, b]
+    for i in range(3):
+        a.submit(violation(i))
+    assert a.flush() and b.flush()
+    assert b.is_blocked(ADDRESS) == pytest.approx(10)
+    for i in range(3):  # during the block: not counted
+        b.submit(violation(10 + i))
+    clock.advance(11)
+    assert a.flush() and b.flush()
+    assert a.is_blocked(ADDRESS) == 0.0
+    for i in range(3):
+        b.submit(violation(20 + i))
+    assert b.flush() and a.flush()
+    assert a.is_blocked(ADDRESS) == pytest.approx(20)
+    started = [
+        r.attributes["security.block.seconds"]
+        for sdk in (sdk_a, sdk_b)
+        for r in abuse_logs(sdk, "abuse.block.started")
+    ]
+    assert started == [10, 20]
+    hosts = abuse_logs(sdk_a, "abuse.host") + abuse_logs(sdk_b, "abuse.host")
+    assert len(hosts) == 2
+    ended = abuse_logs(sdk_a, "abuse.block.ended") + abuse_logs(sdk_b, "abuse.block.ended")
+    assert len(ended) == 1
+
+
+def test_ipv6_network_blocked_through_redis(make_sdk, redis_url, detectors):
+    sdk = make_sdk(store=redis_url, host_threshold=5, block_seconds=60)
+    detector = AbuseDetector(sdk.recorder)
+    detectors.append(detector)
+    for i in range(30):
+        detector.submit(violation(i, address=f"2001:db8:1:2::{i + 1:x}"))
+    assert detector.flush()
+    [record] = abuse_logs(sdk, "abuse.host")
+    assert record.attributes["security.abuse.key"] == "2001:db8:1:2::/64"
+    assert detector.is_blocked("2001:db8:1:2::abcd") > 0
+    assert detector.stats["redis_errors"] == 0
+
+
+def _keys(client: Any, pattern: str) -> int:
+    return sum(1 for _ in client.scan_iter(match=pattern, count=1000))
+
+
+def test_key_cap_and_ttl_in_redis(redis_url):
+    """OTEL_SECAUDIT_MAX_KEYS per scope in Redis, least recently seen dropped in the same
+    round trip; every key expires one window after it stops mattering (the old store kept
+    one key per address and user for two windows, without bound)."""
+    store = build_store(redis_url, max_keys=100)
+    client = redis.Redis.from_url(redis_url)
+    policy = Policy(host_threshold=5, user_threshold=5, window_seconds=600)
+    try:
+        for batch in range(10):
+            hits = [
+                Hit(f"10.0.{batch}.{i}", f"user-{batch}-{i}", "auth.login.failed", "", T0 + batch)
+                for i in range(100)
+            ]
+            store.apply(hits, policy)
+        prefix = "{secaudit:abuse}:"
+        assert client.zcard(prefix + "seen:host") == 100
+        assert client.zcard(prefix + "seen:user") == 100
+        assert _keys(client, prefix + "w:host:*") == 100
+        assert _keys(client, prefix + "w:user:*") == 100
+        # the survivors are the most recently seen (batch 9)
+        assert client.exists(prefix + "w:host:10.0.9.99")
+        assert not client.exists(prefix + "w:host:10.0.0.0")
+        ttl = client.pttl(prefix + "w:host:10.0.9.99")
+        assert 0 < ttl <= 600_000
+        assert 0 < client.pttl(prefix + "seen:host") <= 600_000
+        # a key that keeps failing is not dropped by a flood of one-off addresses
+        for batch in range(10, 13):
+            store.apply([Hit("10.9.9.9", None, "auth.login.failed", "", T0 + batch)], policy)
+            store.apply(
+                [
+                    Hit(f"10.1.{batch}.{i}", None, "auth.login.failed", "", T0 + batch)
+                    for i in range(50)
+                ],
+                policy,
+            )
+        assert client.exists(prefix + "w:host:10.9.9.9")
+        assert client.llen(prefix + "w:host:10.9.9.9") == 3
+    finally:
+        store.close()
+        client.close()
+
+
+def test_block_records_expire_one_window_after_the_block(redis_url):
+    store = build_store(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    policy = Policy(host_threshold=1, window_seconds=100, block_seconds=30)
+    try:
+        [crossing] = store.apply([Hit("192.0.2.5", None, "x.y", "", T0, blockable=True)], policy)
+        assert crossing.block_seconds == 30 and crossing.blocked_until == T0 + 30
+        ttl = client.pttl("{secaudit:abuse}:b:192.0.2.5")
+        assert 100_000 < ttl <= 130_000
+    finally:
+        store.close()
+        client.close()
