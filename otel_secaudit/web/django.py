@@ -35,7 +35,14 @@ from .. import runtime
 from ..context import request_scope
 from .exchange import Exchange, Refusal
 from .rules import MAX_LOGIN_BODY_BYTES
-from .wsgi import ENVIRON_MARKER, capture_headers_enabled, open_exchange, record_signal, scrub_span
+from .wsgi import (
+    ENVIRON_MARKER,
+    capture_headers_enabled,
+    open_exchange,
+    record_signal,
+    register_exit_flush,
+    scrub_span,
+)
 
 __all__ = [
     "MIDDLEWARE_PATH",
@@ -285,6 +292,7 @@ def instrument_django() -> bool:
         import django  # noqa: F401
     except ImportError:
         return False
+    register_exit_flush()
     try:
         _State.active = True
         for signal, receiver in _signals():

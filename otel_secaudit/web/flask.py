@@ -34,7 +34,7 @@ from .. import runtime
 from ..context import request_scope
 from .exchange import Exchange
 from .rules import MAX_LOGIN_BODY_BYTES
-from .wsgi import ENVIRON_MARKER, open_exchange, record_signal, scrub_span
+from .wsgi import ENVIRON_MARKER, open_exchange, record_signal, register_exit_flush, scrub_span
 
 __all__ = ["csrf_reason_code", "instrument_flask", "uninstrument_flask"]
 
@@ -253,6 +253,7 @@ def instrument_flask() -> bool:
         from flask.app import Flask
     except ImportError:
         return False
+    register_exit_flush()
     try:
         _State.active = True
         if not _State.originals:

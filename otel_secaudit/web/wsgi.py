@@ -45,11 +45,13 @@ __all__ = [
     "SecAuditWSGIMiddleware",
     "capture_headers_enabled",
     "environ_header",
+    "instrument_wsgi",
     "open_exchange",
     "read_login_body",
     "record_signal",
     "register_exit_flush",
     "scrub_span",
+    "uninstrument_wsgi",
 ]
 
 Environ = dict[str, Any]
@@ -254,3 +256,48 @@ class _ClosingIterable:
         close = getattr(self._result, "close", None)
         if callable(close):
             close()
+
+
+# --------------------------------------------------------------------------------------------
+# Inside contrib's OpenTelemetryMiddleware
+
+_original_init: Any = None
+
+
+def instrument_wsgi() -> bool:
+    """Make every contrib ``OpenTelemetryMiddleware`` built from now on wrap its application
+    in :class:`SecAuditWSGIMiddleware` (inside its server span); also flush at process exit.
+    False (and nothing patched) when contrib's WSGI instrumentation is not installed. Never
+    raises."""
+    global _original_init
+    try:
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+    except ImportError:
+        return False
+    register_exit_flush()
+    if _original_init is not None:
+        return True
+    original = OpenTelemetryMiddleware.__init__
+
+    def __init__(self: Any, wsgi: Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(wsgi, SecAuditWSGIMiddleware):
+            wsgi = SecAuditWSGIMiddleware(wsgi)
+        original(self, wsgi, *args, **kwargs)
+
+    _original_init = original
+    OpenTelemetryMiddleware.__init__ = __init__  # type: ignore[method-assign]
+    return True
+
+
+def uninstrument_wsgi() -> None:
+    """Undo :func:`instrument_wsgi` for middlewares built from now on; those already built
+    keep the security middleware."""
+    global _original_init
+    if _original_init is None:
+        return
+    try:
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+    except ImportError:
+        return
+    OpenTelemetryMiddleware.__init__ = _original_init  # type: ignore[method-assign]
+    _original_init = None

@@ -1,0 +1,114 @@
+"""How the WSGI test apps (the Django project, the Flask app) are served in the end-to-end tests
+and ``benchmarks/wsgi_overhead.py``: ``opentelemetry-instrument gunicorn ...`` or ``...
+manage.py runserver --noreload`` in a subprocess, exporting over OTLP/HTTP to a receiver.
+
+OTLP/HTTP rather than gRPC: gRPC channels do not survive gunicorn's fork of its workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tests.servers import Served, free_port, serve_subprocess
+
+ROOT = Path(__file__).resolve().parents[2]
+DJANGO_PROJECT = ROOT / "tests" / "apps" / "django_project"
+DJANGO_USERS = {"alice": "correct horse battery staple", "bob": "tr0ub4dor&3-bob-password"}
+
+
+def instrument_command() -> str:
+    """``opentelemetry-instrument`` of this Python environment."""
+    found = shutil.which("opentelemetry-instrument") or shutil.which(
+        "opentelemetry-instrument", path=os.path.dirname(sys.executable)
+    )
+    if found is None:
+        raise RuntimeError("opentelemetry-instrument is not installed (opentelemetry-distro)")
+    return found
+
+
+def prepare_django_db(directory: str | None = None) -> str:
+    """A fresh SQLite database with the test users (``secsite.prepare``); returns its path."""
+    directory = directory or tempfile.mkdtemp(prefix="secsite-")
+    path = os.path.join(directory, "secsite.db")
+    env = {**os.environ, "SECSITE_DB": path, "PYTHONPATH": str(DJANGO_PROJECT)}
+    subprocess.run(
+        [sys.executable, "-m", "secsite.prepare"], cwd=DJANGO_PROJECT, env=env, check=True
+    )
+    return path
+
+
+def telemetry_env(endpoint: str | None, **settings: str) -> dict[str, str]:
+    """The environment of an instrumented app: OTLP/HTTP to ``endpoint`` (None: no export),
+    short export intervals, and ``OTEL_SECAUDIT_<NAME>`` for each of ``settings``."""
+    env = {
+        **os.environ,
+        "OTEL_SERVICE_NAME": "secaudit-wsgi-e2e",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "sqlite3,dbapi,jinja2",
+    }
+    if endpoint is None:
+        env.update(
+            OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none"
+        )
+    else:
+        env.update(
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_METRICS_EXPORTER="otlp",
+            OTEL_LOGS_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        )
+    env.update({f"OTEL_SECAUDIT_{key.upper()}": value for key, value in settings.items()})
+    return env
+
+
+def serve_django(
+    env: dict[str, str],
+    db: str,
+    *,
+    server: str = "gunicorn",
+    workers: int = 1,
+    instrument: bool = True,
+) -> Served:
+    """The Django project under ``server`` (``gunicorn`` or ``runserver``)."""
+    port = free_port()
+    env = {
+        **env,
+        "SECSITE_DB": db,
+        "DJANGO_SETTINGS_MODULE": "secsite.settings",
+        "PYTHONPATH": os.pathsep.join([str(DJANGO_PROJECT), str(ROOT)]),
+    }
+    if server == "runserver":
+        args = [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+    else:
+        args = [*_gunicorn(port, workers), "secsite.wsgi"]
+    if instrument:
+        args = [instrument_command(), *args]
+    return serve_subprocess(args, port, env, cwd=str(DJANGO_PROJECT))
+
+
+def serve_flask(env: dict[str, str], *, workers: int = 1, instrument: bool = True) -> Served:
+    """The Flask app (tests/apps/flask_app.py) under gunicorn."""
+    port = free_port()
+    env = {**env, "PYTHONPATH": str(ROOT)}
+    args = [*_gunicorn(port, workers), "tests.apps.flask_app:app"]
+    if instrument:
+        args = [instrument_command(), *args]
+    return serve_subprocess(args, port, env, cwd=str(ROOT))
+
+
+def _gunicorn(port: int, workers: int) -> list[str]:
+    # The access log names the worker (pid) that answered: tests check both workers refused.
+    return [
+        sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{port}",
+        "--access-logfile", "-", "--access-logformat", "access pid=%(p)s %(s)s %(U)s",
+        "--graceful-timeout", "5",
+    ]  # fmt: skip

@@ -1,0 +1,239 @@
+"""End to end: the Django test project (django.contrib.auth on SQLite, LoginView, a
+permission-protected view, CSRF on) under ``opentelemetry-instrument`` with contrib's Django
+instrumentation, served by gunicorn (two forked workers) and by ``runserver --noreload``, real
+HTTP, the real OTLP receiver and, for detection and blocks, a real Redis shared by the workers.
+Nothing in the project mentions otel_secaudit."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from .apps.launch import DJANGO_USERS, prepare_django_db, serve_django, telemetry_env
+from .servers import OTLPReceiver, RedisServer, Served, wait_for
+
+pytest.importorskip("django")
+pytest.importorskip("opentelemetry.instrumentation.django")
+pytest.importorskip("gunicorn")
+
+pytestmark = pytest.mark.slow
+
+ATTACKER = "203.0.113.7"
+WRONG_PASSWORD = "Wr0ng-passw0rd-SECRET-4711"
+
+
+@pytest.fixture(scope="module")
+def django_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return prepare_django_db(str(tmp_path_factory.mktemp("secsite")))
+
+
+def redis_url(server: RedisServer, db: int) -> str:
+    """A Redis database of its own for one test, emptied."""
+    url = server.url.rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+def security_logs(receiver: OTLPReceiver, name: str | None = None) -> list[Any]:
+    return [
+        log
+        for log in receiver.logs()
+        if log.scope == "otel_secaudit" and (name is None or log.event_name == name)
+    ]
+
+
+def server_spans(receiver: OTLPReceiver) -> dict[str, Any]:
+    """Server spans (contrib's Django span carries http.method) by trace ID."""
+    return {
+        span.trace_id: span
+        for span in receiver.spans()
+        if span.scope.startswith("opentelemetry.instrumentation.django")
+    }
+
+
+class Browser:
+    """An HTTP client that does what a browser does with Django's login form."""
+
+    def __init__(self, served: Served, headers: dict[str, str] | None = None) -> None:
+        self.http = httpx.Client(base_url=served.base_url, headers=headers or {})
+
+    def csrf_token(self) -> str:
+        page = self.http.get("/accounts/login/")
+        assert page.status_code == 200
+        found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+        assert found is not None
+        return found.group(1)
+
+    def login(self, user: str, password: str) -> httpx.Response:
+        token = self.csrf_token()
+        return self.http.post(
+            "/accounts/login/",
+            data={"username": user, "password": password, "csrfmiddlewaretoken": token},
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def gunicorn_app(
+    otlp_receiver: OTLPReceiver, redis_server: RedisServer, django_db: str
+) -> Iterator[Served]:
+    env = telemetry_env(
+        otlp_receiver.http_endpoint,
+        store=redis_url(redis_server, 5),
+        host_threshold="6",
+        user_threshold="3",
+    )
+    served = serve_django(env, django_db, workers=2)
+    yield served
+    served.stop()
+
+
+def test_gunicorn_workers_record_logins_csrf_403_and_detect_abuse(
+    gunicorn_app: Served, otlp_receiver: OTLPReceiver
+) -> None:
+    browser = Browser(gunicorn_app)
+    try:
+        for _ in range(3):
+            failed = browser.login("mallory", WRONG_PASSWORD)
+            assert failed.status_code == 200  # LoginView shows the form again
+            assert "Please enter a correct" in failed.text
+        # CSRF on: a post without the token is refused by Django's CSRF check
+        assert browser.http.post("/accounts/login/", data={"username": "x"}).status_code == 403
+        assert browser.login("bob", DJANGO_USERS["bob"]).status_code == 302
+        session_cookie = browser.http.cookies["sessionid"]
+        csrf_cookie = browser.http.cookies["csrftoken"]
+        # bob lacks auth.delete_user: PermissionDenied, 403, with bob's id
+        assert browser.http.get("/reports/2024/?token=QUERYSECRET-0099").status_code == 403
+    finally:
+        browser.close()
+
+    failed_logs = wait_for(
+        lambda: (found := security_logs(otlp_receiver, "auth.login.failed"))
+        and len(found) >= 3
+        and found,
+        timeout=20,
+    )
+    hashes = {log.attributes.get("user.hash") for log in failed_logs}
+    assert len(hashes) == 1 and None not in hashes
+    assert {log.attributes["http.route"] for log in failed_logs} == {"accounts/login/"}
+    assert {log.attributes["security.reason"] for log in failed_logs} == {"invalid_credentials"}
+
+    # abuse.user (user_threshold 3) from violations spread over two forked workers: each
+    # worker's detector thread runs (restarted after fork) and they share the Redis store.
+    abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.user"), timeout=20)
+    assert abuse[0].attributes["security.abuse.key"] == hashes.pop()
+    evidence = set(abuse[0].attributes["security.abuse.trace_ids"])
+    assert evidence and evidence <= {log.trace_id for log in failed_logs}
+
+    csrf = wait_for(lambda: security_logs(otlp_receiver, "request.csrf_mismatch"), timeout=20)
+    assert [log.attributes["security.reason"] for log in csrf] == ["csrf_token_missing"]
+    succeeded = wait_for(lambda: security_logs(otlp_receiver, "auth.login.succeeded"), 20)
+    assert len(succeeded) == 1
+    bob_id = succeeded[0].attributes["user.id"]
+    assert bob_id.isdigit()
+    denied = wait_for(lambda: security_logs(otlp_receiver, "authz.permission_denied"), 20)
+    assert len(denied) == 1
+    assert denied[0].attributes["user.id"] == bob_id
+    assert denied[0].attributes["http.route"] == "reports/<int:year>/"
+    assert denied[0].attributes["http.response.status_code"] == 403
+    # one request, one violation: the CSRF 403 is not also authz.permission_denied
+
+    # the log record, the span event and the counter's exemplar share the trace ID
+    wait_for(lambda: denied[0].trace_id in server_spans(otlp_receiver), timeout=20)
+    span = server_spans(otlp_receiver)[denied[0].trace_id]
+    assert denied[0].span_id == span.span_id
+    assert [name for name, _ in span.events if name != "exception"] == ["authz.permission_denied"]
+    assert span.attributes["http.route"] == "reports/<int:year>/"
+
+    def exemplar_traces() -> set[str]:
+        return {
+            exemplar["trace_id"]
+            for point in otlp_receiver.metric_points("security.violations")
+            if point.attributes.get("security.event.name") == "authz.permission_denied"
+            for exemplar in point.exemplars
+        }
+
+    assert denied[0].trace_id in wait_for(
+        lambda: denied[0].trace_id in exemplar_traces() and exemplar_traces(), timeout=20
+    )
+
+    gunicorn_app.stop()  # workers flush at exit
+    raw = otlp_receiver.raw_bytes()
+    for name, secret in {
+        "wrong password": WRONG_PASSWORD,
+        "good password": DJANGO_USERS["bob"],
+        "session cookie": session_cookie,
+        "csrf cookie": csrf_cookie,
+        "query token": "QUERYSECRET-0099",
+    }.items():
+        assert secret.encode() not in raw, f"{name} reached the collector"
+    assert b"mallory" not in raw  # failed-login user name is hashed
+    assert b"token=[REDACTED]" in raw  # the URL is exported, scrubbed
+
+
+def test_block_is_shared_by_two_gunicorn_workers_through_redis(
+    otlp_receiver: OTLPReceiver, redis_server: RedisServer, django_db: str
+) -> None:
+    env = telemetry_env(
+        otlp_receiver.http_endpoint,
+        store=redis_url(redis_server, 6),
+        host_threshold="3",
+        block_seconds="30",
+        trusted_proxies="127.0.0.1/32",
+    )
+    served = serve_django(env, django_db, workers=2)
+    attacker = {"x-forwarded-for": ATTACKER}
+    try:
+        for _ in range(3):
+            assert httpx.get(served.base_url + "/forbidden/", headers=attacker).status_code == 403
+        started = wait_for(lambda: security_logs(otlp_receiver, "abuse.block.started"), 20)
+        assert started[0].attributes["security.abuse.key"] == ATTACKER
+
+        def refusing_workers() -> set[str]:
+            # new connection each time: the kernel hands them to either worker
+            response = httpx.get(served.base_url + "/forbidden/", headers=attacker)
+            if response.status_code == 429:
+                assert 1 <= int(response.headers["retry-after"]) <= 30
+            return set(re.findall(r"access pid=<?(\d+)>? 429 ", served.output()))
+
+        wait_for(lambda: len(refusing_workers()) >= 2, timeout=15, interval=0.05)
+        # the observer (no forwarded address: 127.0.0.1) is not blocked
+        assert httpx.get(served.base_url + "/ok/").status_code == 200
+        blocked = wait_for(lambda: security_logs(otlp_receiver, "request.blocked"), 20)
+        assert {log.attributes["client.address"] for log in blocked} == {ATTACKER}
+        assert {log.attributes["http.response.status_code"] for log in blocked} == {429}
+        assert security_logs(otlp_receiver, "request.rate_limited") == []
+    finally:
+        served.stop()
+
+
+def test_runserver_with_route_rules_written_with_and_without_a_leading_slash(
+    otlp_receiver: OTLPReceiver, django_db: str
+) -> None:
+    env = telemetry_env(
+        otlp_receiver.http_endpoint,
+        status_events=(
+            "403:authz.permission_denied,/forbidden/ 403:app.forbidden.hit,"
+            "reports/* 403:app.reports.denied"
+        ),
+    )
+    served = serve_django(env, django_db, server="runserver")
+    try:
+        with httpx.Client(base_url=served.base_url) as http:
+            assert http.get("/forbidden/").status_code == 403
+            assert http.get("/reports/2023/").status_code == 403
+            assert http.get("/ok/").status_code == 200
+        logs = wait_for(
+            lambda: (found := security_logs(otlp_receiver)) and len(found) >= 2 and found, 20
+        )
+    finally:
+        served.stop()
+    routes = {log.event_name: log.attributes["http.route"] for log in logs}
+    assert routes == {"app.forbidden.hit": "forbidden/", "app.reports.denied": "reports/<int:year>/"}
