@@ -106,27 +106,16 @@ class Telemetry:
 
 
 def _collector_exporters(protocol: str) -> tuple[Any, Any, Any]:
-    # Constructed without arguments: endpoint, headers, TLS, compression and timeouts come
-    # from the standard OTEL_EXPORTER_OTLP_* variables, as under opentelemetry-instrument.
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    elif protocol in ("http/protobuf", "http"):
-        from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # type: ignore[no-redef]
-            OTLPLogExporter,
-        )
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[no-redef]
-            OTLPMetricExporter,
-        )
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[no-redef]
-            OTLPSpanExporter,
-        )
-    else:
-        raise ValueError(
-            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: expected grpc or http/protobuf"
-        )
-    return OTLPSpanExporter(), OTLPLogExporter(), OTLPMetricExporter()
+    # The one OTLP exporter factory (the spool's too): each signal's protocol from
+    # OTEL_EXPORTER_OTLP[_SIGNAL]_PROTOCOL as the SDK chooses it (grpc when unset, whatever
+    # the port); endpoint, headers, TLS, compression and timeouts from the standard
+    # OTEL_EXPORTER_OTLP_* variables, as under opentelemetry-instrument. ``protocol`` only
+    # says a collector is configured; the log exporter counts otel_secaudit records it fails
+    # to deliver (otel_secaudit.logs.dropped).
+    from otel_secaudit.delivery import otlp_exporters
+
+    del protocol
+    return otlp_exporters()
 
 
 def setup(out: Path, otlp_endpoint: str | None = None) -> Telemetry:
