@@ -7,8 +7,9 @@ Prints:
 
 * **detector throughput**: violations/s through :class:`AbuseDetector` on a Redis store with
   ``OTEL_SECAUDIT_MAX_KEYS=20000``, every violation from a new address and a new user (past
-  the first 20,000 the cap evicts on every hit: its worst case), from ``submit`` until ``flush()`` returns
-  (every violation applied by the worker's batched Lua round trips). Target >= 20,000/s;
+  the first 20,000 the cap evicts on every hit: its worst case), from ``submit`` until
+  ``flush()`` returns (every violation applied by the worker's batched Lua round trips).
+  Target >= 20,000/s;
 * **cost of the cap**: ``RedisStore.apply`` of the same stream in batches of 500 violations
   (what the detector's worker sends), capped at 20,000 keys per scope (evicting) vs. never
   evicting (``max_keys`` 10**9; the recency sorted set is kept in both arms, only the eviction
