@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
-from .events import InvalidEventError, resolve_event
+from .web.client import CLIENT_ADDRESS_HEADERS
+from .web.rules import LoginRoutes, StatusRules, parse_login_routes, parse_status_rules
 
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "redact_uri_password"]
 
@@ -86,24 +87,21 @@ def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _parse_status_events(raw: str) -> dict[int, str]:
-    mapping: dict[int, str] = {}
-    for item in raw.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        status, sep, name = item.partition(":")
-        if not sep or not status.strip().isdigit():
-            raise ValueError(f"expected STATUS:event.name pairs, got {item!r}")
-        code = int(status)
-        if not 100 <= code <= 599:
-            raise ValueError(f"{code} is not an HTTP status code")
-        try:
-            spec = resolve_event(name.strip())
-        except InvalidEventError as exc:
-            raise ValueError(str(exc)) from None
-        mapping[code] = spec.name
-    return mapping
+def _parse_status_events(raw: str) -> StatusRules:
+    # Route-scoped rules ([METHOD] [ROUTE] STATUS:EVENT) live with the web integration; a bad
+    # rule raises RuleProblems, whose ``usable`` keeps the others in lenient mode.
+    return parse_status_rules(raw)
+
+
+def _parse_login_routes(raw: str) -> LoginRoutes:
+    return parse_login_routes(raw)
+
+
+def _parse_client_address_header(raw: str) -> str:
+    header = raw.strip().lower()
+    if header not in CLIENT_ADDRESS_HEADERS:
+        raise ValueError(f"expected one of {', '.join(CLIENT_ADDRESS_HEADERS)}, got {raw!r}")
+    return header
 
 
 def _parse_list(raw: str) -> tuple[str, ...]:
@@ -149,11 +147,23 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "record_user_name": (_parse_bool, "false"),
     "span_events": (_parse_bool, "true"),
     "status_events": (_parse_status_events, _DEFAULT_STATUS_EVENTS),
+    "login_routes": (_parse_login_routes, ""),
+    "login_user_fields": (_parse_list, "username,email,login"),
+    "client_address_header": (_parse_client_address_header, "x-forwarded-for"),
     "redact_keys": (_parse_list, ""),
     "spool_dir": (_parse_path, ""),
     "spool_max_bytes": (_parse_int(4096), "268435456"),
     "export_dir": (_parse_export_dir, "./otel-secaudit-output"),
     "strict": (_parse_bool, "false"),
+}
+
+
+# Non-string arguments of the web rows: status_events as {401: "auth.unauthenticated"} or a list
+# of rules, login_routes and login_user_fields as lists.
+_WEB_ARGUMENTS: Final[Mapping[str, Callable[[Any], Any]]] = {
+    "status_events": parse_status_rules,
+    "login_routes": parse_login_routes,
+    "login_user_fields": lambda value: tuple(str(item) for item in value),
 }
 
 
@@ -181,10 +191,9 @@ def _coerce_argument(name: str, value: Any) -> Any:
         return value
     if name in ("trusted_proxies", "allowlist"):
         return _parse_proxies(",".join(str(item) for item in value))
-    if name == "status_events":
-        if isinstance(value, Mapping):
-            return _parse_status_events(",".join(f"{k}:{v}" for k, v in value.items()))
-        raise ValueError(f"expected a mapping of status code to event name, got {value!r}")
+    web_rows = _WEB_ARGUMENTS.get(name)
+    if web_rows is not None:
+        return web_rows(value)
     if name == "redact_keys":
         return tuple(str(item) for item in value)
     if name == "hash_key":
@@ -265,9 +274,16 @@ class Settings:
     hash_key: bytes | None = None
     record_user_name: bool = False
     span_events: bool = True
-    status_events: Mapping[int, str] = field(
+    #: OTEL_SECAUDIT_STATUS_EVENTS; also a Mapping of the app-wide rules (status -> event).
+    status_events: StatusRules = field(
         default_factory=lambda: _parse_status_events(_DEFAULT_STATUS_EVENTS)
     )
+    #: ``METHOD ROUTE`` of login endpoints (their 2xx/3xx/4xx become auth.login.*).
+    login_routes: LoginRoutes = field(default_factory=LoginRoutes)
+    #: Form/JSON fields of a login body that hold the user name.
+    login_user_fields: tuple[str, ...] = ("username", "email", "login")
+    #: The one forwarding header trusted proxies set.
+    client_address_header: str = "x-forwarded-for"
     redact_keys: tuple[str, ...] = ()
     spool_dir: Path | None = None
     #: Size cap of the spool's segment files; records beyond it are refused and counted.
@@ -334,6 +350,11 @@ class Settings:
                 message = _config_error_text(name, f"{variable}={raw[:200]!r}", exc)
                 if not lenient:
                     raise ConfigError(message) from None
+                usable = getattr(exc, "usable", None)
+                if usable is not None:  # a list with some bad entries keeps the good ones
+                    _log.warning("otel_secaudit: %s; keeping the other entries", message)
+                    values[name] = usable
+                    continue
                 _log.warning("otel_secaudit: %s; using the default %r", message, default)
                 values[name] = parser(default)
         settings = cls(**values)
