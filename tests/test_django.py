@@ -115,9 +115,11 @@ def test_gunicorn_workers_record_logins_csrf_403_and_detect_abuse(
         browser.close()
 
     failed_logs = wait_for(
-        lambda: (found := security_logs(otlp_receiver, "auth.login.failed"))
-        and len(found) >= 3
-        and found,
+        lambda: (
+            (found := security_logs(otlp_receiver, "auth.login.failed"))
+            and len(found) >= 3
+            and found
+        ),
         timeout=20,
     )
     hashes = {log.attributes.get("user.hash") for log in failed_logs}
@@ -236,4 +238,7 @@ def test_runserver_with_route_rules_written_with_and_without_a_leading_slash(
     finally:
         served.stop()
     routes = {log.event_name: log.attributes["http.route"] for log in logs}
-    assert routes == {"app.forbidden.hit": "forbidden/", "app.reports.denied": "reports/<int:year>/"}
+    assert routes == {
+        "app.forbidden.hit": "forbidden/",
+        "app.reports.denied": "reports/<int:year>/",
+    }

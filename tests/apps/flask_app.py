@@ -12,8 +12,14 @@ from collections import Counter
 from typing import Any
 
 from flask import Flask, abort, jsonify, render_template_string, request
-from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
-from flask_login import logout_user
+from flask_login import (
+    LoginManager,
+    UserMixin,
+    current_user,
+    login_required,
+    login_user,
+    logout_user,
+)
 from flask_wtf import CSRFProtect
 
 USERS = {"alice": "correct horse battery staple", "bob": "tr0ub4dor&3-bob-password"}

@@ -30,4 +30,3 @@ def reports(request: HttpRequest, year: int) -> HttpResponse:
 
 def calls(request: HttpRequest) -> JsonResponse:
     return JsonResponse(dict(CALLS))
-
