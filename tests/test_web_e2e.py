@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,10 @@ def _instrument_command() -> str:
 
 
 def start_app(
-    receiver: OTLPReceiver, extra_env: dict[str, str] | None = None, **settings: str
+    receiver: OTLPReceiver,
+    extra_env: dict[str, str] | None = None,
+    app: str = "tests.apps.secapp:app",
+    **settings: str,
 ) -> Served:
     port = free_port()
     env = {
@@ -53,7 +57,7 @@ def start_app(
     }
     args = [
         _instrument_command(),
-        sys.executable, "-m", "uvicorn", "tests.apps.secapp:app",
+        sys.executable, "-m", "uvicorn", app,
         "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
     ]  # fmt: skip
     return serve_subprocess(args, port, env, cwd=str(ROOT))
@@ -249,3 +253,39 @@ def test_blocks_are_enforced_across_two_processes_sharing_redis(
     finally:
         first.stop()
         second.stop()
+
+
+def test_last_records_before_sigterm_reach_the_collector(otlp_receiver: OTLPReceiver) -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so atexit (and the SDK's own
+    flush) never runs: with the default batch delays (5 s spans, 1 s logs, 60 s metrics) a 401
+    answered just before SIGTERM is lost unless the lifespan shutdown flushes the runtime."""
+    defaults = {
+        "OTEL_BSP_SCHEDULE_DELAY": "5000",
+        "OTEL_BLRP_SCHEDULE_DELAY": "5000",
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+    }
+    served = start_app(otlp_receiver, extra_env=defaults)
+    try:
+        with httpx.Client(base_url=served.base_url) as http:
+            assert http.get("/private").status_code == 401
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(15)
+    finally:
+        served.stop()
+    logs = security_logs(otlp_receiver, "auth.unauthenticated")
+    assert len(logs) == 1, served.output()[-3000:]
+    spans = server_spans(otlp_receiver)
+    assert logs[0].trace_id in spans  # the server span left too
+    assert [name for name, _ in spans[logs[0].trace_id].events] == ["auth.unauthenticated"]
+    assert otlp_receiver.metric_points("security.violations")
+
+
+def test_app_without_lifespan_support_still_serves(otlp_receiver: OTLPReceiver) -> None:
+    served = start_app(otlp_receiver, app="tests.apps.no_lifespan:app")
+    try:
+        with httpx.Client(base_url=served.base_url) as http:
+            assert http.get("/denied").status_code == 403
+        wait_for(lambda: security_logs(otlp_receiver, "authz.permission_denied"), timeout=20)
+    finally:
+        served.stop()
+    assert "Traceback" not in served.output().split("ASGI 'lifespan' protocol appears unsupported")[-1]

@@ -1,4 +1,4 @@
-"""A FastAPI app with the seeds' security cases, for tests and ``benchmarks/http.py``.
+"""A FastAPI app with the seeds' security cases, for tests and ``benchmarks/http_overhead.py``.
 
 It uses only :mod:`otel_secaudit.helpers` and plain HTTP errors: under
 ``opentelemetry-instrument`` the plugin's middleware adds everything else (status events,
