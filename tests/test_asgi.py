@@ -632,3 +632,30 @@ def test_token_failure_without_pyjwt_classes() -> None:
 
     assert classify_token_error(MyExpired()) == ("auth.token.expired", "expired")
     assert classify_token_error(ValueError("x")) == ("auth.token.invalid", "invalid")
+
+
+def test_captured_secret_headers_scrubbed_without_the_environment(sdk: SDK) -> None:
+    """Headers captured through instrument_app(http_capture_headers_server_request=...) are
+    scrubbed too (not only when the environment variable asks contrib for them)."""
+    app = create_app()
+    app.add_middleware(SecAuditMiddleware)
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=sdk.tracer_provider,
+        http_capture_headers_server_request=[
+            "ocp-apim-subscription-key",
+            "authorization",
+            "x-trace",
+        ],
+    )
+    headers = {
+        "ocp-apim-subscription-key": "APIMKEY0123456789abcdef",
+        "authorization": "Bearer abc.def.ghi",
+        "x-trace": "harmless-value",
+    }
+    assert get(app, "/ok", headers=headers).status_code == 200
+    attributes = dict(server_span(sdk).attributes)
+    assert "APIMKEY0123456789abcdef" not in repr(attributes)
+    assert "abc.def.ghi" not in repr(attributes)
+    assert attributes["http.request.header.ocp_apim_subscription_key"] == ("[REDACTED]",)
+    assert attributes["http.request.header.x_trace"] == ("harmless-value",)

@@ -261,3 +261,20 @@ def test_unreachable_redis_store_does_not_break_startup_or_requests(sdk: SDK) ->
     recorder = runtime.current().recorder
     assert recorder is not sdk.recorder
     assert recorder.stats.snapshot()["recorded"] == 1
+
+
+def test_instrument_app_settings_are_honoured(sdk: SDK) -> None:
+    """instrument_app(app, host_threshold=3) builds the runtime with that threshold, also when
+    detection is already running."""
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    assert runtime.current().settings.host_threshold == 10
+    app = add_routes(fastapi.FastAPI())
+    SecAuditInstrumentor().instrument_app(app, host_threshold=3)
+    rt = runtime.current()
+    assert rt.settings.host_threshold == 3 and rt.detector is not None
+    for letter in "abc":
+        assert get(app, f"/denied/{letter}").status_code == 403
+    assert rt.detector.flush(5.0)
+    abuse = [r for r in security_logs(sdk) if r.event_name == "abuse.host"]
+    assert len(abuse) == 1
+    assert stack_types(app).count("SecAuditMiddleware") == 1

@@ -150,9 +150,7 @@ def test_login_routes_and_client_address_header_config() -> None:
         Settings.load(environ={"OTEL_SECAUDIT_CLIENT_ADDRESS_HEADER": "x-client-ip"})
     with pytest.raises(ConfigError, match="'/login'"):
         Settings.load(environ={"OTEL_SECAUDIT_LOGIN_ROUTES": "/login"})
-    lenient = Settings.load(
-        environ={"OTEL_SECAUDIT_LOGIN_ROUTES": "/login,POST /ok"}, lenient=True
-    )
+    lenient = Settings.load(environ={"OTEL_SECAUDIT_LOGIN_ROUTES": "/login,POST /ok"}, lenient=True)
     assert [route.text for route in lenient.login_routes] == ["POST /ok"]
 
 

@@ -23,7 +23,6 @@ application without lifespan support is not affected. Websockets pass through un
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any, Final
 
@@ -212,11 +211,6 @@ class SecAuditMiddleware:
     def __init__(self, app: ASGIApp, *, user_id_resolver: UserIdResolver | None = None) -> None:
         self.app = app
         self._user_id_resolver = user_id_resolver
-        # Contrib captures request headers only when asked to; scrub captured ones only then
-        # (it costs a walk over the span's attributes).
-        self._scrub_headers = bool(
-            os.environ.get("OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST", "").strip()
-        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -263,15 +257,12 @@ class SecAuditMiddleware:
             route_of=_route_of(scope),
             user_id_of=user_id_of,
         )
-        if self._scrub_headers or scope.get("query_string"):
-            try:
-                scrub_server_span(
-                    trace.get_current_span(),
-                    scope.get("query_string") or b"",
-                    headers=self._scrub_headers,
-                )
-            except Exception as exc:
-                exchange.runtime.recorder.internal_error(exc, "asgi.scrub")
+        try:
+            # Captured headers are scrubbed whether contrib was asked for them through the
+            # environment or through instrument_app(http_capture_headers_server_request=...).
+            scrub_server_span(trace.get_current_span(), scope.get("query_string") or b"")
+        except Exception as exc:
+            exchange.runtime.recorder.internal_error(exc, "asgi.scrub")
         return exchange
 
     async def _serve(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:

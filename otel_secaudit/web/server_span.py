@@ -57,10 +57,11 @@ def _scrub_headers(span: Any, attributes: Any) -> None:
             span.set_attribute(key, (REDACTED,))
 
 
-def scrub_server_span(span: Any, raw_query: bytes | str, *, headers: bool = False) -> None:
-    """Scrub a live server span: secret values of the raw query in its URL attributes and, with
-    ``headers``, captured request headers naming a secret (``authorization``, ``cookie``,
-    ``ocp-apim-subscription-key``...) or holding a secret-shaped value."""
+def scrub_server_span(span: Any, raw_query: bytes | str, *, headers: bool = True) -> None:
+    """Scrub a live server span: secret values of the raw query in its URL attributes and
+    captured request headers (``http.request.header.*``) naming a secret (``authorization``,
+    ``cookie``, ``ocp-apim-subscription-key``...) or holding a secret-shaped value;
+    ``headers=False`` skips the headers."""
     attributes = getattr(span, "attributes", None)
     if not attributes or not span.is_recording():
         return
