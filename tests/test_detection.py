@@ -658,3 +658,16 @@ def test_lua_scripts_are_package_resources():
     folder = resources.files("otel_secaudit.detection.stores")
     for name in ("apply.lua", "housekeeping.lua"):
         assert "redis.call" in folder.joinpath(name).read_text(encoding="utf-8")
+
+
+def test_user_violations_counts_the_window(make_sdk, clock, detectors):
+    """For auth.login.succeeded_after_failures: the user key's violations in the window."""
+    sdk = make_sdk(user_threshold=5, window_seconds=60)
+    detector = make_detector(sdk, clock, detectors)
+    assert detector.user_violations("alice") == 0
+    for i in range(3):
+        detector.submit(violation(i, user="alice"))
+        clock.advance(20)
+    assert detector.user_violations("alice") == 2  # the first is 60 s old now
+    assert detector.user_violations("bob") == 0
+    assert detector.user_violations("") == 0

@@ -407,3 +407,18 @@ def test_block_records_expire_one_window_after_the_block(redis_url):
     finally:
         store.close()
         client.close()
+
+
+def test_user_violations_read_from_redis(make_sdk, redis_url, detectors):
+    clock = FakeClock()
+    sdk_a = make_sdk(store=redis_url, user_threshold=5, window_seconds=60)
+    sdk_b = make_sdk(store=redis_url, user_threshold=5, window_seconds=60)
+    a = AbuseDetector(sdk_a.recorder, clock=clock)
+    b = AbuseDetector(sdk_b.recorder, clock=clock)
+    detectors += [a, b]
+    for i in range(3):
+        a.submit(violation(i, address=None, user="carol"))
+    assert a.flush()
+    assert b.user_violations("carol") == 3  # another instance sees them
+    clock.advance(61)
+    assert b.user_violations("carol") == 0

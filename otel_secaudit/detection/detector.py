@@ -47,7 +47,7 @@ from .failover import FailoverStore
 from .handoff import HandOff
 from .keys import HostKeys
 from .stores import MemoryStore, Store, build_store
-from .window import HOST, Crossing, Hit, Policy
+from .window import HOST, USER, Crossing, Hit, Policy
 
 __all__ = ["AbuseDetector"]
 
@@ -189,6 +189,20 @@ class AbuseDetector:
         except Exception as exc:
             self.recorder.internal_error(exc, "detection.refusal")
             return None
+
+    def user_violations(self, user_key: str) -> int:
+        """Violations of ``user_key`` (``user.id`` or ``user.hash``) within the window, up to
+        the user threshold; for ``auth.login.succeeded_after_failures``. Never raises (0 on
+        error). Memory store: a local read. Redis: one ``LRANGE`` round trip on the calling
+        thread (bounded by the store timeout), so call it only on a successful login;
+        violations still in the hand-off queue (< 50 ms old) are not seen."""
+        try:
+            if not user_key:
+                return 0
+            return self.store.recent(USER, user_key, self._clock(), self.policy.window_seconds)
+        except Exception as exc:
+            self.recorder.internal_error(exc, "detection.user_violations")
+            return 0
 
     # -- lifecycle ------------------------------------------------------------------------
 

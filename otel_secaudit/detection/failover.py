@@ -75,6 +75,15 @@ class FailoverStore:
                 return crossings
         return self.local.apply(hits, policy)
 
+    def recent(self, scope: str, key: str, now: float, window: float) -> int:
+        """From the shared store, or the local one while it fails."""
+        if self.available():
+            try:
+                return self.store.recent(scope, key, now, window)
+            except Exception as exc:
+                self._failed(exc)
+        return self.local.recent(scope, key, now, window)
+
     def housekeeping(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> Housekeeping:
         """Local expiries, plus the shared store's expiries and active blocks (merged with the
         local ones) when it answers; ``active`` is None while it does not."""

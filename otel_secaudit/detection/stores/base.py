@@ -42,6 +42,11 @@ class Store(Protocol):
         blockable host keys when ``policy.block_seconds > 0`` (see :mod:`..window`)."""
         ...
 
+    def recent(self, scope: str, key: str, now: float, window: float) -> int:
+        """How many violations of ``key`` the store holds within ``window`` seconds before
+        ``now`` (at most the scope's threshold: the window keeps no more). Read only."""
+        ...
+
     def housekeeping(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> Housekeeping:
         """End the blocks whose time has come; for shared stores also return up to ``limit``
         active blocks."""

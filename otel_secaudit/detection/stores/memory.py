@@ -131,6 +131,14 @@ class MemoryStore:
             windows.move_to_end(key)
         return state
 
+    def recent(self, scope: str, key: str, now: float, window: float) -> int:
+        """Violations of ``key`` within the window (read only: the LRU order is unchanged)."""
+        with self._lock:
+            state = (self._hosts if scope == HOST else self._users).get(key)
+            if state is None:
+                return 0
+            return sum(1 for at, _, _ in state.entries if at > now - window)
+
     def tracked_keys(self) -> int:
         """Number of keys currently tracked (both scopes)."""
         return len(self._hosts) + len(self._users)

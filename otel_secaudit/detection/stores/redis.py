@@ -95,6 +95,11 @@ class RedisStore:
             entries.append((float(at_e), name, trace_id))
         return crossing_of(scope, key, entries, policy, float(at_s), float(seconds_s))
 
+    def recent(self, scope: str, key: str, now: float, window: float) -> int:
+        """Violations of ``key`` within the window: one ``LRANGE``."""
+        entries = self.client.lrange(f"{self.prefix}w:{scope}:{key}", 0, -1)
+        return sum(1 for raw in entries if float(_text(raw).split("|", 1)[0]) > now - window)
+
     def housekeeping(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> Housekeeping:
         """End due blocks (each once across instances) and list the active ones."""
         expired_raw, active_raw = self._housekeeping(
