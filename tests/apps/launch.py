@@ -77,8 +77,10 @@ def serve_django(
     server: str = "gunicorn",
     workers: int = 1,
     instrument: bool = True,
+    gunicorn_args: tuple[str, ...] = (),
 ) -> Served:
-    """The Django project under ``server`` (``gunicorn`` or ``runserver``)."""
+    """The Django project under ``server`` (``gunicorn`` or ``runserver``); ``gunicorn_args``
+    come after the defaults (and so override them)."""
     port = free_port()
     env = {
         **env,
@@ -89,17 +91,24 @@ def serve_django(
     if server == "runserver":
         args = [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
     else:
-        args = [*_gunicorn(port, workers), "secsite.wsgi"]
+        args = [*_gunicorn(port, workers), *gunicorn_args, "secsite.wsgi"]
     if instrument:
         args = [instrument_command(), *args]
     return serve_subprocess(args, port, env, cwd=str(DJANGO_PROJECT))
 
 
-def serve_flask(env: dict[str, str], *, workers: int = 1, instrument: bool = True) -> Served:
-    """The Flask app (tests/apps/flask_app.py) under gunicorn."""
+def serve_flask(
+    env: dict[str, str],
+    *,
+    workers: int = 1,
+    instrument: bool = True,
+    gunicorn_args: tuple[str, ...] = (),
+) -> Served:
+    """The Flask app (tests/apps/flask_app.py) under gunicorn (``gunicorn_args`` as for
+    :func:`serve_django`)."""
     port = free_port()
     env = {**env, "PYTHONPATH": str(ROOT)}
-    args = [*_gunicorn(port, workers), "tests.apps.flask_app:app"]
+    args = [*_gunicorn(port, workers), *gunicorn_args, "tests.apps.flask_app:app"]
     if instrument:
         args = [instrument_command(), *args]
     return serve_subprocess(args, port, env, cwd=str(ROOT))

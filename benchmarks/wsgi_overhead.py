@@ -1,0 +1,228 @@
+"""Requests/second of the Django test project and the Flask test app with contrib's Django/Flask
+instrumentation alone vs. with otel_secaudit too, for a 200 route and a 403 route (every 403
+is a security event: log record, span event, counters, detection).
+
+Per framework, three gunicorn servers (one ``gthread`` worker, 4 threads, keep-alive) serve the
+app under ``opentelemetry-instrument``, exporting traces, metrics and logs over OTLP/HTTP to a
+receiver in its own process:
+
+* ``A``  contrib only (``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=otel_secaudit``)
+* ``A2`` contrib only, a second copy (the A/A row: the noise floor)
+* ``B``  contrib + otel_secaudit
+
+The load generator of :mod:`benchmarks.http_overhead` (a separate process, HTTP/1.1
+keep-alive, a few connections) drives one server at a time for ``--block`` seconds; per round
+the arms run A B A2, then A2 B A, and so on. Each round gives B/A and A2/A; the medians are
+printed, per wall-clock second and per second of the servers' CPU time (master + worker, from
+/proc).
+
+Targets: B/A >= 0.95 for the 200 route, >= 0.85 for the 403 route.
+
+Run from the repository root: ``python -m benchmarks.wsgi_overhead`` (about 4 minutes);
+``--rounds``/``--block``/``--framework`` to change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.http_overhead import _connection, _cpu_seconds
+
+ROOT = Path(__file__).resolve().parent.parent
+#: framework -> route label -> path
+ROUTES = {
+    "django": {"200": "/ok/", "403": "/forbidden/"},
+    "flask": {"200": "/ok", "403": "/forbidden"},
+}
+TARGETS = {"200": 0.95, "403": 0.85}
+
+
+# -- load generator and receiver (each in its own process) ------------------------------------
+
+
+async def _measure(port: int, path: str, seconds: float, connections: int) -> tuple[int, float]:
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n".encode()
+    warm = [0]
+    await asyncio.gather(
+        *(_connection(port, request, time.perf_counter() + 0.2, warm) for _ in range(connections))
+    )
+    counts = [0]
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(_connection(port, request, start + seconds, counts) for _ in range(connections))
+    )
+    return counts[0], time.perf_counter() - start
+
+
+def loadgen_main(connections: int) -> None:
+    """Read ``port path seconds`` lines on stdin, answer ``requests elapsed`` on stdout."""
+    for line in sys.stdin:
+        port, path, seconds = line.split()
+        count, elapsed = asyncio.run(_measure(int(port), path, float(seconds), connections))
+        print(f"{count} {elapsed:.6f}", flush=True)
+
+
+def receiver_main() -> None:
+    """An OTLP/HTTP receiver that keeps nothing (a collector stand-in)."""
+    from tests.servers import OTLPReceiver
+
+    receiver = OTLPReceiver()
+    receiver._accept = lambda request, bucket, context=None: True  # type: ignore[method-assign]
+    receiver.start()
+    print(receiver.http_endpoint, flush=True)
+    sys.stdin.read()  # until the parent closes stdin
+    receiver.stop()
+
+
+# -- orchestration ----------------------------------------------------------------------------
+
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a gunicorn master and its workers."""
+    total = _cpu_seconds(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            children = [int(child) for child in handle.read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            total += _cpu_seconds(child)
+        except OSError:
+            pass
+    return total
+
+
+def start_server(framework: str, endpoint: str, db: str, *, plugin: bool):  # type: ignore[no-untyped-def]
+    from tests.apps.launch import serve_django, serve_flask, telemetry_env
+
+    env = telemetry_env(endpoint)
+    env.update(
+        OTEL_METRIC_EXPORT_INTERVAL="5000",
+        OTEL_BSP_SCHEDULE_DELAY="1000",
+        OTEL_BLRP_SCHEDULE_DELAY="1000",
+        OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="sqlite3,dbapi,jinja2"
+        + ("" if plugin else ",otel_secaudit"),
+    )
+    # gthread: keep-alive connections, as the load generator uses
+    extra = ("-k", "gthread", "--threads", "4", "--access-logfile", "/dev/null")
+    if framework == "django":
+        return serve_django(env, db, gunicorn_args=extra)
+    return serve_flask(env, gunicorn_args=extra)
+
+
+def run_framework(framework: str, options: argparse.Namespace, endpoint: str) -> None:
+    from tests.apps.launch import prepare_django_db
+
+    db = (
+        prepare_django_db(tempfile.mkdtemp(prefix="secsite-bench-"))
+        if framework == "django"
+        else ""
+    )
+    servers = {
+        "A": start_server(framework, endpoint, db, plugin=False),
+        "A2": start_server(framework, endpoint, db, plugin=False),
+        "B": start_server(framework, endpoint, db, plugin=True),
+    }
+    me = [sys.executable, "-m", "benchmarks.wsgi_overhead"]
+    loadgen = subprocess.Popen(
+        [*me, "--loadgen", "--connections", str(options.connections)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert loadgen.stdin is not None and loadgen.stdout is not None
+
+    def measure(arm: str, path: str, seconds: float) -> tuple[float, float]:
+        pid = servers[arm].process.pid
+        cpu_before = _tree_cpu_seconds(pid)
+        loadgen.stdin.write(f"{servers[arm].port} {path} {seconds}\n")  # type: ignore[union-attr]
+        loadgen.stdin.flush()  # type: ignore[union-attr]
+        count, elapsed = loadgen.stdout.readline().split()  # type: ignore[union-attr]
+        cpu = _tree_cpu_seconds(pid) - cpu_before
+        return int(count) / float(elapsed), int(count) / max(cpu, 1e-3)
+
+    try:
+        for arm in servers:
+            for path in ROUTES[framework].values():
+                measure(arm, path, 0.5)
+        for label, path in ROUTES[framework].items():
+            series: dict[str, dict[str, list[float]]] = {
+                kind: {"A": [], "A2": [], "B": []} for kind in ("rps", "cpu")
+            }
+            for round_no in range(options.rounds):
+                order = ("A", "B", "A2") if round_no % 2 == 0 else ("A2", "B", "A")
+                for arm in order:
+                    rps, per_cpu = measure(arm, path, options.block)
+                    series["rps"][arm].append(rps)
+                    series["cpu"][arm].append(per_cpu)
+            for kind, values in series.items():
+                a_values, b_values, a2_values = values["A"], values["B"], values["A2"]
+                ratio = statistics.median(b / a for a, b in zip(a_values, b_values, strict=True))
+                noise = statistics.median(a2 / a for a, a2 in zip(a_values, a2_values, strict=True))
+                verdict = "ok" if ratio >= TARGETS[label] else "MISSED"
+                print(
+                    f"{framework:>6} {label:>5} {kind:>7} {statistics.median(a_values):7.0f}"
+                    f" {statistics.median(b_values):7.0f} {ratio:6.3f} {noise:11.3f}"
+                    f"  >={TARGETS[label]} {verdict}",
+                    flush=True,
+                )
+    finally:
+        loadgen.stdin.close()
+        loadgen.wait(10)
+        for served in servers.values():
+            served.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--block", type=float, default=1.5, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--framework", choices=["django", "flask", "both"], default="both")
+    parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.loadgen:
+        loadgen_main(options.connections)
+        return
+    if options.receiver:
+        receiver_main()
+        return
+
+    receiver = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.wsgi_overhead", "--receiver"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert receiver.stdout is not None and receiver.stdin is not None
+    endpoint = receiver.stdout.readline().strip()
+    print(f"rounds={options.rounds} block={options.block}s connections={options.connections}")
+    print("rps = requests per wall-clock second; cpu = requests per second of server CPU")
+    print(
+        f"{'app':>6} {'route':>5} {'measure':>7} {'A':>7} {'B':>7} {'B/A':>6} {'A2/A (A/A)':>11}"
+        "  target"
+    )
+    frameworks = ["django", "flask"] if options.framework == "both" else [options.framework]
+    try:
+        for framework in frameworks:
+            run_framework(framework, options, endpoint)
+    finally:
+        receiver.stdin.close()
+        receiver.wait(10)
+
+
+if __name__ == "__main__":
+    main()
