@@ -952,3 +952,31 @@ def test_redact_uri_password_keeps_everything_else() -> None:
         redact_uri_password("redis+sentinel://:pw@a:1,b:2/svc?sentinel_password=zz")
         == "redis+sentinel://:[REDACTED]@a:1,b:2/svc?sentinel_password=[REDACTED]"
     )
+
+
+def test_forked_child_gets_its_own_worker_dir_and_sender(
+    spool_dir: Path, spools: list[Any]
+) -> None:
+    exporter = FlakyExporter()
+    recorder, processor, _ = make_recorder(spool_dir, exporter, spools)
+    recorder.record("auth.logout", user_id="parent-before")
+    parent_dir = processor.spool.path
+    pid = os.fork()
+    if pid == 0:  # the child: exit status tells the parent what happened
+        code = 1
+        try:
+            recorder.delivery.after_fork_in_child()  # a Delivery without spool: no-op
+            processor.after_fork_in_child()
+            recorder.record("auth.logout", user_id="child")
+            ok = processor.spool.path != parent_dir and processor.force_flush(5000)
+            users = [r.log_record.attributes.get("user.id") for r in exporter.records]
+            code = 0 if ok and "child" in users else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    recorder.record("auth.logout", user_id="parent-after")
+    assert processor.force_flush(5000)
+    users = [r.log_record.attributes.get("user.id") for r in exporter.records]
+    assert users == ["parent-before", "parent-after"]
+    assert processor.spool.path == parent_dir

@@ -397,13 +397,24 @@ class Spool:
 
     def _frames(self, segment: int, data: bytes, offset: int, final: bool) -> Iterator[Frame]:
         if segment not in self._legacy:
-            head = data[:8] if offset == 0 else b"x"
-            self._legacy[segment] = offset == 0 and is_legacy_segment(head)
+            # Only a finished segment can be an old one (a restarted process never appends).
+            self._legacy[segment] = segment != self._active and self._is_legacy(segment)
         if self._legacy[segment] and final:
             return iter_legacy_frames(data, offset)
         if self._legacy[segment]:
             return iter(())  # old segments are read whole (the final chunk)
         return iter_frames(data, offset, final=final)
+
+    def _is_legacy(self, segment: int) -> bool:
+        """True for a segment in the previous frame format: its first chunk holds no valid
+        frame of the current format but valid old-format ones (garbage at the start of a
+        current segment does not make it an old one)."""
+        head = os.pread(self._reader_for(segment), _READ_CHUNK, 0)
+        if not head or any(f.payload is not None for f in iter_frames(head, 0, final=True)):
+            return False
+        return is_legacy_segment(head) and any(
+            f.payload is not None for f in iter_legacy_frames(head, 0)
+        )
 
     def _torn(self, segment: int, frame: Frame) -> None:
         if (segment, frame.offset) in self._torn_seen:
