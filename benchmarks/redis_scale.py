@@ -5,17 +5,15 @@ distinct attackers, against a ``redis-server`` this script starts.
 
 Prints:
 
-* **detector throughput**: violations/s through :class:`AbuseDetector` on a Redis store with
-  ``OTEL_SECAUDIT_MAX_KEYS=20000``, every violation from a new address and a new user (past
-  the first 20,000 the cap evicts on every hit: its worst case), from ``submit`` until
-  ``flush()`` returns (every violation applied by the worker's batched Lua round trips).
-  Target >= 20,000/s;
-* **cost of the cap**: ``RedisStore.apply`` of the same stream in batches of 500 violations
-  (what the detector's worker sends), capped at 20,000 keys per scope (evicting) vs. never
-  evicting (``max_keys`` 10**9; the recency sorted set is kept in both arms, only the eviction
-  differs). The two arms run interleaved in blocks (A B B A ...), each on its own
-  redis-server; the median of per-pair time ratios is reported, with an A/A row
-  (capped vs. capped) as the noise floor of the same procedure;
+* **detector throughput per topology**, with ``OTEL_SECAUDIT_MAX_KEYS=20000`` and every
+  violation from a new address and a new user (past the first 20,000 the cap evicts on every
+  hit: its worst case): violations/s from the first ``submit`` until ``flush()`` returns
+  (every violation applied by the worker's batched Lua round trips), on a standalone
+  ``redis-server``, a 3-master Redis Cluster and a Sentinel-managed master (the servers of
+  ``tests/servers.py``). Target >= 20,000/s on each. Cluster and Sentinel run interleaved
+  with the standalone server (A B B A ...), median of per-pair ratios, with an A/A row
+  (standalone vs standalone) beside. The cost of the cap itself (evicting vs never binding)
+  is measured by ``python -m benchmarks.detection``;
 * **memory of 1,000,000 distinct attackers** (new address, new user, a trace ID each):
   ``INFO memory`` ``used_memory`` before and after, on a fresh server, without the cap (bytes
   per attacker and per Redis key) and with ``max_keys=20000`` (sampled along the way: it
@@ -24,8 +22,6 @@ Prints:
 
 from __future__ import annotations
 
-import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +33,9 @@ from otel_secaudit import SecurityRecorder, Settings, Violation
 from otel_secaudit.detection import AbuseDetector
 from otel_secaudit.detection.stores import build_store
 from otel_secaudit.detection.window import Hit, Policy
-from tests.servers import RedisServer
+from tests.servers import RedisClusterServers, RedisSentinelServers, RedisServer
+
+from .detection import interleaved
 
 BATCH = 500  # violations per EVALSHA, as the detector's worker sends them
 CAP = 20_000
@@ -77,78 +75,66 @@ def batches(attackers: Attackers, n: int) -> Iterator[list[Hit]]:
         yield attackers.hits(BATCH, at)
 
 
-# -- detector throughput ----------------------------------------------------------------------
+# -- detector throughput per topology ----------------------------------------------------------
 
 
-def detector_rate(url: str, n: int, repeats: int) -> tuple[float, dict[str, Any]]:
-    """Violations/s through the detector with the cap at 20,000 (median of ``repeats``)."""
-    rates = []
-    stats: dict[str, Any] = {}
+def detector_arm(url: str, n: int) -> Callable[[], float]:
+    """Violations/s through a detector on ``url`` (MAX_KEYS=20,000) for ``n`` new attackers
+    per run; the attackers continue across runs, so the cap stays saturated."""
     attackers = Attackers()
-    for _ in range(repeats):
-        recorder = SecurityRecorder(Settings.load(environ={}, store=url, max_keys=CAP))
-        detector = AbuseDetector(recorder, queue_size=n + 1)
-        detector.flush()  # connect and load the script before timing
-        stream = attackers.violations(n)
-        submit = detector.submit
-        started = time.perf_counter()
-        for violation in stream:
-            submit(violation)
-        assert detector.flush(300), "the detector did not drain in time"
-        elapsed = time.perf_counter() - started
-        stats = detector.stats
-        assert stats["redis_errors"] == 0 and stats["dropped"] == 0, stats
-        detector.shutdown()
-        rates.append(n / elapsed)
-    return statistics.median(rates), stats
-
-
-# -- cost of the cap (interleaved A/B) --------------------------------------------------------
-
-
-def interleaved(
-    run_a: Callable[[], float], run_b: Callable[[], float], pairs: int
-) -> tuple[float, float, float]:
-    """Median per-pair ratio B/A with the arms run A B B A ...; also the median seconds of
-    each arm's block."""
-    for _ in range(2):  # warm up both arms
-        run_a()
-        run_b()
-    ratios, a_times, b_times = [], [], []
-    for i in range(pairs):
-        if i % 2 == 0:
-            a, b = run_a(), run_b()
-        else:
-            b, a = run_b(), run_a()
-        ratios.append(b / a)
-        a_times.append(a)
-        b_times.append(b)
-    return statistics.median(ratios), statistics.median(a_times), statistics.median(b_times)
-
-
-def store_arm(max_keys: int, block: int, servers: list[RedisServer]) -> Callable[[], float]:
-    """A timed block of ``block`` new attackers applied through a RedisStore with
-    ``max_keys``, on a redis-server of its own (appended to ``servers``: one arm's keyspace
-    growth must not slow the other), pre-filled past the cap so that a capped arm evicts from
-    the first timed block on."""
-    server = RedisServer().start()
-    servers.append(server)
-    store = build_store(server.url, max_keys=max_keys)
-    attackers = Attackers()
-    for hits in batches(attackers, CAP + BATCH):
-        store.apply(hits, POLICY)
+    last: dict[str, Any] = {}
 
     def run() -> float:
-        work = list(batches(attackers, block))
-        gc.disable()
-        started = time.perf_counter()
-        for hits in work:
-            store.apply(hits, POLICY)
-        elapsed = time.perf_counter() - started
-        gc.enable()
-        return elapsed
+        recorder = SecurityRecorder(Settings.load(environ={}, store=url, max_keys=CAP))
+        detector = AbuseDetector(recorder, queue_size=n + 1)
+        try:
+            assert detector.flush(10)  # connect and load the scripts before timing
+            stream = attackers.violations(n)
+            submit = detector.submit
+            started = time.perf_counter()
+            for violation in stream:
+                submit(violation)
+            assert detector.flush(300), "the detector did not drain in time"
+            elapsed = time.perf_counter() - started
+            last.update(detector.stats)
+            assert last["redis_errors"] == 0 and last["dropped"] == 0, last
+            return n / elapsed
+        finally:
+            detector.shutdown()
 
     return run
+
+
+def topology_rows(n: int, pairs: int) -> list[tuple[str, str, str, str]]:
+    standalone = RedisServer().start()
+    cluster = RedisClusterServers().start()
+    sentinel = RedisSentinelServers().start()
+    try:
+        single = detector_arm(standalone.url, n)
+        # rates, so B/A < 1 means B is slower
+        cluster_ratio, single_rate, cluster_rate = interleaved(
+            single, detector_arm(cluster.url, n), pairs
+        )
+        sentinel_ratio, _, sentinel_rate = interleaved(
+            single, detector_arm(sentinel.url, n), pairs
+        )
+        aa_ratio, _, _ = interleaved(single, detector_arm(standalone.url, n), pairs)
+    finally:
+        standalone.close()
+        cluster.close()
+        sentinel.close()
+
+    def row(name: str, rate: float) -> tuple[str, str, str, str]:
+        return (name, f"{rate:,.0f}", ">= 20,000", "ok" if rate >= 20_000 else "MISSED")
+
+    return [
+        row(f"detector, MAX_KEYS={CAP:,}, new attackers, redis://: violations/s", single_rate),
+        row("  redis+cluster:// (3 masters): violations/s", cluster_rate),
+        row("  redis+sentinel:// (master + replica): violations/s", sentinel_rate),
+        ("  rate ratio cluster / standalone", f"{cluster_ratio:.2f}x", "", ""),
+        ("  rate ratio sentinel / standalone", f"{sentinel_ratio:.2f}x", "", ""),
+        ("  A/A noise floor (standalone / standalone)", f"{aa_ratio:.2f}x", "", ""),
+    ]
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -186,78 +172,47 @@ def memory_of_attackers(
         server.close()
 
 
-def main() -> None:
-    quick = "--quick" in sys.argv
-    n_detector = 50_000 if quick else 200_000
-    pairs = 10 if quick else 30
-    block = 5_000
-    n_memory = 200_000 if quick else 1_000_000
-    checkpoints = [n_memory // 10, n_memory // 4, n_memory // 2, n_memory]
-
-    rows: list[tuple[str, str, str, str]] = []
-    servers = [RedisServer().start()]
-    try:
-        rate, stats = detector_rate(servers[0].url, n_detector, 3)
-        rows.append(
-            (
-                f"detector, Redis store, MAX_KEYS={CAP:,}, all-new attackers: violations/s",
-                f"{rate:,.0f}",
-                ">= 20,000",
-                "ok" if rate >= 20_000 else "MISSED",
-            )
-        )
-        uncapped = store_arm(NO_CAP, block, servers)
-        capped = store_arm(CAP, block, servers)
-        capped_again = store_arm(CAP, block, servers)
-        ratio_ab, a_s, b_s = interleaved(uncapped, capped, pairs)
-        ratio_aa, _, _ = interleaved(capped, capped_again, pairs)
-    finally:
-        for server in servers:
-            server.close()
-    rows.append(
+def memory_rows(n: int) -> list[tuple[str, str, str, str]]:
+    checkpoints = [n // 10, n // 4, n // 2, n]
+    delta, keys, _ = memory_of_attackers(NO_CAP, n, checkpoints)
+    delta_cap, keys_cap, samples = memory_of_attackers(CAP, n, checkpoints)
+    flat = samples[-1][1] <= 1.1 * samples[0][1]
+    return [
         (
-            f"store.apply, cap {CAP:,} (evicting) vs never evicting: time ratio",
-            f"{ratio_ab:.3f}  ({block / a_s:,.0f} -> {block / b_s:,.0f}/s)",
-            "",
-            "",
-        )
-    )
-    rows.append(("store.apply, A/A (capped vs capped) noise floor", f"{ratio_aa:.3f}", "", ""))
-
-    delta, keys, _ = memory_of_attackers(NO_CAP, n_memory, checkpoints)
-    rows.append(
-        (
-            f"memory, {n_memory:,} distinct attackers, no cap",
+            f"memory, {n:,} distinct attackers, no cap",
             f"{delta / 2**20:,.1f} MiB, {keys:,} keys",
             "",
             "",
-        )
-    )
-    rows.append(("  bytes per attacker / per Redis key", f"{delta / n_memory:,.0f} / "
-                 f"{delta / max(keys, 1):,.0f}", "", ""))  # fmt: skip
-    delta_cap, keys_cap, samples = memory_of_attackers(CAP, n_memory, checkpoints)
-    rows.append(
+        ),
         (
-            f"memory, {n_memory:,} distinct attackers, MAX_KEYS={CAP:,}",
+            "  bytes per attacker / per Redis key",
+            f"{delta / n:,.0f} / {delta / max(keys, 1):,.0f}",
+            "",
+            "",
+        ),
+        (
+            f"memory, {n:,} distinct attackers, MAX_KEYS={CAP:,}",
             f"{delta_cap / 2**20:,.1f} MiB, {keys_cap:,} keys",
             "flat",
-            "ok" if samples and samples[-1][1] <= 1.2 * samples[1][1] else "GROWS",
-        )
-    )
-    rows.append(
+            "ok" if flat else "GROWS",
+        ),
         (
             "  used_memory delta after N attackers (MiB)",
-            ", ".join(f"{n // 1000:,}k: {d / 2**20:,.1f}" for n, d in samples),
+            ", ".join(f"{k // 1000:,}k: {d / 2**20:,.1f}" for k, d in samples),
             "",
             "",
-        )
-    )
+        ),
+    ]
 
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    rows = topology_rows(n=10_000 if quick else 20_000, pairs=2 if quick else 6)
+    rows += memory_rows(200_000 if quick else 1_000_000)
     width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'result':>40}  {'target':>10}  status")
+    print(f"{'measure':<{width}}  {'result':>42}  {'target':>10}  status")
     for name, value, target, status in rows:
-        print(f"{name:<{width}}  {value:>40}  {target:>10}  {status}")
-    print(f"\n(detector: {n_detector:,} violations per repeat, stats of the last: {stats})")
+        print(f"{name:<{width}}  {value:>42}  {target:>10}  {status}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,13 @@ from opentelemetry.sdk.trace.sampling import Sampler
 
 from otel_secaudit import SecurityRecorder, Settings, runtime
 
-from .servers import OTLPReceiver, RedisClusterServers, RedisSentinelServers, RedisServer
+from .servers import (
+    OTLPReceiver,
+    RedisClusterServers,
+    RedisSentinelServers,
+    RedisServer,
+    RedisTLSServer,
+)
 
 
 class FakeClock:
@@ -187,6 +193,14 @@ def markdown_code_lines(text: str, language: str) -> list[str]:
 def redis_server() -> Iterator[RedisServer]:
     """A real redis-server for the whole session (fails under CI=true when missing)."""
     server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server() -> Iterator[RedisTLSServer]:
+    """A real redis-server speaking TLS only (``rediss://``, throwaway CA) for the session."""
+    server = RedisTLSServer().start()
     yield server
     server.close()
 

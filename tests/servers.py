@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -168,6 +169,55 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def tls_files(folder: str) -> tuple[str, str, str]:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it, made with ``openssl``
+    in ``folder``: (CA certificate, server certificate, server key) paths."""
+    openssl = require_binary("openssl")
+    ca_key, ca_crt = os.path.join(folder, "ca.key"), os.path.join(folder, "ca.crt")
+    key, csr = os.path.join(folder, "server.key"), os.path.join(folder, "server.csr")
+    crt, ext = os.path.join(folder, "server.crt"), os.path.join(folder, "san.ext")
+    ec_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]  # fast to make
+    with open(ext, "w", encoding="utf-8") as handle:
+        handle.write("subjectAltName=IP:127.0.0.1\n")
+    for command in (
+        ["req", "-x509", *ec_key, "-nodes", "-keyout", ca_key, "-out", ca_crt]
+        + ["-days", "1", "-subj", "/CN=otel-secaudit test CA"],
+        ["req", *ec_key, "-nodes", "-keyout", key, "-out", csr]
+        + ["-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial"]
+        + ["-out", crt, "-days", "1", "-extfile", ext],
+    ):
+        subprocess.run([openssl, *command], check=True, capture_output=True, timeout=60)
+    return ca_crt, crt, key
+
+
+class RedisTLSServer(RedisServer):
+    """A real ``redis-server`` that speaks TLS only (``rediss://``), with a throwaway CA."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ca_file, cert, key = tls_files(self._dir)
+        self.extra_args = ["--port", "0", "--tls-port", str(self.port)]
+        self.extra_args += ["--tls-cert-file", cert, "--tls-key-file", key]
+        self.extra_args += ["--tls-ca-cert-file", self.ca_file, "--tls-auth-clients", "no"]
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca_file}"
+
+    def _accepting(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+        context = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
 
 
 class RedisClusterServers:

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 
 import otel_secaudit
 from otel_secaudit import Settings, runtime
@@ -121,6 +123,21 @@ def test_building_a_cluster_or_sentinel_store_does_no_network_io():
             store.apply([Hit("192.0.2.1", None, "auth.login.failed", "", T0)], Policy())
         assert time.monotonic() - started < 1.0
         store.close()
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+def test_detection_over_tls(app_runtime, redis_tls_server):
+    sdk, rt = app_runtime(store=redis_tls_server.url, host_threshold=5)
+    attack("203.0.113.40", 5)
+    assert rt.flush(5000)
+    assert abuse_hosts(sdk) == ["203.0.113.40"]
+    assert rt.detector is not None and rt.detector.stats["redis_errors"] == 0
+    plain = redis.Redis(port=redis_tls_server.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    with pytest.raises((redis.ConnectionError, redis.TimeoutError)):  # it really is TLS only
+        plain.ping()
+    plain.close()
 
 
 # -- Redis Cluster ----------------------------------------------------------------------------
