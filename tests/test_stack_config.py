@@ -481,7 +481,9 @@ def test_compose_images_are_pinned_and_volumes_persist(compose: dict[str, Any]) 
             continue
         image = service["image"]
         repository, _, tag = image.rpartition(":")
-        assert repository and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {image} not pinned"
+        assert repository and re.fullmatch(r"v?\d+\.\d+\.\d+(-[a-z0-9.]+)?", tag), (
+            f"{name}: {image} not pinned"
+        )
     collector_mounts = services["collector"]["volumes"]
     for volume, path in (
         ("otelcol-audit", "/var/lib/otelcol/audit"),
@@ -635,6 +637,23 @@ def test_dashboard_has_a_security_logs_panel_with_loki_structured_metadata() -> 
     assert expr.startswith("{service_name=")
 
 
+#: Delivery health metrics of otel_secaudit.delivery (dotted name, kind), as Prometheus names.
+DELIVERY_METRICS = {
+    "otel_secaudit.logs.dropped": True,
+    "otel_secaudit.spool.refused": True,
+    "otel_secaudit.spool.exported": True,
+    "otel_secaudit.spool.export_failures": True,
+    "otel_secaudit.spool.depth": False,  # an up-down counter: a gauge, no _total
+}
+DELIVERY_NAMES = {prometheus_name(n, "", counter=c) for n, c in DELIVERY_METRICS.items()}
+
+
+def test_delivery_metric_names_exist_in_the_delivery_package() -> None:
+    source = "".join(p.read_text() for p in (ROOT / "otel_secaudit" / "delivery").glob("*.py"))
+    for name in DELIVERY_METRICS:
+        assert f'"{name}"' in source, name
+
+
 def test_alert_rules_use_contract_metric_names() -> None:
     rules = [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"]]
     names = {rule["alert"] for rule in rules}
@@ -644,9 +663,10 @@ def test_alert_rules_use_contract_metric_names() -> None:
         found = promql_metric_names(rule["expr"])
         if rule["alert"].startswith("Collector"):
             continue
-        assert found and found <= EXPECTED_NAMES, (rule["alert"], found)
+        assert found and found <= EXPECTED_NAMES | DELIVERY_NAMES, (rule["alert"], found)
         used |= found
     assert {"security_violations_total", "security_abuse_signals_total"} <= used
+    assert {"otel_secaudit_logs_dropped_total", "otel_secaudit_spool_depth"} <= used
 
 
 def test_promtool_checks_rules_and_config() -> None:
