@@ -1,6 +1,6 @@
 """Requests/second of the test app with the contrib FastAPI instrumentation alone vs. with
 otel_secaudit too, for a 200 route, a 403 route (every 403 is a security event) and a login
-route whose JSON body the plugin reads (OTEL_SECAUDIT_LOGIN_ROUTES, a 2xx answer).
+route whose form body the plugin reads (OTEL_SECAUDIT_LOGIN_ROUTES, a 2xx answer).
 
 Three uvicorn processes serve ``tests.apps.secapp:app`` under ``opentelemetry-instrument``,
 exporting traces, metrics and logs over OTLP/gRPC to a receiver in its own process:
@@ -35,12 +35,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_LOGIN_BODY = b'{"username": "alice", "password": "correct horse battery staple"}'
-#: label -> (method, path, JSON body or b"")
+_LOGIN_BODY = b"username=alice&password=correct+horse+battery+staple"
+#: label -> (method, path, form body or b""); the login route is fastapi-users style (the app
+#: records nothing; with the plugin, OTEL_SECAUDIT_LOGIN_ROUTES reads the body and records)
 ROUTES = {
     "200": ("GET", "/ok", b""),
     "403": ("GET", "/forbidden", b""),
-    "login": ("POST", "/login", _LOGIN_BODY),
+    "login": ("POST", "/auth/jwt/login", _LOGIN_BODY),
 }
 TARGETS = {"200": 0.95, "403": 0.85, "login": 0.9}
 
@@ -49,7 +50,8 @@ def _request_bytes(label: str) -> bytes:
     method, path, body = ROUTES[label]
     head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n"
     if body:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        head += "Content-Type: application/x-www-form-urlencoded\r\n"
+        head += f"Content-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body
 
 
@@ -134,7 +136,7 @@ def start_server(endpoint: str, *, plugin: bool):  # type: ignore[no-untyped-def
         "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_METRIC_EXPORT_INTERVAL": "5000",
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "" if plugin else "otel_secaudit",
-        "OTEL_SECAUDIT_LOGIN_ROUTES": "POST /login",
+        "OTEL_SECAUDIT_LOGIN_ROUTES": "POST /auth/jwt/login",
     }
     instrument = shutil.which("opentelemetry-instrument")
     if instrument is None:

@@ -290,3 +290,42 @@ def test_app_without_lifespan_support_still_serves(otlp_receiver: OTLPReceiver) 
         served.stop()
     after_fallback = served.output().split("'lifespan' protocol appears unsupported")[-1]
     assert "Traceback" not in after_fallback
+
+
+def test_login_route_brute_force_with_one_variable(otlp_receiver: OTLPReceiver) -> None:
+    """A fastapi-users style login (400 on bad credentials, nothing recorded by the app) is seen
+    through OTEL_SECAUDIT_LOGIN_ROUTES alone: failures with user.hash, abuse.user, success."""
+    served = start_app(
+        otlp_receiver,
+        login_routes="POST /auth/jwt/login",
+        user_threshold="3",
+        host_threshold="50",
+    )
+    wrong = "Tr0ub4dor&3-wrong"
+    try:
+        with httpx.Client(base_url=served.base_url) as http:
+            for _ in range(3):
+                form = {"username": "victim@example.com", "password": wrong}
+                assert http.post("/auth/jwt/login", data=form).status_code == 400
+            good = {"username": "Victim@Example.com ", "password": GOOD_PASSWORD}
+            assert http.post("/auth/jwt/login", data=good).status_code == 200
+            assert http.get("/calls").json()["jwt_login"] == 4  # the app got every body
+        failed = wait_for(
+            lambda: (f := security_logs(otlp_receiver, "auth.login.failed")) and len(f) == 3 and f,
+            timeout=20,
+        )
+        abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.user"), timeout=20)
+        succeeded = wait_for(
+            lambda: security_logs(otlp_receiver, "auth.login.succeeded"), timeout=20
+        )
+    finally:
+        served.stop()
+    hashes = {log.attributes["user.hash"] for log in failed}
+    assert len(hashes) == 1
+    assert {log.attributes["security.reason"] for log in failed} == {"http_400"}
+    assert {log.attributes["http.route"] for log in failed} == {"/auth/jwt/login"}
+    assert abuse[0].attributes["security.abuse.key"] in hashes
+    assert succeeded[0].attributes["user.hash"] in hashes  # same user, normalized
+    raw = otlp_receiver.raw_bytes()
+    for secret in (wrong, GOOD_PASSWORD, "victim@example.com"):
+        assert secret.encode() not in raw

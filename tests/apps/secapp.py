@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException, Request
 
@@ -70,6 +71,16 @@ def create_app() -> FastAPI:
             return {"ok": True}
         helpers.login_failed(str(body.get("username")))
         raise HTTPException(401, "bad credentials")
+
+    @app.post("/auth/jwt/login")
+    async def jwt_login(request: Request) -> dict[str, Any]:
+        """fastapi-users style: bad credentials answer 400, and the app records nothing itself
+        (OTEL_SECAUDIT_LOGIN_ROUTES makes the plugin see it)."""
+        calls["jwt_login"] += 1
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        if form.get("password") == GOOD_PASSWORD:
+            return {"access_token": "issued", "token_type": "bearer"}
+        raise HTTPException(400, "LOGIN_BAD_CREDENTIALS")
 
     @app.get("/whoami")
     async def whoami(request: Request) -> dict[str, Any]:
