@@ -47,6 +47,7 @@ __all__ = [
     "Redactor",
     "Sanitized",
     "cap_length",
+    "escape_and_cap",
     "escape_control",
     "hash_identity",
     "is_known_secret",
@@ -102,12 +103,33 @@ _DIGITS: Final = b"0123456789"
 _LUHN_DOUBLE: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 
 
+def _needs_escape(value: str) -> bool:
+    # Every escaped character is non-printable, and str.isprintable() is ~4x faster than a
+    # character-class search; printable text (nearly all of it) skips the search.
+    return not value.isprintable() and _CONTROL.search(value) is not None
+
+
 def escape_control(value: str) -> str:
     """``value`` with control, invisible and bidi characters escaped (``\\n`` -> ``\\x0a``,
-    U+200B -> ``\\u200b``); other characters unchanged."""
-    if _CONTROL.search(value) is None:
-        return value
-    return value.translate(_ESCAPES)
+    U+200B -> ``\\u200b``); other characters unchanged. One ``str.translate`` pass."""
+    return value.translate(_ESCAPES) if _needs_escape(value) else value
+
+
+def escape_and_cap(value: str, limit: int) -> str:
+    """``cap_length(escape_control(value), limit)``, escaping no more of ``value`` than can be
+    exported: an escape is 4-6 characters, so a value full of control characters fills
+    ``limit`` from its first ``limit / 4`` characters. At most two ``translate`` passes over at
+    most ``limit + 1`` characters in all."""
+    head = value[: limit + 1]
+    if not _needs_escape(head):
+        return cap_length(head, limit)
+    first = limit // 4 + 1
+    escaped = head[:first].translate(_ESCAPES)
+    if len(escaped) <= limit and len(head) > first:
+        # Each character adds at least one, so limit - len + 1 more characters either finish
+        # the value or overflow the cap (and cap_length marks the cut).
+        escaped += head[first : first + limit - len(escaped) + 1].translate(_ESCAPES)
+    return cap_length(escaped, limit)
 
 
 def cap_length(value: str, limit: int = MAX_VALUE_LENGTH) -> str:
@@ -229,12 +251,6 @@ def _as_text(value: object, acc: Sanitized) -> str | None:
         return bytes(value).decode("utf-8", "backslashreplace")
 
 
-def _finish(text: str, limit: int) -> str:
-    """Escape then cap: the exported form of a value that is not a secret."""
-    # limit + 1 characters: enough for cap_length to see (and mark) a cut.
-    return cap_length(escape_control(text[: limit + 1]), limit)
-
-
 class Redactor:
     """Sanitizes everything a caller hands to ``record()`` before it becomes an attribute.
 
@@ -284,7 +300,7 @@ class Redactor:
         if is_known_secret(window) if identifier else looks_like_secret(window):
             acc.count += 1
             return REDACTED
-        clean = _finish(window, limit)
+        clean = escape_and_cap(window, limit)
         if cache_key is not None and len(text) <= _CLEAN_CACHE_MAX_LENGTH:
             if len(self._clean) >= _CLEAN_CACHE_SIZE:
                 self._clean.clear()  # bounded whatever attackers send
@@ -357,7 +373,7 @@ class Redactor:
                     + (repr(raw_key) if raw_key == "" else type(raw_key).__name__)
                 )
                 continue
-            key = prefix + cap_length(escape_control(raw_key[:MAX_KEY_LENGTH]), MAX_KEY_LENGTH)
+            key = prefix + escape_and_cap(raw_key, MAX_KEY_LENGTH)
             if raw_key.lower() in ("jti", "token_jti", "jwt_id") or key == attr.TOKEN_JTI_PREFIX:
                 self._jti(raw_value, out, acc)
                 continue

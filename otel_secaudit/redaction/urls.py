@@ -11,8 +11,8 @@ in the input.
 
 from __future__ import annotations
 
+import re
 from typing import Final
-from urllib.parse import unquote, unquote_plus
 
 from .pipeline import (
     MAX_VALUE_LENGTH,
@@ -22,7 +22,7 @@ from .pipeline import (
     looks_like_secret,
     scan_window,
 )
-from .rules import DEFAULT_KEY_RULES, KeyRules
+from .rules import DEFAULT_KEY_RULES, MAX_KEY_LENGTH, KeyRules
 
 __all__ = [
     "MAX_QUERY_LENGTH",
@@ -35,6 +35,7 @@ __all__ = [
 #: Characters of a query string that are scanned and kept; a longer query is cut at the last
 #: ``&`` before this and marked with ``...[truncated]``.
 MAX_QUERY_LENGTH: Final = 4096
+_LONE_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 #: Values that are already a redaction marker (contrib writes ``REDACTED``) are left alone.
 _MARKERS: Final = frozenset({"REDACTED", REDACTED, "%5BREDACTED%5D", "%5bREDACTED%5d"})
 #: Path parameter names that are identifiers: checked against known secret formats only.
@@ -48,20 +49,41 @@ def _text(raw: bytes | str) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def percent_decode(component: str, *, plus: bool = True) -> str:
+    """``component`` percent-decoded as UTF-8 (invalid sequences become U+FFFD, a ``%`` not
+    followed by two hex digits stays as it is), ``+`` as a space when ``plus``: what
+    ``urllib.parse.unquote_plus`` returns, in a fixed number of C-level passes.
+
+    ``unquote`` loops in Python once per ``%``, so ``%41%41...`` would cost ~10x a benign
+    value of the same length; here every step is a ``str``/``bytes`` method or a regex
+    substitution with a constant replacement."""
+    if "%" not in component:
+        return component.replace("+", " ") if plus else component
+    if plus:
+        component = component.replace("+", " ")
+    # Backslashes become escapes, lone % a literal percent: then every backslash in the text is
+    # the start of a \xNN escape and the unicode_escape codec decodes them all at once.
+    component = _LONE_PERCENT.sub("%25", component.replace("\\", "%5C"))
+    escaped = component.replace("%", "\\x").encode("utf-8", "surrogatepass")
+    raw = escaped.decode("unicode_escape").encode("latin-1")
+    return raw.decode("utf-8", "replace")
+
+
 def _decode_component(component: str) -> str:
     """A query name or value as the application sees it (``+`` is a space, ``%XX`` decoded)."""
-    if "%" in component or "+" in component:
-        return unquote_plus(component, errors="replace")
-    return component
+    return percent_decode(component)
 
 
 def _pair_is_secret(name: str, value: str, rules: KeyRules) -> bool:
-    decoded_name = _decode_component(name[:MAX_QUERY_LENGTH])
-    if rules.is_secret_query_name(decoded_name):
+    # Cheapest checks first: most pairs are short, with plain names (decoded only if encoded).
+    if "%" in name or "+" in name:
+        name = _decode_component(name[: 3 * MAX_KEY_LENGTH])
+    if rules.is_secret_query_name(name):
         return True
-    if len(value) < 8 and len(decoded_name) < 8:
-        return False  # nothing that short is shaped like a secret
-    return looks_like_secret(_decode_component(value)) or looks_like_secret(decoded_name)
+    # Decoding never lengthens a value, and nothing shorter than 8 is shaped like a secret.
+    if len(value) >= 8 and looks_like_secret(_decode_component(value)):
+        return True
+    return len(name) >= 16 and looks_like_secret(name)
 
 
 def _cut(query: str) -> tuple[str, bool]:
@@ -105,7 +127,11 @@ def scrub_query(raw: bytes | str, rules: KeyRules = DEFAULT_KEY_RULES) -> tuple[
 
 
 def scrub_url(
-    url: str, raw_query: bytes | str | None, *, rules: KeyRules = DEFAULT_KEY_RULES
+    url: str,
+    raw_query: bytes | str | None,
+    *,
+    rules: KeyRules = DEFAULT_KEY_RULES,
+    scrubbed: tuple[str, int] | None = None,
 ) -> str:
     """Rebuild a URL attribute (``http.url``, ``url.full``, ``http.target``) from the raw query.
 
@@ -114,18 +140,18 @@ def scrub_url(
     secret and needs no cut; otherwise everything before the first ``?`` of ``url`` followed by
     ``?`` and :func:`scrub_query` of ``raw_query`` (so secrets are found in the raw bytes, and
     nothing after the ``?`` of the decoded form, such as a ``#`` that was ``%23``, survives).
-    A ``url`` without ``?`` is returned unchanged.
+    A ``url`` without ``?`` is returned unchanged. Pass ``scrubbed``, the result of
+    :func:`scrub_query` for this ``raw_query``, when you already have it (one scan per request).
     """
     if not raw_query:
         return url
     base, sep, _ = url.partition("?")
     if not sep:
         return url
-    raw_text = _text(raw_query)
-    scrubbed, count = scrub_query(raw_text, rules)
-    if count == 0 and scrubbed == raw_text:
+    query, count = scrubbed if scrubbed is not None else scrub_query(raw_query, rules)
+    if count == 0 and not query.endswith(TRUNCATED_MARK):
         return url
-    return base + "?" + scrubbed
+    return base + "?" + query
 
 
 def is_secret_header(name: str, rules: KeyRules = DEFAULT_KEY_RULES) -> bool:
@@ -157,7 +183,7 @@ def _is_multi_segment(segment: str) -> bool:
 
 
 def _segment_is_secret(name: str, segment: str, rules: KeyRules) -> bool:
-    value = scan_window(unquote(segment, errors="replace"), MAX_VALUE_LENGTH)
+    value = scan_window(percent_decode(segment, plus=False), MAX_VALUE_LENGTH)
     if name and rules.is_secret_query_name(name):
         return True
     lowered = name.lower()
