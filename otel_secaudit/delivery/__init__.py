@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -73,8 +74,9 @@ class Delivery:
     """What :func:`attach` set up for one recorder.
 
     Args:
-        logger_provider: the provider the recorder's log records go to.
-        meter_provider: the provider of the recorder's counters.
+        logger_provider: the provider the recorder's log records go to (None: the global one,
+            looked up when flushing, so a provider installed later is flushed too).
+        meter_provider: the provider of the recorder's counters (None: the global one).
         spool: the spooling processor when durable delivery is on (its provider is
             ``logger_provider`` then).
     """
@@ -103,7 +105,11 @@ class Delivery:
         ``timeout_millis`` in all. True when everything finished in time. Never raises."""
         deadline = time.monotonic() + max(0, timeout_millis) / 1000
         done = True
-        for provider in (self._logger_provider, self._meter_provider):
+        providers = (
+            self._logger_provider if self._logger_provider is not None else get_logger_provider(),
+            self._meter_provider if self._meter_provider is not None else get_meter_provider(),
+        )
+        for provider in providers:
             force_flush = getattr(provider, "force_flush", None)
             if not callable(force_flush):
                 continue
@@ -154,13 +160,17 @@ def attach(
     bad ``OTEL_EXPORTER_OTLP_PROTOCOL``) is logged and counted as an internal error
     (``spool.start``); records then go through the application's provider.
     """
-    delivery = Delivery(
-        logger_provider if logger_provider is not None else get_logger_provider(),
-        meter_provider if meter_provider is not None else get_meter_provider(),
-    )
+    delivery = Delivery(logger_provider, meter_provider)
     delivery._on_error = recorder.internal_error
     spool_dir = getattr(recorder.settings, "spool_dir", None)
     if spool_dir is None or logger_provider is not None:
+        if not _sdk_drop_metrics_enabled():
+            _log.info(
+                "otel_secaudit: security log records go through the application's log pipeline; "
+                "records it drops are counted only with OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED"
+                "=true (the SDK's otel.sdk.processor.log.processed) or an exporter wrapped in "
+                "DropCountingLogExporter; OTEL_SECAUDIT_SPOOL_DIR makes delivery durable"
+            )
         return delivery
     try:
         provider, processor = create_spool_logger_provider(
@@ -182,3 +192,7 @@ def attach(
     delivery.spool = processor
     delivery._logger_provider = provider
     return delivery
+
+
+def _sdk_drop_metrics_enabled() -> bool:
+    return os.environ.get("OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED", "").strip().lower() == "true"
