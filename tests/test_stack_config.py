@@ -763,3 +763,114 @@ def test_grafana_provisioning_matches_compose_mounts(compose: dict[str, Any]) ->
     used |= {t["datasource"]["uid"] for _, t in dashboard_targets()}
     used |= {v["datasource"]["uid"] for v in dashboard["templating"]["list"] if "datasource" in v}
     assert used and used <= provisioned
+
+
+# --------------------------------------------------------------------------------------------
+# Collector: evidence that survives sampling (tail_sampling)
+
+# The tail_sampling processor's configuration keys, from the contrib processor's schema
+# (processor/tailsamplingprocessor/config.schema.yaml: the top-level properties and, per
+# policy type, the properties of its *_cfg definition).
+TAIL_SAMPLING_KEYS = frozenset(
+    {
+        "block_on_overflow",
+        "decision_cache",
+        "decision_wait",
+        "decision_wait_after_root_received",
+        "drop_pending_traces_on_shutdown",
+        "expected_new_traces_per_sec",
+        "maximum_trace_size_bytes",
+        "num_traces",
+        "policies",
+        "sample_on_first_match",
+        "sampling_strategy",
+    }
+)
+DECISION_CACHE_KEYS = frozenset({"sampled_cache_size", "non_sampled_cache_size"})
+POLICY_KEYS: dict[str, frozenset[str]] = {
+    "always_sample": frozenset(),
+    "latency": frozenset({"threshold_ms", "upper_threshold_ms"}),
+    "numeric_attribute": frozenset({"key", "min_value", "max_value", "invert_match"}),
+    "probabilistic": frozenset({"hash_salt", "sampling_percentage"}),
+    "status_code": frozenset({"status_codes"}),
+    "string_attribute": frozenset(
+        {"key", "values", "enabled_regex_matching", "cache_max_size", "invert_match"}
+    ),
+    "boolean_attribute": frozenset({"key", "value", "invert_match"}),
+    "rate_limiting": frozenset({"spans_per_second"}),
+    "bytes_limiting": frozenset({"bytes_per_second", "burst_capacity"}),
+    "span_count": frozenset({"min_spans", "max_spans"}),
+    "trace_state": frozenset({"key", "values"}),
+    "ottl_condition": frozenset({"error_mode", "span", "spanevent"}),
+}
+ENV_WITH_DEFAULT = re.compile(r"^\$\{env:([A-Z_][A-Z0-9_]*):-([0-9.]+)\}$")
+
+
+def _duration_seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", value)
+    assert match, value
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[match.group(2)]
+
+
+def test_tail_sampling_follows_the_contrib_schema(collector: dict[str, Any]) -> None:
+    (sampler_id,) = [p for p in collector["processors"] if component_type(p) == "tail_sampling"]
+    sampler = collector["processors"][sampler_id]
+    assert set(sampler) <= TAIL_SAMPLING_KEYS
+    assert set(sampler["decision_cache"]) <= DECISION_CACHE_KEYS
+    assert 1 <= _duration_seconds(sampler["decision_wait"]) <= 120
+    assert isinstance(sampler["num_traces"], int) and sampler["num_traces"] > 0
+    names = [policy["name"] for policy in sampler["policies"]]
+    assert len(names) == len(set(names))
+    for policy in sampler["policies"]:
+        kind = policy["type"]
+        assert kind in POLICY_KEYS, policy
+        extra = set(policy) - {"name", "type", kind}
+        assert not extra, (policy["name"], extra)
+        if POLICY_KEYS[kind]:
+            assert set(policy[kind]) <= POLICY_KEYS[kind], policy["name"]
+        if kind == "ottl_condition":
+            assert policy[kind]["error_mode"] in {"ignore", "silent", "propagate"}
+            conditions = policy[kind].get("span", []) + policy[kind].get("spanevent", [])
+            assert conditions and all(isinstance(c, str) for c in conditions)
+
+
+def test_tail_sampling_keeps_every_security_trace_and_a_share_of_the_rest(
+    collector: dict[str, Any],
+) -> None:
+    pipelines = collector["service"]["pipelines"]
+    processors = pipelines["traces"]["processors"]
+    # After the scrub (it sees what leaves), before the batch (it needs whole traces).
+    assert processors.index("transform/scrub") < processors.index("tail_sampling/evidence")
+    assert processors.index("tail_sampling/evidence") < processors.index("batch")
+    policies = {p["name"]: p for p in collector["processors"]["tail_sampling/evidence"]["policies"]}
+    conditions = [
+        condition
+        for policy in policies.values()
+        if policy["type"] == "ottl_condition"
+        for condition in policy["ottl_condition"].get("spanevent", [])
+    ]
+    assert f'attributes["{attr.EVENT_OUTCOME}"] == "failure"' in conditions
+    assert f'attributes["{attr.EVENT_NAME}"] != nil' in conditions
+    refused = policies["refused-request"]["ottl_condition"]["span"]
+    for status in (401, 403, 429):
+        assert f'attributes["{attr.HTTP_STATUS}"] == {status}' in refused
+    share = policies["baseline-share"]["probabilistic"]["sampling_percentage"]
+    match = ENV_WITH_DEFAULT.match(share)
+    assert match, share  # configurable through the collector's environment, with a default
+    assert 0 <= float(match.group(2)) <= 100
+    # No policy may drop or rate-limit: evidence is never thrown away to save space.
+    assert not {p["type"] for p in policies.values()} & {"drop", "rate_limiting", "and"}
+
+
+def test_two_tier_load_balancing_alternative_is_documented() -> None:
+    text = COLLECTOR.read_text(encoding="utf-8")
+    commented = "\n".join(
+        line.split("#", 1)[1][3:] for line in text.splitlines() if line.lstrip().startswith("#   ")
+    )
+    assert "routing_key: traceID" in commented and "loadbalancing:" in commented
+    block = commented[commented.index("exporters:\n  loadbalancing:") :]
+    block = block[: block.index("\n\n")] if "\n\n" in block else block
+    parsed = yaml.safe_load(block.split("\n# tier 2")[0])
+    balancer = parsed["exporters"]["loadbalancing"]
+    assert balancer["routing_key"] == "traceID"
+    assert component_type("loadbalancing") in CONTRIB_COMPONENTS["exporters"]
