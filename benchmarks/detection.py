@@ -142,10 +142,19 @@ def submit_costs(url: str, block: int, pairs: int) -> list[tuple[str, str, str, 
 # -- Redis throughput -----------------------------------------------------------------------------
 
 
+def flush_db(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
 def redis_arm(url: str, batch: list[Violation], max_keys: int) -> Callable[[], float]:
     """Violations/s through a Redis detector: first submit until flush() returns."""
 
     def run() -> float:
+        flush_db(url)  # each run starts from an empty store
         recorder = SecurityRecorder(Settings.load(environ={}, store=url, max_keys=max_keys))
         detector = AbuseDetector(recorder, queue_size=len(batch) + 1)
         try:

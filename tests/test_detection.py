@@ -671,3 +671,27 @@ def test_user_violations_counts_the_window(make_sdk, clock, detectors):
     assert detector.user_violations("alice") == 2  # the first is 60 s old now
     assert detector.user_violations("bob") == 0
     assert detector.user_violations("") == 0
+
+
+def test_worker_restarts_in_a_forked_child(make_sdk, detectors):
+    """Under a pre-forking server the detector is built in the master; fork() keeps only the
+    calling thread, so the runtime's fork hook restarts the worker in the child."""
+    sdk = make_sdk(host_threshold=2, block_seconds=1)
+    detector = AbuseDetector(sdk.recorder)
+    detectors.append(detector)
+    assert detector.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 when blocks still start and end
+        code = 1
+        try:
+            detector.after_fork_in_child()
+            detector.submit(violation(0))
+            detector.submit(violation(1))
+            blocked = detector.is_blocked(ADDRESS) > 0
+            time.sleep(1.1)
+            if blocked and detector.flush(5) and detector.is_blocked(ADDRESS) == 0.0:
+                code = 0 if detector.stats["blocked_keys"] == 0 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

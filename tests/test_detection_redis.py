@@ -422,3 +422,25 @@ def test_user_violations_read_from_redis(make_sdk, redis_url, detectors):
     assert b.user_violations("carol") == 3  # another instance sees them
     clock.advance(61)
     assert b.user_violations("carol") == 0
+
+
+def test_lowered_key_cap_is_reached_over_a_few_batches(redis_url):
+    """Evictions per call are bounded (the batch's keys + 1,000), so lowering MAX_KEYS never
+    makes one script stall the server; the cap is still reached."""
+    policy = Policy(host_threshold=5, window_seconds=600)
+    roomy, tight = build_store(redis_url, max_keys=10**9), build_store(redis_url, max_keys=100)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        roomy.apply(
+            [Hit(f"10.2.{i // 256}.{i % 256}", None, "a.b", "", T0) for i in range(3000)], policy
+        )
+        sizes = []
+        for step in range(4):
+            tight.apply([Hit("10.3.0.1", None, "a.b", "", T0 + 1 + step)], policy)
+            sizes.append(client.zcard("{secaudit:abuse}:seen:host"))
+        assert sizes == [3001 - 1001, 2000 - 1001, 100, 100]  # 10.3.0.1 is seen again
+        assert _keys(client, "{secaudit:abuse}:w:host:*") == 100
+    finally:
+        roomy.close()
+        tight.close()
+        client.close()

@@ -61,8 +61,6 @@ class HandOff(Generic[T]):
         self._tick_interval = tick_interval
         self._name = name
         self._queue: deque[T | _Marker] = deque()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.start()
 
@@ -78,8 +76,10 @@ class HandOff(Generic[T]):
     # -- lifecycle
 
     def start(self) -> None:
-        """Start the worker (also after ``fork()``, where the parent's thread does not exist)."""
-        self._stop.clear()
+        """Start the worker (also after ``fork()``, where the parent's thread does not exist;
+        fresh events then, as the parent's may have been mid-use)."""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 

@@ -85,11 +85,14 @@ for i = 8, #ARGV do
 end
 
 -- The key cap, in the same round trip: forget keys not seen for a window (their windows have
--- expired), then the least recently seen beyond max_keys, with their state.
+-- expired), then the least recently seen beyond max_keys, with their state. At most 1,000 more
+-- evictions than this batch added keys, so a lowered OTEL_SECAUDIT_MAX_KEYS is reached over a
+-- few batches instead of one long script that would stall the server.
+local budget = #ARGV - 7 + 1000
 for scope, at in pairs(latest) do
   local seen = prefix .. 'seen:' .. scope
   redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. string.format('%.17g', at - window))
-  local excess = redis.call('ZCARD', seen) - max_keys
+  local excess = math.min(redis.call('ZCARD', seen) - max_keys, budget)
   if excess > 0 then
     local victims = redis.call('ZPOPMIN', seen, excess)
     for j = 1, #victims, 2 do
