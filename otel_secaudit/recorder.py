@@ -22,14 +22,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import Counter as Tally
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider, get_logger
 from opentelemetry.context import Context
-from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Meter,
+    MeterProvider,
+    Observation,
+    get_meter,
+    get_meter_provider,
+)
 from typing_extensions import TypedDict, Unpack
 
 from . import attributes as attr
@@ -53,6 +61,7 @@ _log = logging.getLogger("otel_secaudit")
 _FIELD_NAMES = frozenset({"outcome", "severity", "user_name", "attributes", *attr.FIELD_KEYS})
 _METRIC_ATTRIBUTE_CACHE_SIZE = 4096
 _USER_HASH_CACHE_SIZE = 4096
+_EVENT_TALLY_SIZE = 1024
 
 
 class SecAuditInputError(ValueError):
@@ -126,9 +135,7 @@ class SecurityRecorder:
         self._violations = meter.create_counter(
             attr.METRIC_VIOLATIONS, unit="{violation}", description="Security violations"
         )
-        self._events = meter.create_counter(
-            attr.METRIC_EVENTS, unit="{event}", description="Security events by outcome"
-        )
+        self._event_tally = _event_tally_for(meter_provider or get_meter_provider(), meter)
         self.abuse_signals = meter.create_counter(
             attr.METRIC_ABUSE_SIGNALS, unit="{signal}", description="Abuse escalations"
         )
@@ -140,7 +147,7 @@ class SecurityRecorder:
             unit="{error}",
             description="Errors inside otel_secaudit (never raised into the application)",
         )
-        self._metric_attributes: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._metric_attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._user_hashes: dict[str, str] = {}
         self._logged_errors: set[str] = set()
         self.stats = RecorderStats()
@@ -359,9 +366,15 @@ class SecurityRecorder:
     def _set_text(
         self, attributes: dict[str, Any], key: str, value: object, acc: Sanitized
     ) -> None:
-        """Sanitize a caller- or request-supplied value into ``attributes[key]``."""
+        """Sanitize a caller- or request-supplied value into ``attributes[key]``.
+
+        Identifiers (user.id, tenant and resource ids) are redacted only when they contain a
+        known secret format (CONTRACT section 3); everything else is free text."""
         limit = MAX_USER_AGENT_LENGTH if key == attr.USER_AGENT else MAX_VALUE_LENGTH
-        text = self._redactor.text(value, acc, limit)
+        if key in (attr.USER_ID, attr.TENANT_ID, attr.TENANT_REQUESTED_ID, attr.RESOURCE_ID):
+            text = self._redactor.identifier(value, acc, limit)
+        else:
+            text = self._redactor.text(value, acc, limit)
         if text is not None:
             attributes[key] = text
 
@@ -385,6 +398,11 @@ class SecurityRecorder:
                 attributes[attr.USER_NAME] = text
 
     def _count(self, spec: EventSpec) -> None:
+        self._event_tally.add(spec.name, spec.outcome)
+        if spec.is_violation:
+            self._violations.add(1, self._violation_attributes(spec))
+
+    def _violation_attributes(self, spec: EventSpec) -> dict[str, Any]:
         # Metric attribute values come from the plugin's own request context, never from the
         # caller's attributes (free text there would become metric series and exemplars).
         request = current_request()
@@ -392,26 +410,73 @@ class SecurityRecorder:
         status = request.status_code if request is not None else None
         cache_key = (spec.name, route, status)
         cached = self._metric_attributes.get(cache_key)
-        if cached is None:
-            event_attrs = {attr.EVENT_NAME: spec.name, attr.EVENT_OUTCOME: spec.outcome}
-            violation_attrs: dict[str, Any] = {
-                attr.EVENT_NAME: spec.name,
-                attr.EVENT_CATEGORY: spec.category,
-            }
-            if route is not None:
-                violation_attrs[attr.HTTP_ROUTE] = route
-            if status is not None:
-                violation_attrs[attr.HTTP_STATUS] = status
-            if len(self._metric_attributes) >= _METRIC_ATTRIBUTE_CACHE_SIZE:
-                # Defence in depth: whatever an integration passes as route, metric series
-                # stay bounded; the log record keeps the real route.
-                violation_attrs[attr.HTTP_ROUTE] = "other"
-            else:
-                self._metric_attributes[cache_key] = (event_attrs, violation_attrs)
-            cached = (event_attrs, violation_attrs)
-        self._events.add(1, cached[0])
-        if spec.is_violation:
-            self._violations.add(1, cached[1])
+        if cached is not None:
+            return cached
+        attributes: dict[str, Any] = {
+            attr.EVENT_NAME: spec.name,
+            attr.EVENT_CATEGORY: spec.category,
+        }
+        if route is not None:
+            attributes[attr.HTTP_ROUTE] = route
+        if status is not None:
+            attributes[attr.HTTP_STATUS] = status
+        if len(self._metric_attributes) >= _METRIC_ATTRIBUTE_CACHE_SIZE:
+            # Defence in depth: whatever an integration passes as route, metric series stay
+            # bounded; the log record keeps the real route.
+            attributes[attr.HTTP_ROUTE] = "other"
+        else:
+            self._metric_attributes[cache_key] = attributes
+        return attributes
+
+
+class _EventTally:
+    """``security.events``, tallied in-process and reported by an asynchronous counter.
+
+    ``security.events`` is ``security.violations``' twin without route and status: counting it
+    through a second synchronous counter doubled the SDK's per-event metric cost (an
+    aggregation lookup and an exemplar each). Same name, unit and points; no exemplars (those
+    are on ``security.violations``, where they point at the evidence). One tally per meter
+    provider, shared by every recorder built on it: the SDK keeps only the first callback of
+    an instrument registered twice, and a counter is cumulative across replaced recorders.
+    """
+
+    def __init__(self, meter: Meter) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[tuple[str, str], int] = {}
+        meter.create_observable_counter(
+            attr.METRIC_EVENTS,
+            callbacks=[self._observe],
+            unit="{event}",
+            description="Security events by outcome",
+        )
+
+    def add(self, name: str, outcome: str) -> None:
+        key = (name, outcome)
+        with self._lock:
+            counts = self._counts
+            if key not in counts and len(counts) >= _EVENT_TALLY_SIZE:
+                key = ("other", outcome)  # custom names come from code, but stay bounded
+            counts[key] = counts.get(key, 0) + 1
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            counts = list(self._counts.items())
+        return [
+            Observation(count, {attr.EVENT_NAME: name, attr.EVENT_OUTCOME: outcome})
+            for (name, outcome), count in counts
+        ]
+
+
+_event_tallies: weakref.WeakKeyDictionary[Any, _EventTally] = weakref.WeakKeyDictionary()
+_event_tallies_lock = threading.Lock()
+
+
+def _event_tally_for(provider: Any, meter: Meter) -> _EventTally:
+    with _event_tallies_lock:
+        tally = _event_tallies.get(provider)
+        if tally is None:
+            tally = _event_tallies[provider] = _EventTally(meter)
+        return tally
 
 
 def _detection_key(value: object) -> str | None:

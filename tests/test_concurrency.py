@@ -16,7 +16,7 @@ from starlette.routing import Route
 import otel_secaudit
 from otel_secaudit import SecurityRecorder, Settings, runtime
 from otel_secaudit.asgi import SecAuditMiddleware
-from otel_secaudit.spool import LOG_RECORD_UID
+from otel_secaudit.delivery import LOG_RECORD_UID
 
 from .conftest import SDK
 from .test_spool import FlakyExporter
@@ -94,7 +94,7 @@ def test_threads_and_asyncio_counts_exact(make_sdk: Any) -> None:
 def test_threads_and_asyncio_with_the_spool(tmp_path: Path, make_sdk: Any) -> None:
     sdk: SDK = make_sdk(strict=False)  # for the meter provider and the previous recorder
     exporter = FlakyExporter(failures=3)
-    from otel_secaudit.spool import create_spool_logger_provider
+    from otel_secaudit.delivery import create_spool_logger_provider
 
     provider, processor = create_spool_logger_provider(
         tmp_path / "spool",

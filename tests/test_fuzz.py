@@ -446,10 +446,8 @@ def test_middleware_metric_series_bounded_under_100k_routes() -> None:
         await send({"type": "http.response.start", "status": 403, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    middleware = SecAuditMiddleware(
-        Starlette(routes=[Route("/items/{item_id}", page)]), recorder=recorder
-    )
-    raw_middleware = SecAuditMiddleware(endpoint, recorder=recorder)  # no router: no template
+    middleware = SecAuditMiddleware(Starlette(routes=[Route("/items/{item_id}", page)]))
+    raw_middleware = SecAuditMiddleware(endpoint)  # no router: no template
     rng = random.Random(11)
 
     async def main() -> None:
@@ -483,7 +481,11 @@ def test_middleware_metric_series_bounded_under_100k_routes() -> None:
             )
         assert sent.count(403) == 100_000
 
-    asyncio.run(main())
+    previous = runtime.swap(runtime.Runtime(recorder))
+    try:
+        asyncio.run(main())
+    finally:
+        runtime.swap(previous)
     data = reader.get_metrics_data()
     series = [
         dict(point.attributes or {})
