@@ -105,10 +105,13 @@ def test_settings_never_echo_the_store_password():
 
 
 def test_redact_password():
-    assert redact_password("redis://:pw@h:1/0") == "redis://:***@h:1/0"
-    assert redact_password("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
-    assert redact_password("redis://pw@h:1/0") == "redis://***@h:1/0"
-    assert redact_password("redis://h:1/0?password=pw&db=1") == "redis://h:1/0?password=***&db=1"
+    assert redact_password("redis://:pw@h:1/0") == "redis://:[REDACTED]@h:1/0"
+    assert redact_password("redis+sentinel://u:p@w@h:1,g:2/m") == (
+        "redis+sentinel://u:[REDACTED]@h:1,g:2/m"
+    )
+    assert redact_password("redis://h:1/0?password=pw&db=1") == (
+        "redis://h:1/0?password=[REDACTED]&db=1"
+    )
     assert redact_password("redis://h:1/0") == "redis://h:1/0"
     assert has_hash_tag(DEFAULT_PREFIX) and not has_hash_tag("secaudit:{}:")
 

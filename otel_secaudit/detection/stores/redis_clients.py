@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ...config import ConfigError
+from ...config import ConfigError, redact_uri_password
 
 __all__ = [
     "CLUSTER",
@@ -68,44 +68,9 @@ SCHEMES: Final[Mapping[str, str]] = {
     "redis+cluster": CLUSTER,
 }
 
-_MASK: Final = "***"
-_SECRET_QUERY_KEYS: Final = frozenset({"password", "sentinel_password"})
-
-
-def redact_password(uri: str) -> str:
-    """``uri`` with the password (and a ``password=`` query value) replaced by ``***``.
-
-    ``redis://:s3cret@h:6379/0`` -> ``redis://:***@h:6379/0``. A user-info part without a
-    colon is masked whole (some clients read it as a password). Never raises.
-    """
-    try:
-        scheme, sep, rest = uri.partition("://")
-        if not sep:
-            return uri
-        netloc_end = len(rest)
-        for stop in "/?#":
-            index = rest.find(stop)
-            if index != -1:
-                netloc_end = min(netloc_end, index)
-        netloc, tail = rest[:netloc_end], rest[netloc_end:]
-        at = netloc.rfind("@")
-        if at != -1:
-            userinfo = netloc[:at]
-            user, colon, _ = userinfo.partition(":")
-            masked = f"{user}:{_MASK}" if colon else _MASK
-            netloc = masked + netloc[at:]
-        if "?" in tail:
-            path, _, query = tail.partition("?")
-            query, hash_mark, fragment = query.partition("#")
-            pairs = []
-            for pair in query.split("&"):
-                name, equals, _value = pair.partition("=")
-                secret = equals and unquote(name).lower() in _SECRET_QUERY_KEYS
-                pairs.append(f"{name}={_MASK}" if secret else pair)
-            tail = f"{path}?{'&'.join(pairs)}{hash_mark}{fragment}"
-        return f"{scheme}://{netloc}{tail}"
-    except Exception:  # redacting must never fail: hide everything after the scheme
-        return uri.split("://", 1)[0] + "://" + _MASK
+#: ``redact_password(uri)``: the URI with its password (user info, ``?password=``) masked;
+#: the one implementation is the config module's.
+redact_password: Final = redact_uri_password
 
 
 @dataclass(frozen=True)
