@@ -32,7 +32,7 @@ from .blocks import Refusal
 from .detector import AbuseDetector
 from .emission import BLOCK_COUNT, BLOCK_SECONDS
 from .keys import HostKeys
-from .stores import MemoryStore, Store, build_store, parse_store_uri
+from .stores import MemoryStore, RedisStore, Store, build_store, parse_store_uri
 from .window import HOST, USER, Crossing, Hit, KeyWindow, Policy
 
 __all__ = [
@@ -55,14 +55,6 @@ __all__ = [
     "enable_detection",
     "parse_store_uri",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RedisStore":  # imported on use: redis-py is an optional dependency
-        from .stores.redis import RedisStore
-
-        return RedisStore
-    raise AttributeError(name)
 
 
 def enable_detection(recorder: SecurityRecorder, tracer_provider: Any = None) -> AbuseDetector:

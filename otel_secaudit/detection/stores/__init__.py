@@ -15,6 +15,7 @@ from typing import Any
 
 from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, Housekeeping, Store
 from .memory import MemoryStore
+from .redis import RedisStore  # redis-py itself is imported only when a client is built
 
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
@@ -26,14 +27,6 @@ __all__ = [
     "build_store",
     "parse_store_uri",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "RedisStore":  # imported on use: redis-py is an optional dependency
-        from .redis import RedisStore
-
-        return RedisStore
-    raise AttributeError(name)
 
 
 def parse_store_uri(raw: str) -> str:
@@ -77,6 +70,4 @@ def build_store(
     uri = parse_store_uri(uri)
     if uri == "memory://":
         return MemoryStore(max_keys=max_keys, **options)
-    from .redis import RedisStore
-
     return RedisStore(uri, max_keys=max_keys, client=client, **options)

@@ -76,31 +76,22 @@ class MemoryStore:
     ) -> list[Crossing]:
         """Count one violation against its host and user keys; returns the crossings,
         usually none."""
-        with self._lock:
-            return self._count(host, user, name, trace_id, at, policy, blockable)
+        return self.apply((Hit(host, user, name, trace_id, at, blockable),), policy)
 
     def apply(self, hits: Sequence[Hit], policy: Policy) -> list[Crossing]:
         """Count ``hits`` in order, atomically; return the crossings."""
         out: list[Crossing] = []
         with self._lock:
             for hit in hits:
-                out += self._count(*hit[:5], policy, hit.blockable)
+                out += self._count(hit, policy)
         return out
 
-    def _count(
-        self,
-        host: str | None,
-        user: str | None,
-        name: str,
-        trace_id: str,
-        at: float,
-        policy: Policy,
-        blockable: bool,
-    ) -> list[Crossing]:
+    def _count(self, hit: Hit, policy: Policy) -> list[Crossing]:
         # caller holds the lock
         self.violations += 1
         crossings: list[Crossing] = []
         window = policy.window_seconds
+        host, user, name, trace_id, at, blockable = hit
         if host:
             blocking = blockable and policy.block_seconds > 0
             block = self._blocks.get(host) if blocking else None
