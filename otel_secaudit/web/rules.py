@@ -52,6 +52,7 @@ _HTTP_METHODS: Final = frozenset(
 )
 _MAX_RULE_LENGTH: Final = 512
 _PARAM: Final = re.compile(r"\{[^{}/]*\}")
+_STATUS_TOKEN: Final = re.compile(r"\A(?:\d+|[1-9][xX][xX]):")
 
 
 class RuleError(ValueError):
@@ -113,7 +114,7 @@ class RouteTemplate:
 
 def _split_method_route(tokens: list[str], rule: str) -> tuple[str | None, RouteTemplate | None]:
     if len(tokens) > 2:
-        raise RuleError(f"bad rule {rule!r}: expected [METHOD] [ROUTE] STATUS:EVENT")
+        raise RuleError(f"bad rule {rule!r}: expected [METHOD] [ROUTE] STATUS:event.name")
     method: str | None = None
     route: RouteTemplate | None = None
     if len(tokens) == 2:
@@ -162,10 +163,16 @@ class StatusRule:
         rule = text.strip()
         if len(rule) > _MAX_RULE_LENGTH:
             raise RuleError(f"rule too long ({len(rule)} characters): {rule[:60]!r}...")
-        *head, last = rule.split() or [""]
-        status_text, sep, event = last.partition(":")
-        if not sep or not event:
-            raise RuleError(f"bad rule {rule!r}: expected [METHOD] [ROUTE] STATUS:EVENT")
+        tokens = rule.split()
+        # STATUS:EVENT is the first token shaped like a status (a route may hold ':' too);
+        # whatever follows it is the event name, so "401:not a name" says the name is wrong.
+        at = next((i for i, token in enumerate(tokens) if _STATUS_TOKEN.match(token)), None)
+        if at is None:
+            raise RuleError(f"bad rule {rule!r}: expected [METHOD] [ROUTE] STATUS:event.name")
+        head = tokens[:at]
+        status_text, _, event = " ".join(tokens[at:]).partition(":")
+        if not event:
+            raise RuleError(f"bad rule {rule!r}: expected [METHOD] [ROUTE] STATUS:event.name")
         status, is_class = _parse_status(status_text, rule)
         method, route = _split_method_route(head, rule)
         failure = (status if is_class else status // 100) >= 4
