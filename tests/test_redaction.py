@@ -471,7 +471,8 @@ def test_known_secret_anywhere_in_an_identifier_is_redacted(
 
 
 @pytest.mark.parametrize(
-    "variant", ["alice", "Alice", " Alice ", "ALICE", "ａｌｉｃｅ", "ＡＬＩＣＥ", "aｌice", "\u3000alice\t"]
+    "variant",
+    ["alice", "Alice", " Alice ", "ALICE", "ａｌｉｃｅ", "ＡＬＩＣＥ", "aｌice", "\u3000alice\t"],
 )
 def test_hash_identity_is_nfkc_trimmed_casefolded(variant: str) -> None:
     assert hash_identity(b"k" * 32, variant) == hash_identity(b"k" * 32, "alice")
@@ -586,8 +587,13 @@ def test_keys_that_only_contain_a_short_secret_word(key: str) -> None:
     assert not is_secret_key(key), key
 
 
-@pytest.mark.parametrize("name", ["code", "state", "key", "hmac", "pin", "refresh", "sig",
-                                  "nonce", "code_verifier", "X-Amz-Signature", "access_token"])  # fmt: skip
+SECRET_QUERY_NAMES = [
+    "code", "state", "key", "hmac", "pin", "refresh", "sig", "nonce", "code_verifier",
+    "X-Amz-Signature", "access_token",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SECRET_QUERY_NAMES)
 def test_secret_query_names(name: str) -> None:
     assert is_secret_query_name(name)
 
@@ -748,9 +754,7 @@ def test_scrub_query_changes_only_the_secret_value(
     at = min(secret_at, len(pairs))
     with_secret = pairs[:at] + [(secret_name, quote(secret))] + pairs[at:]
     raw = "&".join(f"{n}={v}" for n, v in with_secret)
-    expected = "&".join(
-        f"{n}={REDACTED if i == at else v}" for i, (n, v) in enumerate(with_secret)
-    )
+    expected = "&".join(f"{n}={REDACTED if i == at else v}" for i, (n, v) in enumerate(with_secret))
     assert scrub_query(raw.encode()) == (expected, 1)
 
 
