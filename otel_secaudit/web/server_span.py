@@ -40,7 +40,7 @@ def _scrub_url_attributes(span: Any, attributes: Any, raw: bytes | str) -> None:
     for key in URL_ATTRIBUTES:
         value = attributes.get(key)
         if isinstance(value, str) and "?" in value:
-            cleaned = scrub_url(value, raw)
+            cleaned = scrub_url(value, raw, scrubbed=(scrubbed, count))
             if cleaned != value:
                 span.set_attribute(key, cleaned)
 
