@@ -329,3 +329,29 @@ def test_login_route_brute_force_with_one_variable(otlp_receiver: OTLPReceiver) 
     raw = otlp_receiver.raw_bytes()
     for secret in (wrong, GOOD_PASSWORD, "victim@example.com"):
         assert secret.encode() not in raw
+
+
+@pytest.mark.parametrize("semconv", ["", "http", "http/dup"])
+def test_query_secrets_scrubbed_from_the_raw_query(
+    otlp_receiver: OTLPReceiver, semconv: str
+) -> None:
+    """Old, stable and duplicated semantic conventions: secrets found in the raw query (never in
+    contrib's percent-decoded http.url), every other parameter exported as it was sent."""
+    served = start_app(otlp_receiver, extra_env={"OTEL_SEMCONV_STABILITY_OPT_IN": semconv})
+    query = (
+        "next=%2Fhome%23top&token=TOKSECRET1234&password=a%26b%3DPWSECRET"
+        "&sig=SIGSECRET5678&code=CODESECRET9&state=STATESECRET7&page=2"
+    )
+    try:
+        assert httpx.get(f"{served.base_url}/forbidden?{query}").status_code == 403
+        wait_for(lambda: server_spans(otlp_receiver), timeout=20)
+    finally:
+        served.stop()
+    raw = otlp_receiver.raw_bytes()
+    for secret in ("TOKSECRET1234", "PWSECRET", "SIGSECRET5678", "CODESECRET9", "STATESECRET7"):
+        assert secret.encode() not in raw, secret
+    (span,) = server_spans(otlp_receiver).values()
+    urls = [v for k, v in span.attributes.items() if k in ("http.url", "url.query", "url.full")]
+    assert urls
+    for value in urls:
+        assert "next=%2Fhome%23top" in value and "page=2" in value, value
