@@ -15,6 +15,7 @@ import random
 import re
 import secrets
 import string
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -41,9 +42,11 @@ from otel_secaudit.asgi import SecAuditMiddleware
 
 from .conftest import SDK, http_scope
 
-# C0 and C1 controls, DEL, line/paragraph separators, bidi overrides and isolates: the
-# characters that forge or hide log lines.
-FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls, DEL, line/paragraph separators, bidi marks, overrides and isolates,
+# zero-width characters and the Arabic letter mark: the characters that forge or hide log lines.
+FORBIDDEN = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 SECRET_ALPHABET = string.ascii_letters + string.digits
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -126,6 +129,7 @@ nasty_text = st.one_of(
             "admin\nINFO fake log line",
             "x\r\n\r\nHTTP/1.1 200 OK",
             "\u202etxt.exe",
+            "adm\u200bin\u2066\u061c\u200f",
             "\x1b[31mred\x1b[0m",
             "a\u2028b\u2029c",
             "\x00\x7f\x85\x9f",
@@ -506,3 +510,110 @@ def test_middleware_metric_series_bounded_under_100k_routes() -> None:
         for point in metric.data.data_points
     )
     assert total_events == 100_000  # bounded series, exact counts
+
+
+# -- redaction: hostile regex inputs, identifiers, query strings ---------------------------------
+
+#: Fragments that make naive secret scanners backtrack or loop per character.
+HOSTILE_FRAGMENTS = [
+    "eyJ", "eyJhbGci.", "-----BEGIN ", "PRIVATE KEY", "a=b&", "%", "%41", ":", "@", "://a:",
+    "0123456789abcdef", "aB3dE6gH9jK1mN4p", "4111 ", "bearer ", "token=", "\u202e", "\u200b",
+    "\x00", "é", "😀", " ", "/", "sk-", "ghp_", "AKIA", "=",
+]  # fmt: skip
+hostile_value = st.tuples(
+    st.lists(st.sampled_from(HOSTILE_FRAGMENTS), min_size=1, max_size=5),
+    st.integers(min_value=256, max_value=64 * 1024),
+).map(lambda pair: ("".join(pair[0]) * (pair[1] // len("".join(pair[0])) + 1))[: pair[1]])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value=hostile_value,
+    field=st.sampled_from(["reason", "user_agent", "user_id", "tenant_id", "resource_id"]),
+)
+def test_record_with_hostile_patterns_is_fast_and_clean(
+    fuzz_sdk: SDK, value: str, field: str
+) -> None:
+    """Up to 64 KiB of repeated hostile fragments in any field or attribute: record() stays in
+    the low milliseconds (quadratic scanners took seconds) and exports no raw control or bidi
+    character."""
+    clear(fuzz_sdk)
+    start = time.process_time()
+    otel_secaudit.record(
+        "authz.permission_denied",
+        attributes={"note": value, value[:40] or "k": "v"},
+        **{field: value},  # type: ignore[arg-type]
+    )
+    assert time.process_time() - start < 0.05
+    assert fuzz_sdk.logs()
+    assert_clean(fuzz_sdk, [])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    identifier=st.one_of(
+        st.uuids().map(lambda u: u.hex),
+        st.text("0123456789abcdef", min_size=16, max_size=64),
+        st.text(SECRET_ALPHABET, min_size=10, max_size=30).map(lambda s: "user_2" + s),
+    ),
+    field=st.sampled_from(["user_id", "tenant_id", "requested_tenant_id", "resource_id"]),
+)
+def test_identifiers_are_exported_as_given(fuzz_sdk: SDK, identifier: str, field: str) -> None:
+    """uuid4().hex, hex and Clerk-style ids go out unchanged in every identifier field."""
+    clear(fuzz_sdk)
+    otel_secaudit.record("authz.cross_tenant", **{field: identifier})  # type: ignore[arg-type]
+    attributes = fuzz_sdk.logs()[0].log_record.attributes
+    assert identifier in attributes.values()
+    assert "security.redacted.count" not in attributes
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    prefix=st.lists(
+        st.tuples(
+            st.from_regex(r"\A[a-z]{1,8}\Z"),
+            st.text(alphabet=string.ascii_letters + string.digits + "%+-._~/", max_size=20),
+        ),
+        max_size=6,
+    ),
+    hostile=st.sampled_from(["", "%", "eyJ" * 200, "a=b&" * 100, "%2F%23%26" * 50]),
+    encode_token=st.booleans(),
+)
+def test_middleware_scrubs_secrets_from_the_raw_query(
+    fuzz_sdk: SDK, prefix: list[tuple[str, str]], hostile: str, encode_token: bool
+) -> None:
+    """The raw query decides: ``next=%2Fhome%23top`` before the token, percent-encoded names,
+    hostile filler: the token and password never reach an exported span or log."""
+    secret = "Zq" + secrets.token_hex(12)
+    pairs = "&".join(f"{name}={value}" for name, value in prefix)
+    token_name = "%74oken" if encode_token else "token"
+    query = "&".join(
+        part
+        for part in (
+            pairs,
+            "next=%2Fhome%23top",
+            hostile,
+            f"{token_name}={secret}",
+            f"password={secret[:6]}%26{secret[6:]}",
+            "status=403",
+        )
+        if part
+    )
+    clear(fuzz_sdk)
+    app = traced(fuzz_app(), fuzz_sdk)
+
+    async def run() -> None:
+        scope = http_scope("/items/1", query=query.encode())
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            return None
+
+        await app(scope, receive, send)
+
+    asyncio.run(run())
+    wire = exported_bytes(fuzz_sdk)
+    for piece in (secret, secret[:6], secret[6:]):
+        assert piece.encode() not in wire, (query, piece)
