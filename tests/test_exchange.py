@@ -1,0 +1,119 @@
+"""The framework-independent request core, driven the way an adapter drives it (no framework):
+the protocol WSGI, Django and Flask adapters rely on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from otel_secaudit import runtime
+from otel_secaudit.context import request_scope
+from otel_secaudit.web.exchange import Exchange
+
+from .conftest import SDK
+
+
+def open_exchange(
+    headers: dict[str, list[str]] | None = None,
+    *,
+    method: str = "GET",
+    path: str = "/items/7",
+    route: str | None = "/items/{item_id}",
+    calls: list[str] | None = None,
+) -> Exchange:
+    seen = calls if calls is not None else []
+
+    def route_of() -> str | None:
+        seen.append("route")
+        return route
+
+    def user_id_of() -> str | None:
+        seen.append("user")
+        return "u-9"
+
+    return Exchange.open(
+        method=method,
+        path=path,
+        peer="10.1.2.3",
+        header=lambda name: (headers or {}).get(name, []),
+        user_agent="agent/1",
+        route_of=route_of,
+        user_id_of=user_id_of,
+    )
+
+
+def security_logs(sdk: SDK) -> list[Any]:
+    return [
+        log.log_record for log in sdk.logs() if log.instrumentation_scope.name == "otel_secaudit"
+    ]
+
+
+def test_status_event_with_the_request_context(sdk: SDK) -> None:
+    exchange = open_exchange()
+    with request_scope(exchange.request):
+        assert exchange.refusal() is None
+        exchange.respond(403)
+        exchange.respond(403)  # a second call is ignored
+    (record,) = security_logs(sdk)
+    assert record.event_name == "authz.permission_denied"
+    attrs = dict(record.attributes)
+    assert attrs["http.route"] == "/items/{item_id}"
+    assert attrs["url.path"] == "/items/7"
+    assert attrs["client.address"] == "10.1.2.3"
+    assert attrs["user.id"] == "u-9"
+    assert attrs["http.response.status_code"] == 403
+
+
+def test_nothing_is_resolved_for_an_unlisted_status(sdk: SDK) -> None:
+    calls: list[str] = []
+    exchange = open_exchange(calls=calls)
+    with request_scope(exchange.request):
+        exchange.respond(200)
+    assert security_logs(sdk) == []
+    assert calls == []  # route and user are looked up only when an event is recorded
+
+
+def test_failed_application_is_a_500(make_sdk: Any) -> None:
+    sdk = make_sdk(status_events="5xx:app.crashed")
+    exchange = open_exchange()
+    with request_scope(exchange.request):
+        exchange.failed()
+    (record,) = security_logs(sdk)
+    assert record.event_name == "app.crashed"
+    assert record.attributes["security.event.outcome"] == "failure"
+
+
+def test_login_protocol(make_sdk: Any) -> None:
+    sdk = make_sdk(login_routes="POST /session")
+    exchange = open_exchange(method="POST", path="/session", route="/session")
+    assert exchange.wants_login_body
+    with request_scope(exchange.request):
+        exchange.login_body("application/json", b'{"email": "Ann@Example.org", "password": "pw"}')
+        exchange.respond(401)
+    (record,) = security_logs(sdk)
+    assert record.event_name == "auth.login.failed"
+    assert record.attributes["security.reason"] == "http_401"
+    assert "user.hash" in record.attributes
+    assert not open_exchange(method="POST", path="/other").wants_login_body
+
+
+def test_trusted_proxy_header_is_asked_for_by_name(make_sdk: Any) -> None:
+    make_sdk(trusted_proxies="10.0.0.0/8", client_address_header="x-real-ip")
+    asked: list[str] = []
+
+    def header(name: str) -> list[str]:
+        asked.append(name)
+        return {"x-real-ip": ["203.0.113.5"], "x-forwarded-for": ["6.6.6.6"]}.get(name, [])
+
+    exchange = Exchange.open(method="GET", path="/", peer="10.0.0.1", header=header)
+    assert exchange.request.client_address == "203.0.113.5"
+    assert asked == ["x-real-ip"]
+
+
+def test_runtime_is_looked_up_once_per_exchange(make_sdk: Any) -> None:
+    first = make_sdk()
+    exchange = open_exchange()
+    second = make_sdk()
+    assert runtime.current() is second.runtime
+    with request_scope(exchange.request):
+        exchange.respond(403)
+    assert len(security_logs(first)) == 1 and security_logs(second) == []
