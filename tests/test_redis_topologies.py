@@ -98,8 +98,9 @@ def test_malformed_uri_is_a_config_error_naming_the_variable_without_the_passwor
 def test_settings_never_echo_the_store_password():
     with pytest.raises(ConfigError) as raised:
         Settings.load(environ={"OTEL_SECAUDIT_STORE": f"redis+cluster://:{SECRET}@n1:70000"})
-    assert "OTEL_SECAUDIT_STORE" in str(raised.value)
-    assert SECRET not in str(raised.value)
+    message = str(raised.value)
+    assert message.count("OTEL_SECAUDIT_STORE") == 1 and "bad port" in message
+    assert SECRET not in message
     settings = Settings.load(environ={"OTEL_SECAUDIT_STORE": f"redis://:{SECRET}@h:6379/0"})
     assert SECRET not in repr(settings)
 

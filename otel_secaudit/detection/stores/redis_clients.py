@@ -101,11 +101,13 @@ class RedisTarget:
         )
 
 
-def _error(uri: str, why: str, variable: str) -> ConfigError:
+def _error(uri: str, why: str, variable: str | None) -> ConfigError:
+    if variable is None:  # the caller (Settings.load) names the variable and shows the value
+        return ConfigError(why)
     return ConfigError(f"{variable}={redact_password(uri)!r}: {why}")
 
 
-def _locations(netloc: str, uri: str, variable: str) -> tuple[tuple[str, int], ...]:
+def _locations(netloc: str, uri: str, variable: str | None) -> tuple[tuple[str, int], ...]:
     # limits: everything after the '@' is host:port[,host:port...], each with a port
     hosts = netloc[netloc.rfind("@") + 1 :]
     out = []
@@ -132,7 +134,7 @@ def _credentials(netloc: str) -> tuple[str | None, str | None]:
     return (unquote(user) or None), (unquote(password) if colon else None)
 
 
-def _check_standalone(uri: str, scheme: str, variable: str) -> tuple[tuple[str, int], ...]:
+def _check_standalone(uri: str, scheme: str, variable: str | None) -> tuple[tuple[str, int], ...]:
     parts = urlsplit(uri)
     if scheme in ("unix", "redis+unix"):
         if not parts.path:
@@ -158,12 +160,13 @@ def _check_standalone(uri: str, scheme: str, variable: str) -> tuple[tuple[str, 
     return ((host, port),)
 
 
-def parse_redis_uri(uri: str, *, variable: str = STORE_VARIABLE) -> RedisTarget:
+def parse_redis_uri(uri: str, *, variable: str | None = STORE_VARIABLE) -> RedisTarget:
     """Parse a Redis store URI (see the module docstring); no network I/O.
 
     Raises:
         ConfigError: unknown scheme or malformed URI; the message names ``variable`` and
-            shows the URI with its password masked.
+            shows the URI with its password masked (with ``variable=None``, only what is
+            wrong: for a caller that names the variable itself, like ``Settings.load``).
     """
     uri = uri.strip()
     scheme = uri.partition("://")[0].lower() if "://" in uri else ""
