@@ -25,6 +25,7 @@ local window_ms = math.ceil(window * 1000)
 local packed = '^(%a+)\t([01])\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$'
 local out = {}
 local latest = {}
+local seen_members = {}  -- scope -> {score, member, ...}: one ZADD per scope and batch
 
 local function evidence(row, wkey)
   for _, entry in ipairs(redis.call('LRANGE', wkey, 0, -1)) do
@@ -54,7 +55,13 @@ for i = 8, #ARGV do
     local last = redis.call('HMGET', prefix .. 'b:' .. key, 'until', 'offences')
     since, offences = tonumber(last[1] or '0'), tonumber(last[2] or '0')
   end
-  redis.call('ZADD', prefix .. 'seen:' .. scope, at, key)
+  local members = seen_members[scope]
+  if members == nil then
+    members = {}
+    seen_members[scope] = members
+  end
+  members[#members + 1] = at_s
+  members[#members + 1] = key
   if latest[scope] == nil or at > latest[scope] then
     latest[scope] = at
   end
@@ -91,13 +98,21 @@ end
 local budget = #ARGV - 7 + 1000
 for scope, at in pairs(latest) do
   local seen = prefix .. 'seen:' .. scope
+  local members = seen_members[scope]
+  for j = 1, #members, 4000 do  -- unpack() has a stack limit: at most 2,000 members a call
+    redis.call('ZADD', seen, unpack(members, j, math.min(j + 3999, #members)))
+  end
   redis.call('ZREMRANGEBYSCORE', seen, '-inf', '(' .. string.format('%.17g', at - window))
   local excess = math.min(redis.call('ZCARD', seen) - max_keys, budget)
   if excess > 0 then
     local victims = redis.call('ZPOPMIN', seen, excess)
+    local doomed = {}
     for j = 1, #victims, 2 do
-      local wkey = prefix .. 'w:' .. scope .. ':' .. victims[j]
-      redis.call('DEL', wkey, prefix .. 's:' .. scope .. ':' .. victims[j])
+      doomed[#doomed + 1] = prefix .. 'w:' .. scope .. ':' .. victims[j]
+      doomed[#doomed + 1] = prefix .. 's:' .. scope .. ':' .. victims[j]
+    end
+    for j = 1, #doomed, 4000 do
+      redis.call('DEL', unpack(doomed, j, math.min(j + 3999, #doomed)))
     end
   end
   redis.call('PEXPIRE', seen, window_ms)
