@@ -242,3 +242,58 @@ def test_runserver_with_route_rules_written_with_and_without_a_leading_slash(
         "app.forbidden.hit": "forbidden/",
         "app.reports.denied": "reports/<int:year>/",
     }
+
+
+def test_instrument_inserts_after_contrib_and_uninstrument_restores_everything() -> None:
+    from django.conf import settings
+    from django.contrib.auth import signals
+    from django.core.handlers.base import BaseHandler
+
+    from otel_secaudit.web import django as adapter
+
+    if settings.configured:
+        pytest.skip("Django settings were configured elsewhere in this process")
+    original = [
+        "django.middleware.security.SecurityMiddleware",
+        adapter.CONTRIB_MIDDLEWARE,
+        "django.middleware.csrf.CsrfViewMiddleware",
+    ]
+    settings.configure(MIDDLEWARE=list(original), CSRF_FAILURE_VIEW="myapp.views.csrf")
+    load_middleware = BaseHandler.load_middleware
+    adapter.instrument_django()
+    try:
+        assert settings.MIDDLEWARE == [
+            original[0],
+            adapter.CONTRIB_MIDDLEWARE,
+            adapter.MIDDLEWARE_PATH,
+            original[2],
+        ]
+        assert settings.CSRF_FAILURE_VIEW == adapter.CSRF_VIEW_PATH
+        assert signals.user_login_failed.has_listeners()
+        assert BaseHandler.load_middleware is not load_middleware
+    finally:
+        adapter.uninstrument_django()
+    assert settings.MIDDLEWARE == original
+    assert settings.CSRF_FAILURE_VIEW == "myapp.views.csrf"
+    assert BaseHandler.load_middleware is load_middleware
+    assert not signals.user_login_failed.has_listeners()
+    assert not signals.user_logged_in.has_listeners()
+
+
+@pytest.mark.parametrize(
+    ("reason", "code"),
+    [
+        ("CSRF cookie not set.", "no_csrf_cookie"),
+        ("CSRF token missing.", "csrf_token_missing"),
+        ("CSRF token from POST incorrect.", "csrf_token_incorrect"),
+        ("CSRF token from POST has incorrect length.", "csrf_token_malformed"),
+        ("Origin checking failed - https://evil.example does not match any trusted origins.",
+         "bad_origin"),
+        ("Referer checking failed - no Referer.", "no_referer"),
+        ("something new", "csrf_failed"),
+    ],
+)  # fmt: skip
+def test_csrf_reasons_become_codes_without_the_request_values(reason: str, code: str) -> None:
+    from otel_secaudit.web.django import csrf_reason_code
+
+    assert csrf_reason_code(reason) == code

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import weakref
 from contextlib import AbstractContextManager
 from typing import Any, Final
@@ -34,7 +35,14 @@ from .. import runtime
 from ..context import request_scope
 from .exchange import Exchange
 from .rules import MAX_LOGIN_BODY_BYTES
-from .wsgi import ENVIRON_MARKER, open_exchange, record_signal, register_exit_flush, scrub_span
+from .wsgi import (
+    ENVIRON_MARKER,
+    capture_headers_enabled,
+    open_exchange,
+    record_signal,
+    register_exit_flush,
+    scrub_span,
+)
 
 __all__ = ["csrf_reason_code", "instrument_flask", "uninstrument_flask"]
 
@@ -57,6 +65,7 @@ _CSRF_REASONS: Final = {
 
 class _State:
     active = False
+    capture_headers = False
     originals: dict[str, Any] = {}
     apps: weakref.WeakSet[Any] = weakref.WeakSet()
     signals: list[tuple[Any, Any]] = []
@@ -72,16 +81,20 @@ def csrf_reason_code(description: str | None) -> str:
 
 
 def _user_id() -> str | None:
-    try:
-        from flask_login import current_user
-    except ImportError:
-        import flask
+    """The authenticated user's id, without loading a user the app did not load: Flask-Login's
+    user of this request when the app touched ``current_user``, else the id Flask-Login keeps
+    in the (signed) session, else ``g.user_id``."""
+    import flask
 
+    user = flask.g.get("_login_user")
+    if user is not None:
+        if getattr(user, "is_authenticated", False) is not True:
+            return None
+        value = user.get_id()
+    elif "flask_login" in sys.modules:
+        value = flask.session.get("_user_id")
+    else:
         value = flask.g.get("user_id")
-        return None if value is None else str(value)
-    if getattr(current_user, "is_authenticated", False) is not True:
-        return None
-    value = current_user.get_id()
     return None if value is None else str(value)
 
 
@@ -105,7 +118,7 @@ def _before_request() -> Any:
             route_of=lambda: getattr(request.url_rule, "rule", None),
             user_id_of=_user_id,
         )
-        scrub_span(environ)
+        scrub_span(environ, headers=_State.capture_headers)
     except Exception as exc:  # security plumbing never breaks the request
         runtime.current().recorder.internal_error(exc, "flask.prepare")
         return None
@@ -256,6 +269,7 @@ def instrument_flask() -> bool:
     register_exit_flush()
     try:
         _State.active = True
+        _State.capture_headers = capture_headers_enabled()
         if not _State.originals:
             for name, patch in (
                 ("preprocess_request", _patched_preprocess_request),

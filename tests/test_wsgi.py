@@ -1,0 +1,155 @@
+"""The WSGI adapters in process, through real WSGI calls (Werkzeug's test client): the plain
+middleware inside contrib's OpenTelemetryMiddleware, blocks from a real detector, login bodies
+replayed to the app; instrumenting a framework that is not installed; uninstrument restoring
+Flask, Django and contrib's WSGI middleware."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from werkzeug.test import Client
+
+from otel_secaudit import runtime
+from otel_secaudit.web import django as django_adapter
+from otel_secaudit.web import flask as flask_adapter
+from otel_secaudit.web import wsgi as wsgi_adapter
+
+
+def make_app(calls: list[str]) -> Any:
+    """A bare WSGI app: /ok 200, /forbidden 403, POST /login 401 unless the body says alice."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        calls.append(path)
+        if path == "/login":
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            ok = b"username=alice" in body
+            start_response("200 OK" if ok else "401 Unauthorized", [("content-length", "2")])
+            return [body[:2]]
+        status = "403 Forbidden" if path == "/forbidden" else "200 OK"
+        start_response(status, [("content-length", "2")])
+        return [b"hi"]
+
+    return app
+
+
+@pytest.fixture
+def contrib_wsgi() -> Iterator[Any]:
+    pytest.importorskip("opentelemetry.instrumentation.wsgi")
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    wsgi_adapter.instrument_wsgi()
+    yield OpenTelemetryMiddleware
+    wsgi_adapter.uninstrument_wsgi()
+
+
+def test_plain_wsgi_middleware_runs_inside_contribs_server_span(
+    make_sdk: Any, contrib_wsgi: Any
+) -> None:
+    sdk = make_sdk(login_routes="POST /login")
+    calls: list[str] = []
+    app = contrib_wsgi(make_app(calls), tracer_provider=sdk.tracer_provider)
+    client = Client(app)
+    assert client.get("/forbidden?token=QSECRET-1&page=2").status_code == 403
+    response = client.post("/login", data={"username": "mallory", "password": "pw-SECRET"})
+    assert response.status_code == 401
+    assert response.data == b"us"  # the app read the whole body the plugin had read
+    assert client.get("/ok").status_code == 200
+
+    logs = {log.log_record.event_name: log.log_record for log in sdk.logs()}
+    assert set(logs) == {"authz.permission_denied", "auth.login.failed"}
+    assert logs["auth.login.failed"].attributes["security.reason"] == "http_401"
+    assert "user.hash" in logs["auth.login.failed"].attributes
+    spans = {span.context.trace_id: span for span in sdk.spans()}
+    denied = logs["authz.permission_denied"]
+    span = spans[denied.trace_id]  # contrib's server span
+    assert span.context.span_id == denied.span_id
+    assert [event.name for event in span.events] == ["authz.permission_denied"]
+    assert "QSECRET-1" not in str(dict(span.attributes or {}))
+    assert "page=2" in str(dict(span.attributes or {}))
+
+
+def test_blocked_client_gets_429_with_retry_after_before_the_app(
+    make_sdk: Any, contrib_wsgi: Any
+) -> None:
+    sdk = make_sdk(host_threshold=2, block_seconds=30)
+    rt = runtime.build(
+        recorder=sdk.recorder,
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
+        logger_provider=sdk.logger_provider,
+    )
+    previous = runtime.swap(rt)
+    try:
+        calls: list[str] = []
+        client = Client(contrib_wsgi(make_app(calls), tracer_provider=sdk.tracer_provider))
+        peer = {"REMOTE_ADDR": "192.0.2.9"}  # Werkzeug's test environ has no peer address
+        for _ in range(2):
+            assert client.get("/forbidden", environ_base=peer).status_code == 403
+        assert rt.flush()
+        refused = client.get("/forbidden", environ_base=peer)
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["retry-after"]) <= 30
+        assert calls == ["/forbidden", "/forbidden"]  # the app never saw the refused request
+        names = [log.log_record.event_name for log in sdk.logs()]
+        assert names.count("request.blocked") == 1
+        assert "request.rate_limited" not in names  # one request, one event
+        # another client is not blocked
+        assert client.get("/ok", environ_base={"REMOTE_ADDR": "192.0.2.10"}).status_code == 200
+    finally:
+        runtime.swap(previous)
+        rt.close()
+
+
+def test_frameworks_that_are_not_installed_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("django", "flask", "flask.app", "opentelemetry.instrumentation.wsgi"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ImportError
+    assert django_adapter.instrument_django() is False
+    assert flask_adapter.instrument_flask() is False
+    assert wsgi_adapter.instrument_wsgi() is False
+    django_adapter.uninstrument_django()
+    flask_adapter.uninstrument_flask()
+    wsgi_adapter.uninstrument_wsgi()
+
+
+def test_uninstrument_restores_flask_and_flask_login(sdk: Any) -> None:
+    pytest.importorskip("flask_login")
+    from flask.app import Flask
+    from flask_login import signals
+
+    from .apps.flask_app import create_app
+
+    before = (Flask.__dict__["preprocess_request"], Flask.__dict__["handle_http_exception"])
+    receivers = len(signals.user_logged_in.receivers)
+    flask_adapter.instrument_flask()
+    try:
+        assert Flask.__dict__["preprocess_request"] is not before[0]
+        app = create_app()
+        assert app.test_client().get("/forbidden").status_code == 403
+        assert [log.log_record.event_name for log in sdk.logs()] == ["authz.permission_denied"]
+        assert flask_adapter._before_request in app.before_request_funcs[None]
+    finally:
+        flask_adapter.uninstrument_flask()
+    after = (Flask.__dict__["preprocess_request"], Flask.__dict__["handle_http_exception"])
+    assert after == before
+    assert len(signals.user_logged_in.receivers) == receivers
+    assert flask_adapter._before_request not in app.before_request_funcs[None]
+    assert flask_adapter._after_request not in app.after_request_funcs[None]
+    assert app.test_client().get("/forbidden").status_code == 403
+    assert len(sdk.logs()) == 1  # nothing recorded once uninstrumented
+
+
+def test_uninstrument_restores_contribs_wsgi_middleware() -> None:
+    pytest.importorskip("opentelemetry.instrumentation.wsgi")
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    original = OpenTelemetryMiddleware.__init__
+    wsgi_adapter.instrument_wsgi()
+    wrapped = OpenTelemetryMiddleware(make_app([]))
+    assert isinstance(wrapped.wsgi, wsgi_adapter.SecAuditWSGIMiddleware)
+    wsgi_adapter.uninstrument_wsgi()
+    assert OpenTelemetryMiddleware.__init__ is original
+    assert not isinstance(OpenTelemetryMiddleware(make_app([])).wsgi, type(wrapped.wsgi))
