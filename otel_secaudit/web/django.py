@@ -299,7 +299,10 @@ def instrument_django() -> bool:
             signal.connect(receiver, weak=False, dispatch_uid=_DISPATCH_UID)
         _patch_load_middleware()
         if _settings_ready():
-            _install_into_settings()
+            try:
+                _install_into_settings()
+            except Exception:  # settings not importable yet (gunicorn --chdir/--pythonpath)
+                _log.debug("otel_secaudit: Django settings not loaded yet", exc_info=True)
     except Exception:
         _log.exception("otel_secaudit: Django instrumentation failed; the app runs without it")
     return True
