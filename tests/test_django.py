@@ -259,6 +259,7 @@ def test_instrument_inserts_after_contrib_and_uninstrument_restores_everything()
         "django.middleware.csrf.CsrfViewMiddleware",
     ]
     settings.configure(MIDDLEWARE=list(original), CSRF_FAILURE_VIEW="myapp.views.csrf")
+    adapter.uninstrument_django()  # whatever an earlier test left instrumented
     load_middleware = BaseHandler.load_middleware
     adapter.instrument_django()
     try:

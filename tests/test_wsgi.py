@@ -122,6 +122,7 @@ def test_uninstrument_restores_flask_and_flask_login(sdk: Any) -> None:
 
     from .apps.flask_app import create_app
 
+    flask_adapter.uninstrument_flask()  # whatever an earlier test left instrumented
     before = (Flask.__dict__["preprocess_request"], Flask.__dict__["handle_http_exception"])
     receivers = len(signals.user_logged_in.receivers)
     flask_adapter.instrument_flask()
@@ -146,6 +147,7 @@ def test_uninstrument_restores_contribs_wsgi_middleware() -> None:
     pytest.importorskip("opentelemetry.instrumentation.wsgi")
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
+    wsgi_adapter.uninstrument_wsgi()  # whatever an earlier test left instrumented
     original = OpenTelemetryMiddleware.__init__
     wsgi_adapter.instrument_wsgi()
     wrapped = OpenTelemetryMiddleware(make_app([]))
