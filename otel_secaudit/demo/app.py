@@ -33,6 +33,7 @@ from typing import Annotated, Any, Final
 
 import jwt
 import pyotp
+from fastapi import Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 
 import otel_secaudit
@@ -214,21 +215,14 @@ def _unverified_jti(token: str) -> str | None:
     return jti if isinstance(jti, str) else None
 
 
-def create_app(directory: DemoDirectory | None = None) -> Any:
-    """Build the demo FastAPI application.
+class Guards:
+    """The request guards the routes depend on: the bearer token's principal, a permission,
+    the caller's own tenant. Each refusal records its security event first."""
 
-    ``fastapi.FastAPI`` is looked up at call time, so an application built after
-    ``FastAPIInstrumentor().instrument()`` is instrumented, exactly as under
-    ``opentelemetry-instrument``.
-    """
-    import fastapi
-    from fastapi import Depends, HTTPException, Request, Response
+    def __init__(self, directory: DemoDirectory) -> None:
+        self.directory = directory
 
-    directory = directory or DemoDirectory.seeded()
-    app = fastapi.FastAPI(title="otel-secaudit demo", docs_url=None, redoc_url=None)
-    app.state.directory = directory
-
-    def current_principal(request: Request) -> Principal:
+    def current_principal(self, request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -237,19 +231,19 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
         try:
             claims = jwt.decode(
                 token,
-                directory.token_key,
+                self.directory.token_key,
                 algorithms=["HS256"],
                 options={"require": ["exp", "jti", "sub"]},
             )
         except jwt.PyJWTError as exc:
             helpers.token_failure(exc, jti=_unverified_jti(token))
             raise HTTPException(401, "invalid token") from None
-        with directory.lock:
-            revoked = claims["jti"] in directory.revoked
+        with self.directory.lock:
+            revoked = claims["jti"] in self.directory.revoked
         if revoked:
             helpers.token_revoked(claims["jti"], user_id=claims["sub"])
             raise HTTPException(401, "token revoked")
-        user = directory.user_by_id(str(claims["sub"]))
+        user = self.directory.user_by_id(str(claims["sub"]))
         if user is None:
             otel_secaudit.record(
                 "auth.token.claims_invalid", reason="unknown_subject", user_id=str(claims["sub"])
@@ -258,8 +252,10 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
         request.state.user_id = user.id  # the middleware puts it on every event of the request
         return Principal(user, claims["jti"])
 
-    def require(permission: str) -> Any:
-        def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    def require(self, permission: str) -> Any:
+        """A dependency: the principal, refused with 403 without ``permission``."""
+
+        def check(principal: Annotated[Principal, Depends(self.current_principal)]) -> Principal:
             if permission not in principal.user.permissions():
                 helpers.permission_denied(
                     permission, user_id=principal.user.id, tenant_id=principal.user.tenant
@@ -269,6 +265,7 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
 
         return check
 
+    @staticmethod
     def same_tenant(principal: Principal, tenant_id: str, resource_type: str) -> None:
         if tenant_id != principal.user.tenant:
             helpers.cross_tenant(
@@ -276,6 +273,28 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
             )
             raise HTTPException(403, "forbidden")
 
+
+def create_app(directory: DemoDirectory | None = None) -> Any:
+    """Build the demo FastAPI application.
+
+    ``fastapi.FastAPI`` is looked up at call time, so an application built after
+    ``FastAPIInstrumentor().instrument()`` is instrumented, exactly as under
+    ``opentelemetry-instrument``.
+    """
+    import fastapi
+
+    directory = directory or DemoDirectory.seeded()
+    app = fastapi.FastAPI(title="otel-secaudit demo", docs_url=None, redoc_url=None)
+    app.state.directory = directory
+    guards = Guards(directory)
+    _auth_routes(app, directory, guards)
+    _document_routes(app, directory, guards)
+    _profile_routes(app, guards)
+    _admin_routes(app, directory, guards)
+    return app
+
+
+def _auth_routes(app: Any, directory: DemoDirectory, guards: Guards) -> None:
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
@@ -293,22 +312,26 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
         return {"access_token": directory.issue_token(user), "token_type": "bearer"}
 
     @app.post("/auth/logout")
-    def logout(principal: Annotated[Principal, Depends(current_principal)]) -> dict[str, str]:
+    def logout(
+        principal: Annotated[Principal, Depends(guards.current_principal)],
+    ) -> dict[str, str]:
         with directory.lock:
             directory.revoked.add(principal.jti)
         otel_secaudit.record("auth.logout", user_id=principal.user.id)
         return {"status": "logged out"}
 
     @app.get("/me")
-    def me(principal: Annotated[Principal, Depends(current_principal)]) -> dict[str, Any]:
+    def me(principal: Annotated[Principal, Depends(guards.current_principal)]) -> dict[str, Any]:
         user = principal.user
         return {"id": user.id, "name": user.name, "tenant": user.tenant, "roles": user.roles}
 
+
+def _document_routes(app: Any, directory: DemoDirectory, guards: Guards) -> None:
     @app.get("/tenants/{tenant_id}/documents")
     def list_documents(
-        tenant_id: str, principal: Annotated[Principal, Depends(require("documents:read"))]
+        tenant_id: str, principal: Annotated[Principal, Depends(guards.require("documents:read"))]
     ) -> list[dict[str, Any]]:
-        same_tenant(principal, tenant_id, "document")
+        guards.same_tenant(principal, tenant_id, "document")
         return [
             {"id": d.id, "title": d.title, "sensitive": d.sensitive}
             for d in directory.documents.values()
@@ -319,9 +342,9 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
     def read_document(
         tenant_id: str,
         document_id: int,
-        principal: Annotated[Principal, Depends(require("documents:read"))],
+        principal: Annotated[Principal, Depends(guards.require("documents:read"))],
     ) -> dict[str, Any]:
-        same_tenant(principal, tenant_id, "document")
+        guards.same_tenant(principal, tenant_id, "document")
         doc = directory.documents.get(document_id)
         if doc is None or doc.tenant != tenant_id:
             raise HTTPException(404, "no such document")
@@ -336,9 +359,11 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
             )
         return {"id": doc.id, "title": doc.title, "body": f"(contents of {doc.title})"}
 
+
+def _profile_routes(app: Any, guards: Guards) -> None:
     @app.get("/profile/form")
     def profile_form(
-        response: Response, principal: Annotated[Principal, Depends(current_principal)]
+        response: Response, principal: Annotated[Principal, Depends(guards.current_principal)]
     ) -> dict[str, str]:
         token = secrets.token_urlsafe(24)
         response.set_cookie(CSRF_COOKIE, token, httponly=False, samesite="strict")
@@ -348,7 +373,7 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
     def update_profile(
         form: Profile,
         request: Request,
-        principal: Annotated[Principal, Depends(require("profile:write"))],
+        principal: Annotated[Principal, Depends(guards.require("profile:write"))],
     ) -> dict[str, str]:
         cookie = request.cookies.get(CSRF_COOKIE, "")
         header = request.headers.get(CSRF_HEADER, "")
@@ -360,9 +385,11 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
             raise HTTPException(403, "CSRF check failed")
         return {"status": "saved", "display_name": form.display_name[:64]}
 
+
+def _admin_routes(app: Any, directory: DemoDirectory, guards: Guards) -> None:
     @app.post("/admin/users", status_code=201)
     def create_user(
-        form: NewUser, principal: Annotated[Principal, Depends(require("users:create"))]
+        form: NewUser, principal: Annotated[Principal, Depends(guards.require("users:create"))]
     ) -> dict[str, str]:
         if form.username in directory.users:
             raise HTTPException(409, "exists")
@@ -382,7 +409,7 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
 
     @app.delete("/admin/users/{user_name}")
     def delete_user(
-        user_name: str, principal: Annotated[Principal, Depends(require("users:delete"))]
+        user_name: str, principal: Annotated[Principal, Depends(guards.require("users:delete"))]
     ) -> dict[str, str]:
         with directory.lock:
             user = directory.users.pop(user_name, None)
@@ -397,5 +424,3 @@ def create_app(directory: DemoDirectory | None = None) -> Any:
             action="delete",
         )
         return {"status": "deleted", "id": user.id}
-
-    return app

@@ -505,6 +505,26 @@ def _number(value: float) -> Any:
     return int(value) if float(value).is_integer() else value
 
 
+def _block(log: LogEntry, earlier: list[BlockEvent]) -> BlockEvent:
+    """A block record; an ``abuse.block.ended`` (which carries no length) shows the length of
+    the block it ends."""
+    a = log.attributes
+    address = str(a.get(attr.CLIENT_ADDRESS) or a.get(attr.ABUSE_KEY, ""))
+    seconds = _float(a.get(BLOCK_SECONDS, a.get("security.abuse.block_s")))
+    if not seconds and log.event_name == "abuse.block.ended":
+        started = [
+            b.block_s for b in earlier if b.event == "abuse.block.started" and b.address == address
+        ]
+        seconds = started[-1] if started else 0.0
+    return BlockEvent(
+        time=_iso(log.time_ns),
+        event=log.event_name,
+        address=address,
+        block_s=seconds,
+        trace_id=log.trace_id,
+    )
+
+
 def summarize(recording: Recording, top: int = 5) -> Summary:
     """The report's numbers from a :class:`Recording`."""
     records = security_logs(recording)
@@ -535,15 +555,7 @@ def summarize(recording: Recording, top: int = 5) -> Summary:
                 )
             )
         elif log.event_name in ("abuse.block.started", "abuse.block.ended"):
-            blocks.append(
-                BlockEvent(
-                    time=_iso(log.time_ns),
-                    event=log.event_name,
-                    address=str(a.get(attr.CLIENT_ADDRESS) or a.get(attr.ABUSE_KEY, "")),
-                    block_s=_float(a.get(BLOCK_SECONDS, a.get("security.abuse.block_s"))),
-                    trace_id=log.trace_id,
-                )
-            )
+            blocks.append(_block(log, blocks))
         if outcome == "failure" and log.event_name not in _DETECTOR_EVENTS:
             violations += 1
             address = a.get(attr.CLIENT_ADDRESS)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import httpx
@@ -145,6 +146,10 @@ class Scenario:
             self.tokens[name] = response.json()["access_token"]
         return response.status_code
 
+    def _get_as(self, path: str, address: str, user: str) -> int:
+        """GET with ``user``'s token as it is when the step runs (after its login step)."""
+        return self._get(path, address, self.tokens[user])
+
     def _get(self, path: str, address: str, token: str | None = None) -> int:
         return self._request("GET", path, address, token=token).status_code
 
@@ -156,9 +161,7 @@ class Scenario:
         browse = 2 if self.short else 12
         for i in range(browse):
             path = "/me" if i % 3 == 0 else "/tenants/acme/documents"
-            steps.append(
-                Step("normal session", lambda path=path: self._get(path, a, self.tokens["alice"]))
-            )
+            steps.append(Step("normal session", partial(self._get_as, path, a, "alice")))
         steps.append(
             Step(
                 "normal session",
@@ -203,7 +206,7 @@ class Scenario:
         return [
             Step(
                 "password brute force",
-                lambda g=g: self._login("alice", address, password=g, totp="000000"),
+                partial(self._login, "alice", address, password=g, totp="000000"),
             )
             for g in guesses
         ]
@@ -213,7 +216,7 @@ class Scenario:
         return [
             Step(
                 "credential stuffing",
-                lambda n=n: self._login(n, address, password="Summer2024!", totp="000000"),
+                partial(self._login, n, address, password="Summer2024!", totp="000000"),
             )
             for n in _STUFFED_NAMES
         ]
@@ -232,7 +235,7 @@ class Scenario:
             steps.append(
                 Step(
                     "cross-tenant probe",
-                    lambda path=path: self._get(path, address, self.tokens["bob"]),
+                    partial(self._get_as, path, address, "bob"),
                 )
             )
         return steps
