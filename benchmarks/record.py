@@ -100,7 +100,8 @@ def make_arms(recorder: SecurityRecorder, violation: bool) -> dict[str, Callable
         kwargs = dict(user_id="u-42", resource_type="report", resource_id="r-7", action="export")
     spec_attrs = capture_attributes(recorder, lambda: recorder.record(name, **kwargs))
     logger = recorder._logger  # the real SDK logger
-    events_counter = recorder._events
+    # The hand-written SDK path counts both contract metrics with synchronous counters.
+    events_counter = recorder.meter.create_counter("bare.security.events", unit="{event}")
     violations_counter = recorder._violations
     from otel_secaudit.events import CATALOGUE
 
