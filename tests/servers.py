@@ -224,9 +224,10 @@ class RedisClusterServers:
     """A real Redis Cluster on loopback: ``masters`` ``redis-server --cluster-enabled yes``
     nodes (no replicas, no TLS) joined by ``redis-cli --cluster create``."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
         self.cli = require_binary("redis-cli")
         self.nodes = [RedisServer() for _ in range(masters)]
+        self.node_timeout_ms = node_timeout_ms
 
     @property
     def url(self) -> str:
@@ -245,7 +246,7 @@ class RedisClusterServers:
                 "--cluster-port",
                 str(free_port()),
                 "--cluster-node-timeout",
-                "2000",
+                str(self.node_timeout_ms),
             ]
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
@@ -258,11 +259,22 @@ class RedisClusterServers:
         )
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
-        wait_for(self._ready, timeout=15, interval=0.05)
+        wait_for(self.ready, timeout=15, interval=0.05)
         return self
 
-    def _ready(self) -> bool:
-        # every node agrees the cluster is up and all 16384 slots are served
+    def owner_of(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot (all nodes must be up)."""
+        from redis.cluster import ClusterNode, RedisCluster
+
+        client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in self.nodes])
+        try:
+            port = client.get_node_from_key(key).port
+        finally:
+            client.close()
+        return next(node for node in self.nodes if node.port == port)
+
+    def ready(self) -> bool:
+        """Every node agrees the cluster is up and all 16384 slots are served."""
         for node in self.nodes:
             info = self.info(node, "cluster", "info")
             if "cluster_state:ok" not in info or "cluster_slots_ok:16384" not in info:

@@ -25,7 +25,6 @@ from otel_secaudit.detection.stores.redis_clients import (
     CLUSTER,
     SENTINEL,
     STANDALONE,
-    has_hash_tag,
     parse_redis_uri,
     redact_password,
     redis_client,
@@ -114,7 +113,6 @@ def test_redact_password():
         "redis://h:1/0?password=[REDACTED]&db=1"
     )
     assert redact_password("redis://h:1/0") == "redis://h:1/0"
-    assert has_hash_tag(DEFAULT_PREFIX) and not has_hash_tag("secaudit:{}:")
 
 
 def test_building_a_cluster_or_sentinel_store_does_no_network_io():
@@ -258,6 +256,47 @@ def test_detection_over_a_cluster(app_runtime, redis_cluster, cluster_url):
     assert rt.detector is not None and rt.detector.stats["redis_errors"] == 0
     keys = [key for keys in _cluster_keys(redis_cluster).values() for key in keys]
     assert any(b"203.0.113.50" in key for key in keys)
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[RedisClusterServers]:
+    """A cluster of the test's own (it takes a node down), quick to notice a node is back."""
+    cluster = RedisClusterServers(node_timeout_ms=500).start()
+    yield cluster
+    cluster.close()
+
+
+def test_cluster_node_down_and_back(app_runtime, own_cluster):
+    """The master that serves the detection slot dies (no replica): the app never sees an
+    error and abuse.host is still raised (counted locally); once the node is back, detection
+    is shared again."""
+    sdk, rt = app_runtime(store=own_cluster.url, host_threshold=5)
+    detector = rt.detector
+    assert detector is not None
+    attack("203.0.113.80", 5)
+    assert rt.flush(5000)
+    owner = own_cluster.owner_of(DEFAULT_PREFIX + "blocks")
+    owner.kill()
+    attack("203.0.113.81", 5)
+    wait_for(lambda: "203.0.113.81" in abuse_hosts(sdk), timeout=5)
+    assert detector.stats["fallback_active"] and detector.stats["redis_errors"] >= 1
+    owner.start()  # same port and nodes.conf: it rejoins with its slots, empty
+    wait_for(own_cluster.ready, timeout=15, interval=0.05)
+    background = iter(range(10**6))
+
+    def shared_again() -> bool:  # the detector retries on its next batch: keep them coming
+        n = next(background)
+        otel_secaudit.record("auth.login.failed", client_address=f"10.9.{n // 250}.{n % 250}")
+        rt.flush(1000)
+        return not detector.stats["fallback_active"]
+
+    wait_for(shared_again, timeout=15, interval=0.1)
+    attack("203.0.113.82", 5)
+    assert rt.flush(5000)
+    assert sorted(abuse_hosts(sdk)) == ["203.0.113.80", "203.0.113.81", "203.0.113.82"]
+    client = redis.Redis(port=owner.port)
+    assert client.zscore(DEFAULT_PREFIX + "seen:host", "203.0.113.82") is not None
+    client.close()
 
 
 # -- Redis Sentinel ---------------------------------------------------------------------------

@@ -24,9 +24,10 @@ they nor any ``repr`` ever contain the password.
 
 Redis Cluster: a Lua script may only touch keys of one hash slot, and redis-py routes
 ``EVALSHA`` by its first key. The Redis store therefore starts every key with one hash tag
-(its prefix, ``{secaudit:abuse}:``) and passes one of them in ``KEYS[1]``; a prefix without a
-hash tag is refused for a cluster (:func:`has_hash_tag`). The price: the whole detection state
-lives in one slot, on one master; the cluster gives it failover, not sharding.
+(its prefix, ``{secaudit:abuse}:``) and passes one of them in ``KEYS[1]``. The price: the
+whole detection state lives in one slot, on one master; a cluster gives it failover (with
+replicas), not sharding. The state is bounded by ``OTEL_SECAUDIT_MAX_KEYS`` (about 20 MiB at
+the default 20,000 keys per scope, see ``benchmarks/redis_scale.py``), so one master holds it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ __all__ = [
     "LazyRedisClient",
     "RedisTarget",
     "parse_redis_uri",
-    "has_hash_tag",
     "redact_password",
     "redis_client",
 ]
@@ -205,17 +205,6 @@ def parse_redis_uri(uri: str, *, variable: str | None = STORE_VARIABLE) -> Redis
         raise _error(uri, "a cluster has no database number; drop the path", variable)
     user, password = _credentials(parts.netloc)
     return RedisTarget(kind, scheme, locations, service_name, uri, user, password)
-
-
-def has_hash_tag(prefix: str) -> bool:
-    """True when every key starting with ``prefix`` hashes to one Redis Cluster slot: the
-    prefix holds a ``{tag}`` (non-empty, the first ``{`` with a later ``}``), as Redis
-    computes it."""
-    opening = prefix.find("{")
-    if opening == -1:
-        return False
-    closing = prefix.find("}", opening + 1)
-    return closing > opening + 1
 
 
 class RedisConnector:
