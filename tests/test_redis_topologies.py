@@ -5,6 +5,7 @@ while the application keeps recording violations."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from otel_secaudit.detection.stores.redis_clients import (
 )
 from otel_secaudit.detection.window import Hit, Policy
 
-from .servers import RedisClusterServers, RedisSentinelServers, wait_for
+from .servers import RedisClusterServers, RedisSentinelServers, RedisServer, wait_for
 
 SECRET = "hunter2-s3cret"
 T0 = 1_700_000_000.0
@@ -125,6 +126,28 @@ def test_building_a_cluster_or_sentinel_store_does_no_network_io():
             store.apply([Hit("192.0.2.1", None, "auth.login.failed", "", T0)], Policy())
         assert time.monotonic() - started < 1.0
         store.close()
+
+
+def test_unix_socket_forms():
+    server = RedisServer()
+    socket_path = os.path.join(server._dir, "redis.sock")
+    server.extra_args = ["--unixsocket", socket_path]
+    server.start()
+    policy = Policy(host_threshold=2)
+    try:
+        for uri in (f"unix://{socket_path}?db=1", f"redis+unix://{socket_path}?db=2"):
+            store = build_store(uri)
+            crossings = [
+                crossing
+                for i in range(2)
+                for crossing in store.apply(
+                    [Hit("192.0.2.9", None, "auth.login.failed", "", T0 + i)], policy
+                )
+            ]
+            store.close()
+            assert [crossing.key for crossing in crossings] == ["192.0.2.9"], uri
+    finally:
+        server.close()
 
 
 # -- TLS ------------------------------------------------------------------------------------

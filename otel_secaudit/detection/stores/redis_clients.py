@@ -44,8 +44,8 @@ __all__ = [
     "CLUSTER",
     "SENTINEL",
     "STANDALONE",
-    "RedisConnector",
     "LazyRedisClient",
+    "RedisConnector",
     "RedisTarget",
     "parse_redis_uri",
     "redact_password",
@@ -84,7 +84,7 @@ class RedisTarget:
     locations: tuple[tuple[str, int], ...] = ()
     #: the master's name, for a sentinel URI
     service_name: str | None = None
-    #: the URI as given, for ``redis.Redis.from_url`` (standalone only)
+    #: the URI as given (a standalone one goes to ``redis.Redis.from_url``)
     uri: str = field(default="", repr=False)
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
@@ -285,7 +285,10 @@ class RedisConnector:
         target = self.target
         options = self._connection_options()
         if target.kind == STANDALONE:
-            return redis.Redis.from_url(target.uri, health_check_interval=0, **options)
+            uri = target.uri
+            if target.scheme == "redis+unix":  # the limits spelling of redis-py's unix://
+                uri = "unix" + uri[len("redis+unix") :]
+            return redis.Redis.from_url(uri, health_check_interval=0, **options)
         if target.kind == SENTINEL:
             from redis.sentinel import Sentinel
 
