@@ -612,25 +612,86 @@ def test_dashboard_queries_use_contract_metric_names() -> None:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     assert dashboard["uid"] == "otel-secaudit"
     used: set[str] = set()
+    collector_own = {"otelcol_exporter_queue_size", "otelcol_exporter_queue_capacity"}
     for title, target in dashboard_targets():
         expr = target["expr"]
         if target["datasource"]["uid"] != "prometheus":
             continue
+        if "otelcol_" in expr:  # the collector's own telemetry (delivery health)
+            names = promql_metric_names(expr)
+            assert all(n.startswith("otelcol_exporter_") for n in names), title
+            assert names & collector_own or "failed_log_records" in expr, title
+            continue
         names = promql_metric_names(expr)
         assert names, f"panel {title!r} queries no otel_secaudit metric"
-        assert names <= EXPECTED_NAMES, f"panel {title!r}: unknown metrics {names - EXPECTED_NAMES}"
+        known = EXPECTED_NAMES | DELIVERY_NAMES
+        assert names <= known, f"panel {title!r}: unknown metrics {names - known}"
         labels = promql_label_names(expr)
         assert labels <= ALLOWED_LABELS, f"panel {title!r}: labels {labels - ALLOWED_LABELS}"
         used |= names
         if "violations" in expr and target.get("range", True):
             assert target.get("exemplar") is True, f"panel {title!r} hides exemplars"
-    assert used == EXPECTED_NAMES
+    assert used == EXPECTED_NAMES | DELIVERY_NAMES
+
+
+def _panels_by_row() -> list[tuple[str, dict[str, Any]]]:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    row, out = "", []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            row = panel["title"]
+        else:
+            out.append((row, panel))
+    return out
+
+
+def test_event_variable_filters_every_security_panel() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    event = next(v for v in dashboard["templating"]["list"] if v["name"] == "event")
+    assert event["type"] == "query" and event["multi"] and event["allValue"] == ".+"
+    assert "security_event_name" in event["definition"]
+    for row, panel in _panels_by_row():
+        for target in panel["targets"]:
+            if row.startswith("Delivery health"):
+                assert "$event" not in target["expr"], panel["title"]
+            else:
+                assert 'security_event_name=~"$event"' in target["expr"], panel["title"]
+
+
+def test_dashboard_has_the_incident_panels() -> None:
+    titles = {panel["title"]: panel for _, panel in _panels_by_row()}
+    for wanted in (
+        "Top offending client addresses (Loki)",
+        "Top offending user hashes (Loki)",
+        "Login failure ratio",
+        "Blocks active now",
+        "Security log records lost",
+        "Spool: waiting and delivered",
+        "Abuse signals and their evidence traces",
+    ):
+        assert wanted in titles, wanted
+    addresses = titles["Top offending client addresses (Loki)"]["targets"][0]
+    assert addresses["datasource"]["uid"] == "loki" and addresses["queryType"] == "instant"
+    assert "sum by (client_address)" in addresses["expr"]
+    assert "sum by (user_hash)" in titles["Top offending user hashes (Loki)"]["targets"][0]["expr"]
+    evidence = titles["Abuse signals and their evidence traces"]["targets"][0]["expr"]
+    assert "evidence={{.security_abuse_trace_ids}}" in evidence
+    derived = {
+        d["name"]: d for d in load_yaml(DATASOURCES)["datasources"][1]["jsonData"]["derivedFields"]
+    }
+    pattern = re.compile(derived["EvidenceTrace"]["matcherRegex"])
+    match = pattern.search(
+        'abuse.host host=203.0.113.7 10/10 in 3600s evidence=["' + "ab" * 16 + '"]'
+    )
+    assert match and match.group(1) == "ab" * 16
+    assert derived["EvidenceTrace"]["datasourceUid"] == "jaeger"
 
 
 def test_dashboard_has_a_security_logs_panel_with_loki_structured_metadata() -> None:
-    loki = [(t, q["expr"]) for t, q in dashboard_targets() if q["datasource"]["uid"] == "loki"]
-    assert len(loki) == 1
-    _, expr = loki[0]
+    loki = dict((t, q["expr"]) for t, q in dashboard_targets() if q["datasource"]["uid"] == "loki")
+    for query in loki.values():
+        assert '{service_name=~"$job"} | scope_name="otel_secaudit"' in query
+    expr = loki["Security events (click a line, then the TraceID link)"]
     # Loki's OTLP mapping: scope name -> scope_name, attributes with '_' for '.', trace_id.
     assert f'scope_name="{attr.SCOPE_NAME}"' in expr
     assert prometheus_label(attr.EVENT_NAME) in expr and "trace_id" in expr
@@ -701,7 +762,12 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
 
 def grafana_to_promql(expr: str) -> str:
     """Replace Grafana's macros and variables with values Prometheus accepts."""
-    for macro, value in (("$__rate_interval", "5m"), ("$__range", "1h"), ("$job", ".+")):
+    for macro, value in (
+        ("$__rate_interval", "5m"),
+        ("$__range", "1h"),
+        ("$job", ".+"),
+        ("$event", ".+"),
+    ):
         expr = expr.replace(macro, value)
     assert "$" not in expr, expr
     return expr
