@@ -46,7 +46,7 @@ def parse_store_uri(raw: str) -> str:
     from .redis_clients import SCHEMES, parse_redis_uri, redact_password
 
     if scheme in SCHEMES:
-        parse_redis_uri(uri)
+        parse_redis_uri(uri, variable=None)  # Settings.load names the variable itself
         return uri
     raise ValueError(
         "expected memory:// or a Redis URI (redis://host:port/db, rediss://, unix://, "
