@@ -436,7 +436,8 @@ def test_ports_agree_with_sdk_defaults_and_compose(
     endpoint = urlparse(demo_env["OTEL_EXPORTER_OTLP_ENDPOINT"])
     assert (endpoint.hostname, endpoint.port) == ("collector", grpc_port)
     assert demo_env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
-    assert services["demo"]["command"] == [
+    command = services["demo"]["command"]
+    assert command[:7] == [
         "otel-secaudit",
         "demo",
         "--serve",
@@ -445,6 +446,12 @@ def test_ports_agree_with_sdk_defaults_and_compose(
         "--port",
         "8000",
     ]
+    # The /report page links to the UIs as the browser on the host reaches them.
+    links = dict(zip(command[7::2], command[8::2], strict=True))
+    assert links == {
+        "--jaeger-url": f"http://localhost:{published(services['jaeger'])[16686]}",
+        "--grafana-url": f"http://localhost:{published(services['grafana'])[3000]}",
+    }
 
 
 def test_prometheus_scrapes_the_collector_ports(
