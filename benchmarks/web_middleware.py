@@ -1,0 +1,184 @@
+"""CPU per request of the security middleware, in process: the test app with contrib's FastAPI
+instrumentation alone (A) vs. with otel_secaudit's middleware too (B), on real SDK pipelines
+(batch span and log processors with exporters that drop, a metric reader), driven directly as
+ASGI calls so that no server or load generator adds noise.
+
+Arms are interleaved A B B A / B A A B in blocks; a second plain copy (A2) gives the A/A row.
+Routes: a 200 (nothing recorded), a 403 (one event), and a login route whose form body the
+middleware reads (OTEL_SECAUDIT_LOGIN_ROUTES; a 2xx records auth.login.succeeded, as contrib +
+a hand-written hook would).
+
+Run from the repository root: ``python -m benchmarks.web_middleware`` (about 30 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import (
+    BatchLogRecordProcessor,
+    LogRecordExporter,
+    LogRecordExportResult,
+)
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from otel_secaudit import Settings, runtime
+from otel_secaudit.web.asgi import SecAuditMiddleware
+from tests.apps.secapp import create_app
+
+LOGIN_BODY = b"username=alice&password=correct+horse+battery+staple"
+#: label -> (method, path, body)
+ROUTES = {
+    "200": ("GET", "/ok", b""),
+    "403": ("GET", "/forbidden", b""),
+    "login": ("POST", "/auth/jwt/login", LOGIN_BODY),
+}
+
+
+class _DropSpans(SpanExporter):
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class _DropLogs(LogRecordExporter):
+    def export(self, batch: Sequence[Any]) -> LogRecordExportResult:
+        return LogRecordExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def _providers() -> tuple[TracerProvider, LoggerProvider, MeterProvider]:
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(BatchSpanProcessor(_DropSpans()))
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(_DropLogs()))
+    meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return tracer_provider, logger_provider, meter_provider
+
+
+def _app(tracer_provider: TracerProvider, meter_provider: MeterProvider, plugin: bool) -> Any:
+    app = create_app()
+    if plugin:
+        app.add_middleware(SecAuditMiddleware)
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+    return app
+
+
+def _scope(method: str, path: str, body: bytes) -> dict[str, Any]:
+    headers = [(b"host", b"bench"), (b"user-agent", b"bench")]
+    if body:
+        headers += [
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("203.0.113.1", 5000),
+        "server": ("bench", 80),
+    }
+
+
+async def _cpu_per_request(app: Any, label: str, count: int) -> float:
+    method, path, body = ROUTES[label]
+
+    async def send(message: Any) -> None:
+        pass
+
+    start = time.process_time()
+    for _ in range(count):
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await app(_scope(method, path, body), receive, send)
+    return (time.process_time() - start) / count * 1e6
+
+
+async def _measure(apps: dict[str, Any], rounds: int, block: int) -> None:
+    print(f"rounds={rounds} block={block} requests; microseconds of CPU per request")
+    print(f"{'route':>5} {'A us':>7} {'B us':>7} {'A/B':>6} {'A2/A (A/A)':>11}")
+    for label in ROUTES:
+        for app in apps.values():
+            await _cpu_per_request(app, label, block // 2)  # warm up
+        a_series: list[float] = []
+        b_series: list[float] = []
+        noise: list[float] = []
+        for round_no in range(rounds):
+            order = ("A", "B", "B", "A") if round_no % 2 == 0 else ("B", "A", "A", "B")
+            times: dict[str, list[float]] = {"A": [], "B": []}
+            for arm in order:
+                times[arm].append(await _cpu_per_request(apps[arm], label, block))
+            a, b = statistics.mean(times["A"]), statistics.mean(times["B"])
+            a_series.append(a)
+            b_series.append(b)
+            noise.append(a / await _cpu_per_request(apps["A2"], label, block))
+        ratio = statistics.median(a / b for a, b in zip(a_series, b_series, strict=True))
+        print(
+            f"{label:>5} {statistics.median(a_series):7.1f} {statistics.median(b_series):7.1f}"
+            f" {ratio:6.3f} {statistics.median(noise):11.3f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--block", type=int, default=300, help="requests per measurement")
+    options = parser.parse_args()
+    tracer_provider, logger_provider, meter_provider = _providers()
+    settings = Settings.load(login_routes="POST /auth/jwt/login")
+    previous = runtime.swap(
+        runtime.build(
+            settings,
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            logger_provider=logger_provider,
+            detection=True,
+        )
+    )
+    apps = {
+        "A": _app(tracer_provider, meter_provider, plugin=False),
+        "B": _app(tracer_provider, meter_provider, plugin=True),
+        "A2": _app(tracer_provider, meter_provider, plugin=False),
+    }
+    try:
+        asyncio.run(_measure(apps, options.rounds, options.block))
+    finally:
+        current = runtime.swap(previous)
+        if current is not None:
+            current.close()
+        for provider in (tracer_provider, logger_provider, meter_provider):
+            provider.shutdown()
+
+
+if __name__ == "__main__":
+    main()
