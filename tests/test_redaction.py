@@ -385,6 +385,8 @@ IDENTIFIERS = [
     "42",
     "tenant-acme",
     "doc:2024/Q4/report.pdf",
+    "session:42",
+    "urn:token:abc123",
     "A3F9" * 10,
 ]
 

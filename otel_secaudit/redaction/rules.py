@@ -337,6 +337,11 @@ def is_secret_header(name: str) -> bool:
 # lengths keep ordinary words out; counted repetitions stay small so the DFA stays small.
 
 _B64URL = "[A-Za-z0-9_-]"
+_ASSIGNMENT = (
+    r"(?i)(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key"
+    r"|session(?:_?id)?|jwt|csrf|xsrf|authorization|cookie|private[_-]?key)"
+    r"[\"']?\s*[{separator}]\s*[\"']?[^\s\"'&,;]+"
+)
 
 #: (name, RE2 pattern): formats that are secrets whatever key carries them.
 KNOWN_SECRET_SHAPES: Final[tuple[tuple[str, str], ...]] = (
@@ -407,12 +412,9 @@ KNOWN_SECRET_SHAPES: Final[tuple[tuple[str, str], ...]] = (
     ("age-recipient-secret", r"\bAGE-PLUGIN-[A-Z0-9-]{10,}1[0-9A-Z]{20,}"),
     # Credentials written out: ``password=...``/``token: ...`` assignments, ``Bearer ...``,
     # ``Basic ...``: never part of an identifier either.
-    (
-        "key-value",
-        r"(?i)(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key"
-        r"|session(?:_?id)?|jwt|csrf|xsrf|authorization|cookie|private[_-]?key)"
-        r"[\"']?\s*[=:]\s*[\"']?[^\s\"'&,;]+",
-    ),
+    # ``password=...`` assignments (``password: ...`` is free text only: ``session:42`` and
+    # ``token:abc`` are plausible resource ids).
+    ("assignment", _ASSIGNMENT.format(separator="=")),
     ("bearer", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{6,}"),
     # ``Basic dXNlcjpwYXNz``: the credential has an upper-case letter, digit or base64 symbol,
     # so ``basic checks failed`` is not one.
@@ -424,7 +426,10 @@ KNOWN_SECRET_SHAPES: Final[tuple[tuple[str, str], ...]] = (
 )
 
 #: (name, RE2 pattern): shapes that make *free text* a secret, on top of the known formats.
-FREE_TEXT_SHAPES: Final[tuple[tuple[str, str], ...]] = (("long-hex", r"[0-9A-Fa-f]{32,}"),)
+FREE_TEXT_SHAPES: Final[tuple[tuple[str, str], ...]] = (
+    ("key-value", _ASSIGNMENT.format(separator="=:")),
+    ("long-hex", r"[0-9A-Fa-f]{32,}"),
+)
 
 
 def _compile(shapes: tuple[tuple[str, str], ...]) -> re2._Regexp:
