@@ -270,3 +270,15 @@ def test_fastapi_private_route_state_is_still_there() -> None:
     app.add_middleware(Probe)
     request(app, "/users/me")
     assert seen == ["/users/me"]
+
+
+def test_blocked_request_keeps_its_included_router_route(blocking_sdk: SDK) -> None:
+    SecAuditInstrumentor().instrument(tracer_provider=blocking_sdk.tracer_provider)
+    app = _router_app()
+    for _ in range(2):
+        assert request(app, "/users/me").status_code == 401
+    detector = runtime.current().detector
+    assert detector is not None and detector.flush(5.0)
+    assert request(app, "/v2/people/me").status_code == 429
+    (blocked,) = security_logs(blocking_sdk, "request.blocked")
+    assert blocked.attributes["http.route"] == "/v2/people/me"
