@@ -234,9 +234,9 @@ def test_sigkill_mid_load_then_restart_loses_nothing(
 
 
 def test_disk_full_mid_load_then_space_back_delivers_every_accepted_record(
+    tiny_filesystem: Path,  # noqa: F811 - first, so it is unmounted after the recorder closed
     otlp_receiver: OTLPReceiver,
     spooled: Any,
-    tiny_filesystem: Path,  # noqa: F811
 ) -> None:
     """A real full disk (a small tmpfs) while the collector is down: writes fail, those records
     are refused and counted; once space is back, every record the spool accepted (before and

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry._logs import LoggerProvider, get_logger_provider
@@ -79,6 +80,8 @@ class Delivery:
         meter_provider: the provider of the recorder's counters (None: the global one).
         spool: the spooling processor when durable delivery is on (its provider is
             ``logger_provider`` then).
+        on_error: called with (exception, where) for errors while flushing or closing (the
+            recorder counts them); default: logged.
     """
 
     def __init__(
@@ -86,12 +89,14 @@ class Delivery:
         logger_provider: Any,
         meter_provider: Any,
         spool: SpoolingLogRecordProcessor | None = None,
+        *,
+        on_error: Callable[[BaseException, str], None] | None = None,
     ) -> None:
         #: The spooling processor when durable delivery is on, else None.
         self.spool = spool
         self._logger_provider = logger_provider
         self._meter_provider = meter_provider
-        self._on_error: Any = None
+        self._on_error = on_error
 
     @property
     def logger_provider(self) -> SDKLoggerProvider | None:
@@ -160,8 +165,7 @@ def attach(
     bad ``OTEL_EXPORTER_OTLP_PROTOCOL``) is logged and counted as an internal error
     (``spool.start``); records then go through the application's provider.
     """
-    delivery = Delivery(logger_provider, meter_provider)
-    delivery._on_error = recorder.internal_error
+    delivery = Delivery(logger_provider, meter_provider, on_error=recorder.internal_error)
     spool_dir = getattr(recorder.settings, "spool_dir", None)
     if spool_dir is None or logger_provider is not None:
         if not _sdk_drop_metrics_enabled():
