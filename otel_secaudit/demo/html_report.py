@@ -282,6 +282,18 @@ class _Evidence:
     def __init__(self, recording: Recording, links: Links, budget: int) -> None:
         self.recording, self.links, self.budget = recording, links, budget
         self.cache: dict[str, str] = {}
+        self._by_trace: dict[str, Recording] | None = None
+
+    def _of(self, trace_id: str) -> Recording:
+        """The spans and logs of one trace (indexed once: an archive may hold millions)."""
+        if self._by_trace is None:
+            self._by_trace = {}
+            for span in self.recording.spans:
+                self._by_trace.setdefault(span.trace_id, Recording()).spans.append(span)
+            for log in self.recording.logs:
+                if log.trace_id:
+                    self._by_trace.setdefault(log.trace_id, Recording()).logs.append(log)
+        return self._by_trace.get(trace_id) or Recording()
 
     def trace(self, trace_id: str) -> str:
         checked = trace_id if _TRACE_ID.match(trace_id) else ""
@@ -299,7 +311,7 @@ class _Evidence:
             return '<p class="missing">timeline not rendered (page size limit)</p>'
         self.budget -= 1
         try:
-            body = _timeline_table(timeline(self.recording, trace_id))
+            body = _timeline_table(timeline(self._of(trace_id), trace_id))
         except ReportError:
             body = (
                 '<p class="missing">not in this recording: the trace may have been sampled '
