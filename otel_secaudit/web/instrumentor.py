@@ -14,7 +14,9 @@ The ``otel_secaudit`` entry point (group ``opentelemetry_instrumentor``) loads
 :class:`~otel_secaudit.web.asgi.SecAuditMiddleware` into every Starlette/FastAPI application,
 inside the server span whoever opens it (FastAPI's own telemetry, contrib's
 ``FastAPIInstrumentor`` or ``StarletteInstrumentor``, an ``OpenTelemetryMiddleware`` the app
-added itself; see :mod:`otel_secaudit.web.starlette`).
+added itself; see :mod:`otel_secaudit.web.starlette`). Django, Flask and other WSGI apps get
+their adapters (:mod:`otel_secaudit.web.django`, :mod:`~otel_secaudit.web.flask`,
+:mod:`~otel_secaudit.web.wsgi`); a framework that is not installed is left alone.
 
 Explicit use, without ``opentelemetry-instrument``::
 
@@ -80,7 +82,8 @@ def _settings(arguments: dict[str, Any]) -> Settings:
 
 
 class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Instruments every Starlette and FastAPI application; see the module documentation."""
+    """Instruments every Starlette/FastAPI, Django, Flask and WSGI application whose framework
+    is installed; see the module documentation."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
