@@ -114,8 +114,8 @@ def submit_costs(url: str, block: int, pairs: int) -> list[tuple[str, str, str, 
     # thresholds no key reaches in this run: the measure is counting, not emitting
     quiet: dict[str, Any] = {"host_threshold": 10**6, "user_threshold": 10**6}
     recorder = SecurityRecorder(Settings.load(environ={}, **quiet))
-    memory_a = AbuseDetector(recorder, max_keys=60_000)
-    memory_b = AbuseDetector(recorder, max_keys=60_000)
+    # three detectors: each A/A arm starts with as much state as the memory arm of A/B
+    memory_a, memory_b, memory_c = (AbuseDetector(recorder, max_keys=60_000) for _ in range(3))
     shared_recorder = SecurityRecorder(Settings.load(environ={}, store=url, **quiet))
     shared = AbuseDetector(shared_recorder, queue_size=10**9)
     assert shared.flush(10)  # connect and load the scripts first
@@ -125,11 +125,11 @@ def submit_costs(url: str, block: int, pairs: int) -> list[tuple[str, str, str, 
             submit_arm(memory_a, batch), submit_arm(shared, batch), pairs
         )
         ratio_aa, _, _ = interleaved(
-            submit_arm(memory_a, batch), submit_arm(memory_b, batch), pairs
+            submit_arm(memory_b, batch), submit_arm(memory_c, batch), pairs
         )
     finally:
         held.release()
-        for detector in (memory_a, memory_b, shared):
+        for detector in (memory_a, memory_b, memory_c, shared):
             detector.shutdown(30)
     return [
         ("submit, memory store (counted inline)", f"{memory_ns:,.0f} ns", "", ""),
