@@ -283,7 +283,12 @@ def _prepare_out(out: Path, err: Any) -> None:
     for name in replaced:
         (out / name).unlink()
     if replaced:
-        err.print(f"replacing the previous run's files in {out}", highlight=False, soft_wrap=True)
+        err.print(
+            f"replacing the previous run's files in {out}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _wait_for_stop(server: DemoServer) -> None:
@@ -324,7 +329,9 @@ def _add_report_page(app: Any, out: Path, telemetry: Any, links: Any) -> None:
 def _print_serve_help(url: str, console: Any) -> None:
     from .demo.app import DEMO_PASSWORDS
 
-    console.print(f"\nThe demo app is serving on [bold]{url}[/bold] (Ctrl-C stops it).")
+    console.print(
+        f"\nThe demo app is serving on {url} (Ctrl-C stops it).", markup=False, highlight=False
+    )
     console.print(
         f"HTML incident report (refreshed on every load): {url}/report",
         markup=False,
@@ -405,12 +412,14 @@ def _demo(args: argparse.Namespace) -> int:
         err.print(
             f"exporting to the collector at {telemetry.collector} ({telemetry.protocol}) "
             f"and to {out}",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )
     else:
         err.print(
             f"no collector configured: telemetry goes to OTLP/JSON files in {out}",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -444,14 +453,17 @@ def _demo(args: argparse.Namespace) -> int:
         )
         recorded = recorder.stats.snapshot()["recorded"]
         if summary.log_records != recorded:
+            from rich.markup import escape
+
             err.print(
                 f"[red]self-check failed:[/red] the recorder recorded {recorded} events but "
-                f"{out / 'logs.jsonl'} holds {summary.log_records}"
+                f"{escape(str(out / 'logs.jsonl'))} holds {summary.log_records}"
             )
             return 1
         err.print(
             f"self-check: all {recorded} recorded security events are in "
             f"{out / 'logs.jsonl'}; rerun the report with: otel-secaudit report {out}",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )
@@ -460,6 +472,7 @@ def _demo(args: argparse.Namespace) -> int:
             _wait_for_stop(server)
             err.print(
                 "stopping: delivering what is left, then closing the files",
+                markup=False,
                 highlight=False,
                 soft_wrap=True,
             )

@@ -128,8 +128,9 @@ class OTLPJsonDirSpanExporter(FileSpanExporter):
         super().__init__(stream=_as_io(self.stream))
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        super().shutdown(timeout_millis, **kwargs)
-        self.stream.close()
+        if not self.stream.closed:  # idempotent: providers and runtimes may both shut down
+            super().shutdown(timeout_millis, **kwargs)
+            self.stream.close()
 
 
 class OTLPJsonDirLogExporter(FileLogExporter):
@@ -140,8 +141,9 @@ class OTLPJsonDirLogExporter(FileLogExporter):
         super().__init__(stream=_as_io(self.stream))
 
     def shutdown(self) -> None:
-        super().shutdown()
-        self.stream.close()
+        if not self.stream.closed:  # idempotent: providers and runtimes may both shut down
+            super().shutdown()
+            self.stream.close()
 
 
 class OTLPJsonDirMetricExporter(FileMetricExporter):
@@ -155,5 +157,6 @@ class OTLPJsonDirMetricExporter(FileMetricExporter):
         super().__init__(stream=_as_io(self.stream), **kwargs)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        super().shutdown(timeout_millis, **kwargs)
-        self.stream.close()
+        if not self.stream.closed:  # idempotent: providers and runtimes may both shut down
+            super().shutdown(timeout_millis, **kwargs)
+            self.stream.close()

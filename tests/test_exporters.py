@@ -159,10 +159,16 @@ def test_concurrent_processes_never_tear_a_line(tmp_path: Path) -> None:
     assert seen == [(w, n) for w in range(4) for n in range(20)]
 
 
-def test_shutdown_closes_the_file_and_later_exports_fail_quietly(tmp_path: Path) -> None:
-    exporter = OTLPJsonDirSpanExporter(tmp_path)
-    exporter.shutdown()
-    assert exporter.stream.closed
+def test_shutdown_closes_the_file_and_later_exports_fail_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    exporters = [cls(tmp_path) for cls in (OTLPJsonDirSpanExporter, OTLPJsonDirLogExporter)]
+    exporters.append(OTLPJsonDirMetricExporter(tmp_path))
+    for exporter in exporters:
+        exporter.shutdown()
+        exporter.shutdown()  # a provider and a runtime may both shut it down: no warning
+        assert exporter.stream.closed
+    assert "already shutdown" not in caplog.text
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    assert exporter.export([]) is SpanExportResult.FAILURE
+    assert exporters[0].export([]) is SpanExportResult.FAILURE
