@@ -429,7 +429,9 @@ white-space:nowrap}code{font:12px ui-monospace,Menlo,Consolas,monospace;word-bre
 .bad{color:var(--bad)}.empty,.missing{color:var(--muted);font-style:italic}
 .signals{padding-left:22px}.signal{margin:10px 0}.breakdown,.evidence-list{margin-left:4px}
 details.evidence{margin:2px 0 2px 14px}details.evidence>summary{cursor:pointer}
-.timeline{font-size:12px}.timeline .detail{word-break:break-all}.row-log td{background:#fff8e6}
+.timeline{font-size:12px}
+.timeline td:nth-child(2),.timeline td:nth-child(3){white-space:nowrap}
+.timeline .detail{word-break:break-all}.row-log td{background:#fff8e6}
 .row-span td:nth-child(2){color:var(--muted)}#chart .grid{stroke:var(--line)}
 #chart .axis{font-size:11px;fill:var(--muted)}.legend{margin-right:14px;white-space:nowrap}
 .swatch{display:inline-block;width:10px;height:10px;margin:0 4px 0 2px;border-radius:2px}
