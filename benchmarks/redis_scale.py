@@ -128,7 +128,8 @@ class DetectorArm:
 def topology_rows(n: int, pairs: int) -> list[tuple[str, str, str, str]]:
     standalone = RedisServer().start()
     cluster = RedisClusterServers().start()
-    sentinel = RedisSentinelServers().start()
+    # a master starved of CPU by this very benchmark must not be failed over mid-run
+    sentinel = RedisSentinelServers(down_after_ms=10_000).start()
     try:
         single = DetectorArm(standalone.url, n, [standalone.port])
         clustered = DetectorArm(cluster.url, n, [node.port for node in cluster.nodes])
