@@ -29,7 +29,7 @@ from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportRes
 from .. import attributes as attr
 from ..version import __version__
 
-__all__ = ["METRIC_LOGS_DROPPED", "DropCountingLogExporter", "DropStats"]
+__all__ = ["METRIC_LOGS_DROPPED", "DropCountingLogExporter", "DropStats", "export_succeeded"]
 
 #: Internal health counter (not in the contract).
 METRIC_LOGS_DROPPED: Final = "otel_secaudit.logs.dropped"
@@ -52,6 +52,13 @@ class DropStats:
         """All counted drops."""
         with self._lock:
             return sum(self.by_reason.values())
+
+
+def export_succeeded(result: object) -> bool:
+    """True for an exporter's SUCCESS, by name: the result enum was renamed across SDK releases
+    (``LogExportResult`` / ``LogRecordExportResult``) and exporters built against either are
+    in use."""
+    return getattr(result, "name", None) == "SUCCESS"
 
 
 def _ours(batch: Sequence[ReadableLogRecord]) -> int:
@@ -100,7 +107,7 @@ class DropCountingLogExporter(LogRecordExporter):
         except Exception:
             self._count(batch)
             raise
-        if result is not LogRecordExportResult.SUCCESS:
+        if not export_succeeded(result):
             self._count(batch)
         return result
 

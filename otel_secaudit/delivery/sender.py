@@ -28,11 +28,12 @@ from opentelemetry.instrumentation.utils import suppress_instrumentation
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation, get_meter
 from opentelemetry.sdk._logs import LoggerProvider as SDKLoggerProvider
 from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadWriteLogRecord
-from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
+from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.resources import Resource
 
 from ..version import __version__
 from .codec import decode_record, encode_record, new_record_uid
+from .drops import export_succeeded
 from .exporters import otlp_log_exporter
 from .spool import DEFAULT_MAX_BYTES, Spool, SpoolWriteError
 
@@ -240,7 +241,7 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
         except Exception as exc:
             self._error(exc, "spool.export")
             return False
-        return result is LogRecordExportResult.SUCCESS
+        return export_succeeded(result)
 
     def _observe_depth(self, _options: CallbackOptions) -> Sequence[Observation]:
         return [Observation(self.spool.depth)]
