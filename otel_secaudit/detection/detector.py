@@ -62,9 +62,10 @@ class AbuseDetector:
         recorder: emits the ``abuse.*`` events and owns the ``security.abuse.signals`` and
             ``security.requests.blocked`` counters.
         settings: default ``recorder.settings``.
-        store: default :func:`build_store` of ``settings.store``; when building it fails
-            (redis-py missing, an unsupported URI), the memory store is used and the error
-            counted.
+        store: default :func:`build_store` of ``settings.store``; when building it fails, the
+            memory store is used and the error counted (a Redis client is built lazily: a
+            missing redis-py or an unreachable server shows later as Redis errors, with the
+            memory fallback).
         clock: seconds since the epoch (tests inject a fake clock).
         queue_size: bound of the queue to the worker (shared stores).
         batch_size, batch_interval: a batch is up to ``batch_size`` violations or what arrived
@@ -104,10 +105,10 @@ class AbuseDetector:
         if store is None:
             try:
                 store = build_store(self.settings.store, max_keys=max_keys)
-            except Exception as exc:  # e.g. redis-py not installed: observe locally
+            except Exception as exc:  # never stop the application: observe locally
                 recorder.internal_error(exc, "detection.store")
                 store = MemoryStore(max_keys=max_keys)
-        #: counts on the caller's thread (in-process store)
+        #: a shared store: violations go through the hand-off queue to the worker
         self._queued = not store.in_process
         self._local: Store = store
         if self._queued:
