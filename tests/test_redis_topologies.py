@@ -1,7 +1,8 @@
 """The Redis store on every topology of ``OTEL_SECAUDIT_STORE`` (the ``limits`` URI forms),
-against real servers the tests start: a 3-master Redis Cluster (``redis-cli --cluster
-create``) and a master + replica watched by ``redis-server --sentinel``, including a failover
-while the application keeps recording violations."""
+against real servers the tests start: a Unix socket, a TLS-only server (``rediss://``), a
+3-master Redis Cluster (``redis-cli --cluster create``, one master killed and restarted) and a
+master + replica watched by ``redis-server --sentinel``, failed over while the application
+keeps recording violations. No error ever reaches the application."""
 
 from __future__ import annotations
 
@@ -36,6 +37,41 @@ from .servers import RedisClusterServers, RedisSentinelServers, RedisServer, wai
 
 SECRET = "hunter2-s3cret"
 T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def app_runtime(make_sdk: Any) -> Iterator[Callable[..., tuple[Any, runtime.Runtime]]]:
+    """Factory: an SDK plus a runtime with abuse detection on, installed for the test."""
+    built: list[runtime.Runtime] = []
+
+    def factory(**settings: Any) -> tuple[Any, runtime.Runtime]:
+        sdk = make_sdk(**settings)
+        rt = runtime.build(
+            recorder=sdk.recorder,
+            tracer_provider=sdk.tracer_provider,
+            meter_provider=sdk.meter_provider,
+            logger_provider=sdk.logger_provider,
+        )
+        runtime.swap(rt)
+        built.append(rt)
+        return sdk, rt
+
+    yield factory
+    for rt in built:
+        rt.close()
+
+
+def abuse_hosts(sdk: Any) -> list[str]:
+    return [
+        log.log_record.attributes["security.abuse.key"]
+        for log in sdk.logs()
+        if log.log_record.event_name == "abuse.host"
+    ]
+
+
+def attack(address: str, times: int) -> None:
+    for _ in range(times):
+        otel_secaudit.record("auth.login.failed", client_address=address)
 
 
 # -- URI forms (no server) --------------------------------------------------------------------
@@ -234,41 +270,6 @@ def test_cluster_key_cap_keeps_memory_flat(redis_cluster, cluster_url):
     windows = [key for key in keys if b"w:" in key]
     assert len(windows) == 200  # 100 host + 100 user windows: the most recently seen
     assert all(b"10.0.3." in key or b"user-3-" in key for key in windows)
-
-
-@pytest.fixture
-def app_runtime(make_sdk: Any) -> Iterator[Callable[..., tuple[Any, runtime.Runtime]]]:
-    """Factory: an SDK plus a runtime with abuse detection on, installed for the test."""
-    built: list[runtime.Runtime] = []
-
-    def factory(**settings: Any) -> tuple[Any, runtime.Runtime]:
-        sdk = make_sdk(**settings)
-        rt = runtime.build(
-            recorder=sdk.recorder,
-            tracer_provider=sdk.tracer_provider,
-            meter_provider=sdk.meter_provider,
-            logger_provider=sdk.logger_provider,
-        )
-        runtime.swap(rt)
-        built.append(rt)
-        return sdk, rt
-
-    yield factory
-    for rt in built:
-        rt.close()
-
-
-def abuse_hosts(sdk: Any) -> list[str]:
-    return [
-        log.log_record.attributes["security.abuse.key"]
-        for log in sdk.logs()
-        if log.log_record.event_name == "abuse.host"
-    ]
-
-
-def attack(address: str, times: int) -> None:
-    for _ in range(times):
-        otel_secaudit.record("auth.login.failed", client_address=address)
 
 
 def test_detection_over_a_cluster(app_runtime, redis_cluster, cluster_url):
