@@ -695,3 +695,26 @@ def test_worker_restarts_in_a_forked_child(make_sdk, detectors):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_block_end_not_yet_seen_is_reported_before_the_next_block(make_sdk, clock, detectors):
+    """The key re-offends right after its block ended, before housekeeping ran: the first
+    block's end is still reported, once, before the second block starts."""
+    sdk = make_sdk(host_threshold=2, block_seconds=10)
+    detector = make_detector(sdk, clock, detectors)
+    detector.submit(violation(0))
+    detector.submit(violation(1))
+    clock.advance(10.05)  # no flush: housekeeping has not seen the end yet
+    detector.submit(violation(2))
+    detector.submit(violation(3))
+    assert detector.flush()
+    clock.advance(21)
+    assert detector.flush()
+    assert _hosts_and_blocks(sdk) == [
+        ("abuse.host", ADDRESS),
+        ("started", 10),
+        ("ended", ADDRESS),
+        ("abuse.host", ADDRESS),
+        ("started", 20),
+        ("ended", ADDRESS),
+    ]

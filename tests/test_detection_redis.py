@@ -499,3 +499,20 @@ def test_concurrent_submitters_count_exactly(make_sdk, redis_url, detectors, sha
     assert detector.stats["dropped"] == 0
     [record] = abuse_logs(sdk, "abuse.host")  # once per window, whatever the interleaving
     assert record.attributes["security.abuse.count"] == 100
+
+
+def test_a_block_end_not_yet_collected_is_reported_once_through_redis(redis_url):
+    policy = Policy(host_threshold=1, block_seconds=10)
+    first, second = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        hit = Hit("192.0.2.8", None, "auth.login.failed", "", T0, blockable=True)
+        [one] = first.apply([hit], policy)
+        assert (one.blocked_until, one.previous_block_until) == (T0 + 10, 0.0)
+        # 10.5 s later, before any housekeeping: the next crossing carries the old end
+        [two] = second.apply([hit._replace(at=T0 + 10.5)], policy)
+        assert (two.blocked_until, two.previous_block_until) == (T0 + 10.5 + 20, T0 + 10)
+        assert first.housekeeping(T0 + 11).expired == []  # not reported a second time
+        assert second.housekeeping(T0 + 31).expired == [("192.0.2.8", T0 + 30.5)]
+    finally:
+        first.close()
+        second.close()

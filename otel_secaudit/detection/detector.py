@@ -267,6 +267,8 @@ class AbuseDetector:
             self._report(crossing)
 
     def _report(self, crossing: Crossing) -> None:
+        if crossing.previous_block_until:
+            self._block_ended(crossing.key, crossing.previous_block_until)
         if crossing.blocked_until:
             self.blocks.start(crossing.key, crossing.blocked_until)
         self._emitter.crossing(crossing)
@@ -279,9 +281,12 @@ class AbuseDetector:
         if result.active is not None:
             self.blocks.replace(result.active)
         for key, until in result.expired:
-            self.blocks.end(key, until)
-            self._refusals.forget(key)
-            self._emitter.block_ended(key)
+            self._block_ended(key, until)
+
+    def _block_ended(self, key: str, until: float) -> None:
+        self.blocks.end(key, until)
+        self._refusals.forget(key)
+        self._emitter.block_ended(key)
 
     def _redis_failed(self, exc: BaseException) -> None:
         self.recorder.internal_error(exc, "detection.redis")

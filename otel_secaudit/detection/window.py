@@ -117,6 +117,9 @@ class Crossing:
     blocked_until: float = 0.0
     #: length of the block that started (0.0 = none)
     block_seconds: float = 0.0
+    #: the end time of the key's previous block when it had ended but its end was not yet
+    #: reported (the key re-offended before housekeeping saw it): report it first (0.0 = none)
+    previous_block_until: float = 0.0
 
 
 def crossing_of(
@@ -126,6 +129,7 @@ def crossing_of(
     policy: Policy,
     at: float,
     block_seconds: float = 0.0,
+    previous_block_until: float = 0.0,
 ) -> Crossing:
     """The :class:`Crossing` a store reports for ``key`` (the same for every store)."""
     breakdown, trace_ids = evidence_of(entries, policy.evidence)
@@ -140,6 +144,7 @@ def crossing_of(
         trace_ids=trace_ids,
         blocked_until=at + block_seconds if block_seconds else 0.0,
         block_seconds=block_seconds,
+        previous_block_until=previous_block_until,
     )
 
 

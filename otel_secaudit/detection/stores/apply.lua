@@ -13,7 +13,9 @@
 -- their windows). Everything expires one window after it stops mattering. Time is the
 -- caller's clock, never the server's.
 --
--- Returns one array per crossing: {scope, key, at, block_seconds ('0' = no block), entry...}.
+-- Returns one array per crossing: {scope, key, at, block_seconds ('0' = no block),
+-- previous_until ('0' = none: the end of the key's previous block when it was still in the
+-- blocks set, i.e. its end not yet reported; the crossing reports it, exactly once), entry...}.
 local window = tonumber(ARGV[1])
 local thresholds = {host = tonumber(ARGV[2]), user = tonumber(ARGV[3])}
 local block_s = tonumber(ARGV[4])
@@ -36,7 +38,8 @@ end
 
 local function block(key, wkey, at, at_s, offences)
   local seconds = math.min(block_s * 2 ^ math.min(offences, 64), block_max)
-  local row = evidence({'host', key, at_s, string.format('%.17g', seconds)}, wkey)
+  local previous = redis.call('ZSCORE', blocks_key, key) or '0'
+  local row = evidence({'host', key, at_s, string.format('%.17g', seconds), previous}, wkey)
   redis.call('DEL', wkey)  -- the count restarts when the block ends
   local bkey = prefix .. 'b:' .. key
   redis.call('HSET', bkey, 'until', string.format('%.17g', at + seconds), 'offences', offences + 1)
@@ -84,7 +87,7 @@ for i = 8, #ARGV do
         local skey = prefix .. 's:' .. scope .. ':' .. key
         if at >= tonumber(redis.call('GET', skey) or '0') then
           redis.call('SET', skey, string.format('%.17g', at + window), 'PX', window_ms)
-          out[#out + 1] = evidence({scope, key, at_s, '0'}, wkey)
+          out[#out + 1] = evidence({scope, key, at_s, '0', '0'}, wkey)
         end
       end
     end

@@ -99,10 +99,12 @@ class MemoryStore:
             state = self._window(self._hosts, host)
             entries = state.hit(at, name, trace_id, policy.host_threshold, window, since, blocking)
             if entries is not None:
-                seconds = 0.0
+                seconds = ended = 0.0
                 if blocking:
+                    # a block that ended but was not yet reported ends now, exactly once
+                    ended = block.until if block is not None and block.active else 0.0
                     seconds = self._block(host, block, at, policy)
-                crossings.append(crossing_of(HOST, host, entries, policy, at, seconds))
+                crossings.append(crossing_of(HOST, host, entries, policy, at, seconds, ended))
         if user:
             state = self._window(self._users, user)
             entries = state.hit(at, name, trace_id, policy.user_threshold, window)

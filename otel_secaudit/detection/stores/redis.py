@@ -88,12 +88,14 @@ class RedisStore:
 
     @staticmethod
     def _crossing(row: Sequence[Any], policy: Policy) -> Crossing:
-        scope, key, at_s, seconds_s = (_text(v) for v in row[:4])
+        scope, key, at_s, seconds_s, previous_s = (_text(v) for v in row[:5])
         entries: list[Entry] = []
-        for raw in row[4:]:
+        for raw in row[5:]:
             at_e, name, trace_id = _text(raw).split("|", 2)
             entries.append((float(at_e), name, trace_id))
-        return crossing_of(scope, key, entries, policy, float(at_s), float(seconds_s))
+        return crossing_of(
+            scope, key, entries, policy, float(at_s), float(seconds_s), float(previous_s)
+        )
 
     def recent(self, scope: str, key: str, now: float, window: float) -> int:
         """Violations of ``key`` within the window: one ``LRANGE``."""
