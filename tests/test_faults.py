@@ -25,7 +25,7 @@ from otel_secaudit import SecurityRecorder, Settings
 from otel_secaudit.delivery import LOG_RECORD_UID, SpoolingLogRecordProcessor
 
 from .servers import OTLPReceiver, ReceivedLog, wait_for
-from .test_spool import tiny_filesystem  # noqa: F401 - the fixture
+from .test_spool import run_on_full_disk
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,14 +46,11 @@ def spooled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from OTEL_EXPORTER_OTLP_*), with fast retry backoff for short outages."""
     made: list[SecurityRecorder] = []
 
-    def factory(
-        receiver: OTLPReceiver, protocol: str = "grpc", directory: Path | None = None
-    ) -> SecurityRecorder:
+    def factory(receiver: OTLPReceiver, protocol: str = "grpc") -> SecurityRecorder:
         for key, value in exporter_env(receiver, protocol).items():
             monkeypatch.setenv(key, value)
-        spool_dir = directory if directory is not None else tmp_path / "spool"
         recorder = SecurityRecorder(
-            Settings.load(environ={}, strict=True, spool_dir=str(spool_dir))
+            Settings.load(environ={}, strict=True, spool_dir=str(tmp_path / "spool"))
         )
         processor = recorder.delivery.spool
         assert isinstance(processor, SpoolingLogRecordProcessor)
@@ -233,38 +230,21 @@ def test_sigkill_mid_load_then_restart_loses_nothing(
     assert max(seqs_first) <= emitted_first
 
 
-def test_disk_full_mid_load_then_space_back_delivers_every_accepted_record(
-    tiny_filesystem: Path,  # noqa: F811 - first, so it is unmounted after the recorder closed
-    otlp_receiver: OTLPReceiver,
-    spooled: Any,
+def test_disk_full_then_space_back_delivers_every_accepted_record(
+    otlp_receiver: OTLPReceiver, tmp_path: Path
 ) -> None:
-    """A real full disk (a small tmpfs) while the collector is down: writes fail, those records
-    are refused and counted; once space is back, every record the spool accepted (before and
-    after) reaches the collector exactly once after dedup (issue 11: a torn frame used to
-    strand every later record of its segment)."""
-    otlp_receiver.stop()
-    recorder = spooled(otlp_receiver, directory=tiny_filesystem / "spool")
-    processor = recorder.delivery.spool
-    ballast = tiny_filesystem / "ballast"
-    free = os.statvfs(tiny_filesystem)
-    with open(ballast, "wb") as handle:  # leave about 24 KiB
-        try:
-            handle.write(b"\0" * max(0, free.f_bavail * free.f_frsize - 24 * 1024))
-        except OSError:
-            pass
-    record_steadily(recorder, "full", 300, 5000)
-    stats = processor.spool.stats
-    assert stats.write_errors > 0 and stats.appended > 0
-    ballast.unlink()
-    record_steadily(recorder, "after", 50, 5000)
-    otlp_receiver.start()
-    assert processor.force_flush(15_000), processor.spool.stats
-    logs = otlp_receiver.logs()
-    grouped = by_uid(logs)
+    """A real full disk (a small tmpfs, in an app process of its own): writes fail, those
+    records are refused and counted; once space is back, every record the spool accepted
+    (before and after) reaches the collector exactly once after dedup (issue 11: a torn frame
+    used to strand every later record of its segment)."""
+    outcome = run_on_full_disk(tmp_path, "recorder", exporter_env(otlp_receiver, "grpc"))
+    assert outcome["delivered"], outcome
+    assert outcome["write_errors"] > 0 and outcome["appended"] > 0
+    assert outcome["refused"] == 350 - outcome["appended"]  # none silent
+    assert outcome["torn_regions"] == 0
+    grouped = by_uid(otlp_receiver.logs())
     received = {
         (str(c[0].attributes["run"]), int(c[0].attributes["seq"])) for c in grouped.values()
     }
-    assert len(received) == len(grouped) == stats.appended  # every accepted record, once
+    assert len(received) == len(grouped) == outcome["appended"]  # every accepted record, once
     assert {("after", s) for s in range(50)} <= received
-    assert stats.refused == 350 - stats.appended  # the rest refused and counted, none silent
-    assert stats.torn_regions == 0
