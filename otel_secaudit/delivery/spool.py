@@ -22,8 +22,8 @@ Durability:
   (:attr:`SpoolStats.torn_regions`), and every complete frame after it is still delivered. A
   restarted process never appends to an old segment.
 
-Security (CONTRACT section 5): the spool directory is created ``0700``; a directory (or worker
-sub-directory) that is a symlink or owned by another user is refused with
+Security (CONTRACT section 5, :mod:`.directory`): the spool directory is created ``0700``; a
+directory (or worker sub-directory) that is a symlink or owned by another user is refused with
 :class:`SpoolDirectoryError`. Every file is opened relative to the directory's descriptor with
 ``O_NOFOLLOW`` (new files also ``O_EXCL``), so a link planted in the directory (say
 ``cursor.tmp`` pointing at a file of the victim's) is never followed.
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import stat
@@ -51,6 +50,7 @@ from .codec import (
     iter_frames,
     iter_legacy_frames,
 )
+from .directory import NEW_FILE_FLAGS, SpoolDirectoryError, claim_free_worker_dir, lock_dir
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -68,16 +68,9 @@ _log = logging.getLogger("otel_secaudit")
 DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES: Final = 4 * 1024 * 1024
 _SEGMENT_SUFFIX: Final = ".seg"
-_MAX_WORKER_DIRS: Final = 256
 _READ_CHUNK: Final = 256 * 1024
-_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Position = tuple[int, int]  # (segment index, byte offset)
-
-
-class SpoolDirectoryError(OSError):
-    """The spool directory cannot be used safely (a symlink, another user's, not a directory)."""
 
 
 class SpoolWriteError(OSError):
@@ -173,7 +166,7 @@ class Spool:
         self._closed = False
         root = Path(directory)
         self.path, self._dir_fd, self._lock_fd = (
-            _claim(root) if claim_worker_dir else _lock_dir(None, root)
+            claim_free_worker_dir(root) if claim_worker_dir else lock_dir(None, root)
         )
         try:
             self._start()
@@ -297,7 +290,7 @@ class Spool:
     def _open_segment(self, index: int) -> SegmentFile:
         fd = os.open(
             _segment_name(index),
-            os.O_WRONLY | os.O_APPEND | _NEW_FILE_FLAGS,
+            os.O_WRONLY | os.O_APPEND | NEW_FILE_FLAGS,
             0o600,
             dir_fd=self._dir_fd,
         )
@@ -492,7 +485,7 @@ class Spool:
         # its name is unlinked, never written through.
         with contextlib.suppress(FileNotFoundError):
             os.unlink("cursor.tmp", dir_fd=self._dir_fd)
-        fd = os.open("cursor.tmp", os.O_WRONLY | _NEW_FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
+        fd = os.open("cursor.tmp", os.O_WRONLY | NEW_FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
         try:
             os.write(fd, f"{position[0]} {position[1]}\n".encode("ascii"))
         finally:
@@ -556,71 +549,3 @@ class Spool:
 
 def _segment_name(index: int) -> str:
     return f"{index:020d}{_SEGMENT_SUFFIX}"
-
-
-def open_private_dir(name: str | os.PathLike[str], parent_fd: int | None = None) -> int:
-    """Create ``name`` (mode 0700) if missing and open it without following a symlink;
-    relative to ``parent_fd`` when given. Returns the directory's descriptor.
-
-    Raises:
-        SpoolDirectoryError: it is a symlink, not a directory, or owned by another user.
-    """
-    shown = os.fspath(name)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, 0o700, dir_fd=parent_fd)
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise SpoolDirectoryError(
-                exc.errno, f"spool directory {shown} is a symlink or not a directory; refused"
-            ) from None
-        raise
-    owner = os.fstat(fd).st_uid
-    if owner != os.geteuid():
-        os.close(fd)
-        raise SpoolDirectoryError(
-            errno.EPERM,
-            f"spool directory {shown} is owned by uid {owner}, not by this process's user "
-            f"(uid {os.geteuid()}); refused (another local user could read or replace the "
-            "spooled records)",
-        )
-    return fd
-
-
-def _lock_dir(root_fd: int | None, path: Path) -> tuple[Path, int, int]:
-    """Open (creating 0700) the directory ``path`` and lock it: (path, dir fd, lock fd)."""
-    if root_fd is None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    dir_fd = open_private_dir(path if root_fd is None else path.name, root_fd)
-    try:
-        os.fchmod(dir_fd, 0o700)  # ours: a worker dir made by an older version may be 0755
-        lock_fd = os.open(
-            "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd
-        )
-    except BaseException:
-        os.close(dir_fd)
-        raise
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(lock_fd)
-        os.close(dir_fd)
-        raise
-    return path, dir_fd, lock_fd
-
-
-def _claim(root: Path) -> tuple[Path, int, int]:
-    """Claim the first free worker sub-directory of ``root`` (exclusive flock, released by
-    the kernel when the process dies)."""
-    root.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    root_fd = open_private_dir(root)
-    try:
-        for number in range(_MAX_WORKER_DIRS):
-            try:
-                return _lock_dir(root_fd, root / f"worker-{number}")
-            except BlockingIOError:
-                continue
-    finally:
-        os.close(root_fd)
-    raise OSError(f"all {_MAX_WORKER_DIRS} spool worker directories in {root} are in use")
