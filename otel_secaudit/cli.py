@@ -215,6 +215,10 @@ def _show(
 def _report(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise UsageProblem("--top must be at least 1")
+    if args.trace and (args.html or args.json):
+        raise UsageProblem(
+            "--trace prints one trace's timeline; it cannot go with --html or --json"
+        )
     _show(
         args.path,
         trace=args.trace,

@@ -318,6 +318,13 @@ def test_corrupt_lines_are_skipped_and_named(written: Any, capsys: Any) -> None:
     assert f"corrupt input: {logs}:2: not valid JSON" in err
 
 
+def test_trace_does_not_combine_with_html_or_json(written: Any, capsys: Any) -> None:
+    for extra in (["--html", str(written.folder / "x.html")], ["--json"]):
+        argv = ["report", str(written.folder), "--trace", written.trace_id, *extra]
+        assert "cannot go with --html or --json" in _error(capsys, argv)
+    assert not (written.folder / "x.html").exists()
+
+
 def test_bad_trace_argument(written: Any, capsys: Any) -> None:
     assert "is not a trace ID" in _error(capsys, ["report", str(written.folder), "--trace", "abc"])
     assert "is not in this recording" in _error(
