@@ -484,7 +484,9 @@ def test_compose_images_are_pinned_and_volumes_persist(compose: dict[str, Any]) 
     assert services["collector"]["image"] == COLLECTOR_IMAGE
     for name, service in services.items():
         if "build" in service:
-            assert (ROOT / service["build"]["dockerfile"]).is_file(), name
+            dockerfile = ROOT / service["build"]["dockerfile"]
+            base = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.M)
+            assert base and all(re.search(r":\d+\.\d+\.\d+", image) for image in base), name
             continue
         image = service["image"]
         repository, _, tag = image.rpartition(":")
