@@ -184,8 +184,7 @@ def tls_files(folder: str) -> tuple[str, str, str]:
     for command in (
         ["req", "-x509", *ec_key, "-nodes", "-keyout", ca_key, "-out", ca_crt]
         + ["-days", "1", "-subj", "/CN=otel-secaudit test CA"],
-        ["req", *ec_key, "-nodes", "-keyout", key, "-out", csr]
-        + ["-subj", "/CN=127.0.0.1"],
+        ["req", *ec_key, "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
         ["x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial"]
         + ["-out", crt, "-days", "1", "-extfile", ext],
     ):
@@ -355,8 +354,10 @@ class RedisSentinelServers:
         )
         # the sentinel must know the replica before it can promote it
         wait_for(
-            lambda: str(self.replica.port)
-            in self.sentinel_cli("sentinel", "replicas", self.service_name),
+            lambda: (
+                str(self.replica.port)
+                in self.sentinel_cli("sentinel", "replicas", self.service_name)
+            ),
             timeout=15,
             interval=0.05,
         )
