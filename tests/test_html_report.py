@@ -11,12 +11,15 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from otel_secaudit.cli import main
 from otel_secaudit.demo.html_report import Links, render_html, violation_chart
 from otel_secaudit.demo.report import ReportError, load, summarize
 
 from .browser import DOM, dump_dom, screenshot
+from .test_report import _hostile_archive
 
 HOSTILE_UA = '<script>document.documentElement.dataset.pwned="ua"</script>'
 HOSTILE_USER = '"><img src=x onerror="document.title=\'pwned\'">[/]'
@@ -234,3 +237,52 @@ def test_render_without_links_or_signals(tmp_path: Path) -> None:
     recording = load(folder)
     page = render_html(recording, summarize(recording))
     assert "No abuse signals." in page and "No violations." in page and "/trace/" not in page
+
+
+# -- fuzz: whatever telemetry holds, the page's structure is the page's own --------------------
+
+_OWN_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "p", "section",
+    "div", "span", "svg", "line", "text", "g", "rect", "label", "input", "ol", "li", "details",
+    "summary", "code", "a", "table", "caption", "thead", "tbody", "tr", "th", "td", "button",
+    "strong", "ul", "script",
+}  # fmt: skip
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    hostile=st.one_of(
+        st.sampled_from(
+            [
+                HOSTILE_UA,
+                HOSTILE_USER,
+                HOSTILE_ADDRESS,
+                "<svg onload=alert(1)>",
+                "javascript:alert(1)",
+                '" onmouseover="alert(1)',
+                "</textarea><iframe src=//evil.example>",
+                "]]><!--",
+                "\u202e<b>x</b>",
+            ]
+        ),
+        st.text(alphabet="<>\"'&/=; :[]()abcdefhijklmnoprstvx\u202e\x00\x1b", min_size=1),
+        st.text(min_size=1, max_size=60),
+    )
+)
+def test_fuzz_hostile_values_never_add_markup(tmp_path: Path, hostile: str) -> None:
+    folder = tmp_path / f"in{abs(hash(hostile))}"
+    _hostile_archive(folder, hostile)
+    recording = load(folder)
+    page = render_html(
+        recording, summarize(recording), Links("http://j.example", "http://g.example")
+    )
+    dom = DOM(page)
+    assert {e.tag for e in dom.elements} <= _OWN_TAGS
+    assert len(dom.find("script")) == 1
+    for element in dom.elements:
+        assert not any(name.startswith("on") for name in element.attrs), element.attrs
+        href = element.attrs.get("href")
+        if href is not None:
+            assert href.startswith(("http://j.example/", "http://g.example/")), href
