@@ -1,9 +1,9 @@
 """Where abuse detection keeps its state, chosen by URI like the ``limits`` library's storage.
 
-* :class:`Store`: the small protocol (``apply`` a batch of hits, ``housekeeping``, ``stats``,
-  ``close``);
+* :class:`Store`: the small protocol (``apply`` a batch of hits, ``recent``,
+  ``housekeeping``, ``stats``, ``close``);
 * :class:`MemoryStore` (``memory://``, the default): in process;
-* :class:`RedisStore` (``redis://``, ``rediss://``, ``unix://``): shared by every instance,
+* :class:`RedisStore` (every Redis form of :mod:`.redis_clients`): shared by every instance,
   one atomic Lua round trip per batch (``apply.lua``, ``housekeeping.lua``);
 * :func:`parse_store_uri` validates ``OTEL_SECAUDIT_STORE`` (the config module uses it) and
   :func:`build_store` turns it into a store: the one place a URI becomes a store.
@@ -16,6 +16,7 @@ from typing import Any
 from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, Housekeeping, Store
 from .memory import MemoryStore
 from .redis import RedisStore  # redis-py itself is imported only when a client is built
+from .redis_clients import SCHEMES, parse_redis_uri, redact_password
 
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
@@ -43,8 +44,6 @@ def parse_store_uri(raw: str) -> str:
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme == "memory":
         return "memory://"
-    from .redis_clients import SCHEMES, parse_redis_uri, redact_password
-
     if scheme in SCHEMES:
         parse_redis_uri(uri, variable=None)  # Settings.load names the variable itself
         return uri
@@ -64,8 +63,8 @@ def build_store(
     or a caller that builds its own); other ``options`` go to the store's constructor.
 
     Raises:
-        ValueError: a URI :func:`parse_store_uri` refuses.
-        ImportError: a Redis URI without redis-py installed.
+        ValueError: a URI :func:`parse_store_uri` refuses. (A missing redis-py shows when
+            the client is first used, in the detector's worker, which then counts in memory.)
     """
     uri = parse_store_uri(uri)
     if uri == "memory://":
