@@ -33,8 +33,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
-from opentelemetry._logs import LoggerProvider, get_logger_provider
-from opentelemetry.metrics import MeterProvider, get_meter_provider
+from opentelemetry._logs import LoggerProvider
+from opentelemetry.metrics import MeterProvider
 
 from .config import Settings
 from .recorder import SecurityRecorder
@@ -75,21 +75,22 @@ class Runtime:
         return self.recorder.settings
 
     def flush(self, timeout_millis: int = 5000) -> bool:
-        """Push out everything queued: the detector's pending violations (so their ``abuse.*``
-        events are emitted), then the tracer, logger and meter pipelines the recorder writes
-        to, then the spool. Never raises; returns False when something did not finish in time.
+        """Push out everything queued, within ``timeout_millis`` in all: the detector's pending
+        violations first (so their ``abuse.*`` events are emitted), then the tracer pipeline
+        (span events ride on the request spans), then what the recorder wrote (its log and
+        metric pipelines, the spool: :meth:`Delivery.flush`). Never raises; returns False when
+        something did not finish in time.
         """
         deadline = time.monotonic() + timeout_millis / 1000
         results = []
         if self.detector is not None:
             results.append(_call(self.recorder, "flush", self.detector.flush, _left(deadline)))
-        for provider in self._providers():
-            force_flush = getattr(provider, "force_flush", None)
-            if callable(force_flush):
-                results.append(_call(self.recorder, "flush", force_flush, _left_ms(deadline)))
-        spool_flush = getattr(self.recorder.delivery, "flush", None)
-        if callable(spool_flush):
-            results.append(_call(self.recorder, "flush", spool_flush, _left_ms(deadline)))
+        tracer_provider = self.tracer_provider or trace.get_tracer_provider()
+        force_flush = getattr(tracer_provider, "force_flush", None)
+        if callable(force_flush):
+            results.append(_call(self.recorder, "flush", force_flush, _left_ms(deadline)))
+        delivery = self.recorder.delivery
+        results.append(_call(self.recorder, "flush", delivery.flush, _left_ms(deadline)))
         # SDK providers return None or a bool; only an explicit False (or an error) is a miss.
         return all(result is not False for result in results)
 
@@ -118,17 +119,6 @@ class Runtime:
             restart = getattr(component, "after_fork_in_child", None)
             if callable(restart):
                 _call(self.recorder, "runtime.fork", restart)
-
-    def _providers(self) -> list[Any]:
-        found: list[Any] = []
-        for provider in (
-            self.tracer_provider or trace.get_tracer_provider(),
-            self.logger_provider or get_logger_provider(),
-            self.meter_provider or get_meter_provider(),
-        ):
-            if provider not in found:
-                found.append(provider)
-        return found
 
     def __repr__(self) -> str:
         detection = "on" if self.detector is not None else "off"
