@@ -24,6 +24,7 @@ from otel_secaudit.exporters import (
     export_dir,
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 APP = textwrap.dedent(
     """
     from opentelemetry import trace
@@ -172,3 +173,53 @@ def test_shutdown_closes_the_file_and_later_exports_fail_quietly(
     from opentelemetry.sdk.trace.export import SpanExportResult
 
     assert exporters[0].export([]) is SpanExportResult.FAILURE
+
+
+def test_zero_code_web_app_without_a_collector(tmp_path: Path) -> None:
+    """``opentelemetry-instrument uvicorn`` with the otlp_json_dir exporters: the requests'
+    events, server spans and counters are in the folder after a SIGTERM (uvicorn's graceful
+    shutdown; the plugin flushes at lifespan shutdown), and the report reads them."""
+    import httpx
+
+    from .servers import free_port, serve_subprocess
+
+    out = tmp_path / "audit"
+    port = free_port()
+    env = _clean_environment(
+        OTEL_SERVICE_NAME="zero-code-web",
+        OTEL_TRACES_EXPORTER="otlp_json_dir",
+        OTEL_LOGS_EXPORTER="otlp_json_dir",
+        OTEL_METRICS_EXPORTER="otlp_json_dir",
+        OTEL_SECAUDIT_EXPORT_DIR=str(out),
+        OTEL_SECAUDIT_HOST_THRESHOLD="1000",
+        PYTHONPATH=str(ROOT),
+    )
+    served = serve_subprocess(
+        ["opentelemetry-instrument", sys.executable, "-m", "uvicorn", "tests.apps.secapp:app",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+        port,
+        env,
+        cwd=str(ROOT),
+    )  # fmt: skip
+    try:
+        with httpx.Client(base_url=served.base_url) as http:
+            for _ in range(3):
+                assert http.get("/private").status_code == 401
+            assert http.get("/forbidden").status_code == 403
+            assert http.get("/ok").status_code == 200
+    finally:
+        served.stop()
+    assert served.process.returncode is not None
+    recording = load(out, strict=True)
+    summary = summarize(recording)
+    assert summary.events == {"auth.unauthenticated": 3, "authz.permission_denied": 1}, (
+        served.output()[-3000:]
+    )
+    counted = {a[attr.EVENT_NAME]: v for a, v in summary.counters[attr.METRIC_EVENTS]}
+    assert counted == summary.events
+    routes = {span.attributes.get("http.route") for span in recording.spans}
+    assert {"/private", "/forbidden", "/ok"} <= routes
+    with_events = [s for s in recording.spans if s.events]
+    assert sorted(e.name for s in with_events for e in s.events) == sorted(
+        ["auth.unauthenticated"] * 3 + ["authz.permission_denied"]
+    )
