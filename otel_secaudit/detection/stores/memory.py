@@ -83,13 +83,12 @@ class MemoryStore:
         out: list[Crossing] = []
         with self._lock:
             for hit in hits:
-                out += self._count(hit, policy)
+                self._count(hit, policy, out)
         return out
 
-    def _count(self, hit: Hit, policy: Policy) -> list[Crossing]:
-        # caller holds the lock
+    def _count(self, hit: Hit, policy: Policy, crossings: list[Crossing]) -> None:
+        # caller holds the lock; appends the crossings of ``hit`` to ``crossings``
         self.violations += 1
-        crossings: list[Crossing] = []
         window = policy.window_seconds
         host, user, name, trace_id, at, blockable = hit
         if host:
@@ -110,7 +109,6 @@ class MemoryStore:
             entries = state.hit(at, name, trace_id, policy.user_threshold, window)
             if entries is not None:
                 crossings.append(crossing_of(USER, user, entries, policy, at))
-        return crossings
 
     def _window(self, windows: OrderedDict[str, KeyWindow], key: str) -> KeyWindow:
         # caller holds the lock; LRU: the least recently seen key goes first
