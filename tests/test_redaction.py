@@ -840,3 +840,20 @@ def test_any_mix_of_hostile_patterns_is_linear(atoms: list[str], size: int) -> N
     assert _cpu(lambda: redactor.identifier(value, Sanitized())) < 0.05
     assert _cpu(lambda: scrub_query(value)) < 0.05
     assert _cpu(lambda: is_secret_key(value) or is_secret_header(value)) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("Basic Zqaaaaaaaaaaaaaa00", True),
+        ("Basic dXNlcjpwYXNzd29yZA==", True),
+        ("Authorization: Basic aaZaaa", True),
+        ("basic checks failed", False),
+        ("Basic Auth required", False),
+        ("the token expired", False),
+    ],
+)
+def test_auth_scheme_credentials(text: str, secret: bool) -> None:
+    """A scheme word followed by 6+ token characters with an upper-case letter, digit or base64
+    symbol is a credential, in identifiers too; ordinary words after ``basic``/``token`` are not."""
+    assert is_known_secret(text) is secret

@@ -337,6 +337,19 @@ def is_secret_header(name: str) -> bool:
 # lengths keep ordinary words out; counted repetitions stay small so the DFA stays small.
 
 _B64URL = "[A-Za-z0-9_-]"
+
+
+def _credential(length: int = 6) -> str:
+    """RE2 for a run of token characters at least ``length`` long that contains an upper-case
+    letter, digit or base64 symbol: one alternative per position of the first such character
+    (0 .. length-2), and one for any later position. No look-ahead needed, still one DFA."""
+    any_char, special = "[A-Za-z0-9._~+/=-]", "[A-Z0-9+/=]"
+    early = [
+        f"{any_char}{{{at}}}{special}{any_char}{{{length - at - 1},}}" for at in range(length - 1)
+    ]
+    return "(?:" + "|".join([*early, f"{any_char}{{{length - 1},}}{special}{any_char}*"]) + ")"
+
+
 _ASSIGNMENT = (
     r"(?i)(?:pass(?:word|wd|phrase)?|pwd|secret|token|api[_-]?key|access[_-]?key"
     r"|session(?:_?id)?|jwt|csrf|xsrf|authorization|cookie|private[_-]?key)"
@@ -416,13 +429,9 @@ KNOWN_SECRET_SHAPES: Final[tuple[tuple[str, str], ...]] = (
     # ``token:abc`` are plausible resource ids).
     ("assignment", _ASSIGNMENT.format(separator="=")),
     ("bearer", r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{6,}"),
-    # ``Basic dXNlcjpwYXNz``: the credential has an upper-case letter, digit or base64 symbol,
-    # so ``basic checks failed`` is not one.
-    (
-        "auth-scheme",
-        r"(?i:\b(?:basic|digest|negotiate|token))\s+[A-Za-z0-9._~+/=-]{2,}[A-Z0-9+/=]"
-        r"[A-Za-z0-9._~+/=-]{2,}",
-    ),
+    # ``Basic dXNlcjpwYXNz``: a credential of 6+ characters with an upper-case letter, digit or
+    # base64 symbol somewhere, so ``basic checks failed`` is not one (see _credential()).
+    ("auth-scheme", r"(?i:\b(?:basic|digest|negotiate|token))\s+" + _credential()),
 )
 
 #: (name, RE2 pattern): shapes that make *free text* a secret, on top of the known formats.
