@@ -1,8 +1,9 @@
 """otel_secaudit: security violations and audit actions as OpenTelemetry signals.
 
 Every security event becomes a log record (Logs API, ``event_name``, trace context as the
-correlation ID), a span event on the current span and counters; an abuse span processor
-escalates brute force per client address and per user and can block abusive addresses.
+correlation ID), a span event on the current span and counters; the abuse detector
+escalates brute force per client address and per user (sliding window, memory or Redis) and
+can block abusive addresses.
 
 Usage, explicit::
 

@@ -46,6 +46,10 @@ ABUSE_COUNT: Final = "security.abuse.count"
 ABUSE_THRESHOLD: Final = "security.abuse.threshold"
 ABUSE_WINDOW_S: Final = "security.abuse.window_s"
 ABUSE_TRACE_IDS: Final = "security.abuse.trace_ids"
+#: On abuse.block.started: this block's length.
+BLOCK_SECONDS: Final = "security.block.seconds"
+#: On request.blocked: requests refused since the last request.blocked record for that key.
+BLOCK_COUNT: Final = "security.block.count"
 
 REDACTED_COUNT: Final = "security.redacted.count"
 

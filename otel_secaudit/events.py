@@ -22,7 +22,6 @@ __all__ = [
     "EventSpec",
     "InvalidEventError",
     "Violation",
-    "is_violation",
     "resolve_event",
     "severity_number",
 ]
@@ -76,8 +75,11 @@ class EventSpec:
 
     @property
     def feeds_detection(self) -> bool:
-        """Violations feed abuse detection, except the detector's own ``abuse.*`` events."""
-        return self.outcome == FAILURE and self.category != "abuse"
+        """Violations feed abuse detection, except the detector's own ``abuse.*`` events and
+        ``request.blocked`` (a refusal the detector itself decided: CONTRACT section 2)."""
+        return (
+            self.outcome == FAILURE and self.category != "abuse" and self.name != "request.blocked"
+        )
 
 
 def _spec(name: str, outcome: str, severity: str) -> EventSpec:
@@ -220,12 +222,6 @@ def resolve_event(name: object, outcome: object = None) -> EventSpec:
         outcome=str(outcome),
         severity="WARN" if outcome == FAILURE else "INFO",
     )
-
-
-def is_violation(name: str) -> bool:
-    """True when ``name`` is a catalogue event with outcome ``failure``."""
-    spec = CATALOGUE.get(name)
-    return spec is not None and spec.is_violation
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,10 @@ Signals for one event (CONTRACT section 1):
 3. ``security.events`` (every event) and ``security.violations`` (failures), with only the
    low-cardinality attributes of CONTRACT section 4.
 
-Abuse detection sees every violation exactly once. When the span event lands on a recording
-span and the abuse span processor is registered, the processor feeds the detector in
-``on_end`` (where the finished span also knows route and status). Otherwise, a sampled-out
-span, span events turned off, or no processor registered, the recorder hands the violation to
-:attr:`SecurityRecorder.violation_sink` itself. That is the one place.
+Abuse detection sees every violation exactly once: the recorder hands each one to
+:attr:`SecurityRecorder.violation_sink` (the detector's allocation-light ``submit``), whether
+the span is sampled or not and whichever TracerProvider made it. That is the one place; no span
+processor is involved, so spans without a violation cost nothing extra at ``end()``.
 """
 
 from __future__ import annotations
@@ -151,10 +150,8 @@ class SecurityRecorder:
         self._user_hashes: dict[str, str] = {}
         self._logged_errors: set[str] = set()
         self.stats = RecorderStats()
-        #: Receives violations that the abuse span processor will not see (see module doc).
+        #: Receives every violation that feeds abuse detection (see the module doc).
         self.violation_sink: Callable[[Violation], None] | None = None
-        #: True while an abuse span processor is registered on the tracer provider.
-        self.span_processor_active = False
         from .delivery import attach  # the SDK is imported only when a recorder is built
 
         #: Durable delivery (OTEL_SECAUDIT_SPOOL_DIR) or counted drops: otel_secaudit.delivery.

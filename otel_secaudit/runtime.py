@@ -171,7 +171,7 @@ def build(
         try:
             from .detection import enable_detection
 
-            detector = enable_detection(recorder, tracer_provider)
+            detector = enable_detection(recorder)
         except Exception:
             _log.exception("otel_secaudit: abuse detection could not start; recording only")
     return Runtime(

@@ -23,10 +23,8 @@ from .window import HOST, Crossing
 
 __all__ = ["BLOCK_COUNT", "BLOCK_SECONDS", "AbuseEmitter"]
 
-#: On abuse.block.started: this block's length (CONTRACT section 3).
-BLOCK_SECONDS: Final = "security.block.seconds"
-#: On request.blocked: requests refused since the last request.blocked record for that key.
-BLOCK_COUNT: Final = "security.block.count"
+BLOCK_SECONDS: Final = attr.BLOCK_SECONDS
+BLOCK_COUNT: Final = attr.BLOCK_COUNT
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
