@@ -13,11 +13,14 @@ import fastapi
 import httpx
 import pytest
 from fastapi import Request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otel_secaudit import ConfigError, Settings, helpers, runtime
 from otel_secaudit.web.asgi import SecAuditMiddleware
 from otel_secaudit.web.rules import (
     MAX_LOGIN_BODY_BYTES,
+    RuleProblems,
     StatusRule,
     login_user_name,
     parse_login_routes,
@@ -325,8 +328,6 @@ def test_succeeded_after_failures(make_sdk: Any, detectors: list[Any]) -> None:
     )
     runtime.swap(rt)
     detectors.append(rt.detector)
-    if not hasattr(rt.detector, "user_violations"):
-        pytest.skip("AbuseDetector.user_violations (H-DETECTION) is not there yet")
     app = login_app()
     for _ in range(3):
         post(app, "/auth/jwt/login", data={"username": "dave", "password": BAD_PASSWORD})
@@ -337,3 +338,72 @@ def test_succeeded_after_failures(make_sdk: Any, detectors: list[Any]) -> None:
     after = records(sdk)[-1]
     assert after.attributes["security.abuse.count"] == 3
     assert after.attributes["user.hash"] == records(sdk)[0].attributes["user.hash"]
+    # a user without failures: no succeeded_after_failures
+    post(app, "/auth/jwt/login", data={"username": "erin", "password": GOOD_PASSWORD})
+    assert [r.event_name for r in records(sdk)][-1] == "auth.login.succeeded"
+    assert len([r for r in records(sdk) if r.event_name.endswith("after_failures")]) == 1
+
+
+# -- hostile input ----------------------------------------------------------------------------
+
+_CONTENT_TYPES = [
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=b",
+    "multipart/form-data",
+    "text/plain",
+    "",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content_type=st.sampled_from(_CONTENT_TYPES) | st.text(max_size=100),
+    body=st.binary(max_size=4096)
+    | st.sampled_from([b"[" * 70_000, b'{"username":' * 5000, b"username=" + b"%" * 60_000]),
+)
+def test_login_user_name_never_raises(content_type: str, body: bytes) -> None:
+    """The body is attacker-controlled: any bytes give a name or None, never an exception."""
+    result = login_user_name(content_type, body, ("username", "email"))
+    assert result is None or isinstance(result, str)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.text(max_size=300), status=st.integers(100, 599), path=st.text(max_size=100))
+def test_rule_parsing_and_matching_never_raise_anything_else(
+    raw: str, status: int, path: str
+) -> None:
+    try:
+        rules = parse_status_rules(raw)
+    except RuleProblems as problems:
+        assert problems.problems
+        rules = problems.usable or parse_status_rules("")
+    rules.match("GET", status, None, path)
+    rules.match("POST", status, path, path)
+    try:
+        routes = parse_login_routes(raw)
+    except RuleProblems as problems:
+        routes = problems.usable or parse_login_routes("")
+    routes.for_request("POST", path)
+
+
+def test_login_body_cost_is_linear() -> None:
+    """64 KiB of hostile JSON or form data is parsed (or refused) in milliseconds."""
+    import time
+
+    fields = ("username", "email", "login")
+    worst = 0.0
+    for body, kind in [
+        (b"[" * MAX_LOGIN_BODY_BYTES, "application/json"),
+        (b'{"a":' * (MAX_LOGIN_BODY_BYTES // 5), "application/json"),
+        (b"&" * MAX_LOGIN_BODY_BYTES, "application/x-www-form-urlencoded"),
+        (
+            b"username=" + b"%41" * (MAX_LOGIN_BODY_BYTES // 3 - 3),
+            "application/x-www-form-urlencoded",
+        ),
+        (b"--b\r\n" * (MAX_LOGIN_BODY_BYTES // 5), "multipart/form-data; boundary=b"),
+    ]:
+        start = time.perf_counter()
+        login_user_name(kind, body[:MAX_LOGIN_BODY_BYTES], fields)
+        worst = max(worst, time.perf_counter() - start)
+    assert worst < 0.1, worst

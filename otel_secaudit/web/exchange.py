@@ -311,12 +311,9 @@ class Exchange:
 
 
 def _user_violations(rt: _runtime.Runtime, name: str) -> int:
-    """Violations of the user key (``user.hash`` of ``name``) in the detection window, from the
-    detector; 0 when detection is off or cannot say."""
-    detector = rt.detector
-    count_of = getattr(detector, "user_violations", None)
-    if count_of is None:
+    """Violations of the user key (``user.hash`` of ``name``) in the detection window; 0 when
+    detection is off. With a Redis store this is one round trip, made on successful logins
+    only."""
+    if rt.detector is None:
         return 0
-    key = hash_identity(rt.settings.effective_hash_key, name)
-    value = count_of(key)
-    return int(value) if isinstance(value, (int, float)) else 0
+    return rt.detector.user_violations(hash_identity(rt.settings.effective_hash_key, name))
