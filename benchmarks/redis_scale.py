@@ -14,8 +14,14 @@ Prints:
   with the standalone server (A B B A ...), median of per-pair ratios, with an A/A row
   (standalone vs standalone) beside. Each row also gives the Redis servers' CPU time per
   violation (``INFO cpu``, all data nodes), which a busy machine disturbs far less than wall
-  time. The cost of the cap itself (evicting vs never binding) is measured by
-  ``python -m benchmarks.detection``;
+  time;
+* **the cap's own cost at the store**: ``RedisStore.apply`` of the same stream in batches of
+  500 violations (what the detector's worker sends), capped at 20,000 keys per scope and
+  evicting on every hit vs. never binding (``max_keys`` 10**9: the recency sorted set is kept
+  in both arms, only eviction differs), each arm on a redis-server of its own, interleaved
+  A B B A, median of per-pair ratios, A/A (capped vs capped) beside, Redis CPU per violation.
+  ``python -m benchmarks.detection`` measures the same comparison through the detector, on
+  a stream that revisits 90,000 keys;
 * **memory of 1,000,000 distinct attackers** (new address, new user, a trace ID each):
   ``INFO memory`` ``used_memory`` before and after, on a fresh server, without the cap (bytes
   per attacker and per Redis key) and with ``max_keys=20000`` (sampled along the way: it
@@ -24,6 +30,7 @@ Prints:
 
 from __future__ import annotations
 
+import gc
 import statistics
 import sys
 import time
@@ -163,6 +170,68 @@ def topology_rows(n: int, pairs: int) -> list[tuple[str, str, str, str]]:
     ]  # fmt: skip
 
 
+# -- the cap's own cost, at the store (interleaved A/B) ------------------------------------------
+
+
+class StoreArm:
+    """One arm: ``RedisStore.apply`` of ``block`` new attackers per run, in batches of 500
+    violations (what the detector's worker sends), with ``max_keys``, on a redis-server of its
+    own (so that one arm's growing keyspace cannot slow the other), pre-filled past the cap so
+    that a capped arm evicts from its first run on. Returns violations/s; keeps the server's
+    CPU microseconds per violation of each run (:attr:`cpu_us`)."""
+
+    def __init__(self, max_keys: int, block: int, servers: list[RedisServer]) -> None:
+        server = RedisServer().start()
+        servers.append(server)
+        self.port, self.block = server.port, block
+        self.store = build_store(server.url, max_keys=max_keys)
+        self.attackers = Attackers()
+        self.cpu_us: list[float] = []
+        for hits in batches(self.attackers, CAP + BATCH):
+            self.store.apply(hits, POLICY)
+
+    def __call__(self) -> float:
+        work = list(batches(self.attackers, self.block))
+        cpu = server_cpu([self.port])
+        gc.disable()
+        started = time.perf_counter()
+        for hits in work:
+            self.store.apply(hits, POLICY)
+        elapsed = time.perf_counter() - started
+        gc.enable()
+        self.cpu_us.append((server_cpu([self.port]) - cpu) / self.block * 1e6)
+        return self.block / elapsed
+
+
+def cap_rows(block: int, pairs: int) -> list[tuple[str, str, str, str]]:
+    servers: list[RedisServer] = []
+    try:
+        never = StoreArm(NO_CAP, block, servers)
+        capped = StoreArm(CAP, block, servers)
+        ratio, never_rate, capped_rate = interleaved(never, capped, pairs)
+        ratio_aa, _, _ = interleaved(capped, StoreArm(CAP, block, servers), pairs)
+    finally:
+        for server in servers:
+            server.close()
+    cpu_never, cpu_capped = statistics.median(never.cpu_us), statistics.median(capped.cpu_us)
+    return [
+        (
+            f"store.apply, cap {CAP:,} evicting on every hit: violations/s",
+            f"{capped_rate:,.0f}  (Redis CPU {cpu_capped:,.1f} us/violation)",
+            ">= 20,000",
+            "ok" if capped_rate >= 20_000 else "MISSED",
+        ),
+        (
+            "  cap never binding: violations/s",
+            f"{never_rate:,.0f}  (Redis CPU {cpu_never:,.1f} us/violation)",
+            "",
+            "",
+        ),
+        ("  rate ratio capped / never binding", f"{ratio:.2f}x", "", ""),
+        ("  A/A noise floor (capped / capped)", f"{ratio_aa:.2f}x", "", ""),
+    ]
+
+
 # -- memory -----------------------------------------------------------------------------------
 
 
@@ -234,6 +303,7 @@ def memory_rows(n: int) -> list[tuple[str, str, str, str]]:
 def main() -> None:
     quick = "--quick" in sys.argv
     rows = topology_rows(n=10_000 if quick else 50_000, pairs=2 if quick else 4)
+    rows += cap_rows(block=5_000, pairs=6 if quick else 20)
     rows += memory_rows(200_000 if quick else 1_000_000)
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'result':>42}  {'target':>10}  status")
