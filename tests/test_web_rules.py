@@ -407,3 +407,22 @@ def test_login_body_cost_is_linear() -> None:
         login_user_name(kind, body[:MAX_LOGIN_BODY_BYTES], fields)
         worst = max(worst, time.perf_counter() - start)
     assert worst < 0.1, worst
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the recorder to note each recorded event name on the current request "
+    "(RequestContext/WebRequest.recorded_names); LEAD's recorder does not yet",
+)
+def test_no_event_name_twice_when_the_app_records_its_own_success(make_sdk: Any) -> None:
+    sdk = make_sdk(login_routes="POST /session")
+    app = fastapi.FastAPI()
+
+    @app.post("/session")
+    async def session(request: Request) -> dict[str, bool]:
+        helpers.login_succeeded("frank")
+        return {"ok": True}
+
+    app.add_middleware(SecAuditMiddleware)
+    assert post(app, "/session", data={"username": "frank"}).status_code == 200
+    assert [r.event_name for r in records(sdk)] == ["auth.login.succeeded"]
