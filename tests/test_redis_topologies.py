@@ -341,6 +341,19 @@ def test_detection_through_a_password_protected_sentinel(app_runtime, redis_sent
     master.close()
 
 
+def test_a_dead_sentinel_is_skipped(app_runtime, redis_sentinel):
+    # the first sentinel listed is down: the next one names the master, without retries
+    url = redis_sentinel.url.replace("@127.0.0.1:", "@127.0.0.1:1,127.0.0.1:")
+    assert parse_redis_uri(url).locations[0] == ("127.0.0.1", 1)
+    sdk, rt = app_runtime(store=url, host_threshold=5)
+    started = time.monotonic()
+    attack("203.0.113.62", 5)
+    assert rt.flush(5000)
+    assert time.monotonic() - started < 1.0
+    assert abuse_hosts(sdk) == ["203.0.113.62"]
+    assert rt.detector is not None and rt.detector.stats["redis_errors"] == 0
+
+
 def test_wrong_sentinel_password_counts_locally(app_runtime, redis_sentinel):
     url = redis_sentinel.url.replace(redis_sentinel.password or "", "wrong-password")
     sdk, rt = app_runtime(store=url, host_threshold=5)
