@@ -117,3 +117,17 @@ def test_runtime_is_looked_up_once_per_exchange(make_sdk: Any) -> None:
     with request_scope(exchange.request):
         exchange.respond(403)
     assert len(security_logs(first)) == 1 and security_logs(second) == []
+
+
+def test_a_failing_route_lookup_does_not_cost_the_event(sdk: SDK) -> None:
+    def route_of() -> str | None:
+        raise RuntimeError("framework quirk")
+
+    exchange = Exchange.open(
+        method="GET", path="/x", peer="10.0.0.1", header=lambda name: [], route_of=route_of
+    )
+    with request_scope(exchange.request):
+        exchange.respond(401)
+    (record,) = security_logs(sdk)
+    assert record.event_name == "auth.unauthenticated"
+    assert "http.route" not in record.attributes

@@ -78,7 +78,10 @@ class WebRequest(RequestContext):
     def route(self) -> str | None:
         """The matched route template, router prefixes included; None when none matched."""
         if self._route is None and self._route_of is not None:
-            value = self._route_of()
+            try:
+                value = self._route_of()
+            except Exception:  # a framework quirk must never cost the event itself
+                value = None
             if isinstance(value, str) and value:
                 self._route = value[:MAX_ROUTE_LENGTH]
         return self._route
@@ -95,7 +98,10 @@ class WebRequest(RequestContext):
         route = self.route if path is not None else None
         if path is None or route is None:
             return path
-        return scrub_path(route, path)[0]
+        try:
+            return scrub_path(route, path)[0]
+        except Exception:  # never export an unscrubbed path: drop it instead
+            return None
 
     @path.setter
     def path(self, value: str | None) -> None:
