@@ -219,6 +219,28 @@ class RedisTLSServer(RedisServer):
             return False
 
 
+def _redis_major_version(binary: str) -> int:
+    """The major version of a ``redis-server`` binary (``Redis server v=7.0.15 ...``)."""
+    output = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    version = output.split("v=", 1)[1].split(".", 1)[0] if "v=" in output else "0"
+    return int(version) if version.isdigit() else 0
+
+
+def _port_with_free_bus_port() -> int:
+    """A free loopback port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a cluster node")
+
+
 class RedisClusterServers:
     """A real Redis Cluster on loopback: ``masters`` ``redis-server --cluster-enabled yes``
     nodes (no replicas, no TLS) joined by ``redis-cli --cluster create``."""
@@ -235,18 +257,22 @@ class RedisClusterServers:
         return f"redis+cluster://{hosts}"
 
     def start(self) -> RedisClusterServers:
+        # The bus port is port + 10000 unless set (``cluster-port``, Redis >= 7): that one may
+        # be taken, or above 65535 for an ephemeral port, so choose it, or the node's port.
+        bus_port_option = _redis_major_version(self.nodes[0].binary) >= 7
         for node in self.nodes:
             node.extra_args = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 os.path.join(node._dir, "nodes.conf"),
-                # the default bus port (port + 10000) may be taken or above 65535
-                "--cluster-port",
-                str(free_port()),
                 "--cluster-node-timeout",
                 str(self.node_timeout_ms),
             ]
+            if bus_port_option:
+                node.extra_args += ["--cluster-port", str(free_port())]
+            else:
+                node.port = _port_with_free_bus_port()
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         created = subprocess.run(
