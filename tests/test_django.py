@@ -7,6 +7,8 @@ Nothing in the project mentions otel_secaudit."""
 from __future__ import annotations
 
 import re
+import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,6 +108,9 @@ def test_gunicorn_workers_record_logins_csrf_403_and_detect_abuse(
             assert "Please enter a correct" in failed.text
         # CSRF on: a post without the token is refused by Django's CSRF check
         assert browser.http.post("/accounts/login/", data={"username": "x"}).status_code == 403
+        for _ in range(2):  # bob mistypes twice, then gets in
+            assert browser.login("bob", WRONG_PASSWORD).status_code == 200
+        time.sleep(1.0)  # the workers' detectors take the failures to Redis
         assert browser.login("bob", DJANGO_USERS["bob"]).status_code == 302
         session_cookie = browser.http.cookies["sessionid"]
         csrf_cookie = browser.http.cookies["csrftoken"]
@@ -117,20 +122,21 @@ def test_gunicorn_workers_record_logins_csrf_403_and_detect_abuse(
     failed_logs = wait_for(
         lambda: (
             (found := security_logs(otlp_receiver, "auth.login.failed"))
-            and len(found) >= 3
+            and len(found) >= 5
             and found
         ),
         timeout=20,
     )
-    hashes = {log.attributes.get("user.hash") for log in failed_logs}
-    assert len(hashes) == 1 and None not in hashes
+    hashes = Counter(log.attributes.get("user.hash") for log in failed_logs)
+    assert sorted(hashes.values()) == [2, 3] and None not in hashes
+    mallory = next(key for key, count in hashes.items() if count == 3)
     assert {log.attributes["http.route"] for log in failed_logs} == {"accounts/login/"}
     assert {log.attributes["security.reason"] for log in failed_logs} == {"invalid_credentials"}
 
     # abuse.user (user_threshold 3) from violations spread over two forked workers: each
     # worker's detector thread runs (restarted after fork) and they share the Redis store.
     abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.user"), timeout=20)
-    assert abuse[0].attributes["security.abuse.key"] == hashes.pop()
+    assert [log.attributes["security.abuse.key"] for log in abuse] == [mallory]
     evidence = set(abuse[0].attributes["security.abuse.trace_ids"])
     assert evidence and evidence <= {log.trace_id for log in failed_logs}
 
@@ -140,6 +146,14 @@ def test_gunicorn_workers_record_logins_csrf_403_and_detect_abuse(
     assert len(succeeded) == 1
     bob_id = succeeded[0].attributes["user.id"]
     assert bob_id.isdigit()
+    # a success after failures of the same user name (OWASP authn_login_successafterfail)
+    after = wait_for(
+        lambda: security_logs(otlp_receiver, "auth.login.succeeded_after_failures"), 20
+    )
+    assert len(after) == 1 and after[0].trace_id == succeeded[0].trace_id
+    assert after[0].attributes["user.id"] == bob_id
+    assert after[0].attributes["security.abuse.count"] == 2
+    assert after[0].attributes["user.hash"] != mallory
     denied = wait_for(lambda: security_logs(otlp_receiver, "authz.permission_denied"), 20)
     assert len(denied) == 1
     assert denied[0].attributes["user.id"] == bob_id

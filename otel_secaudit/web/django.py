@@ -13,7 +13,8 @@ the ``otel_secaudit`` instrumentor calls :func:`instrument_django`, which
   ``django.setup()`` does not matter;
 * connects ``user_login_failed`` -> ``auth.login.failed`` (``user.hash`` of the credentials'
   user name; nothing else of the credentials), ``user_logged_in`` -> ``auth.login.succeeded``
-  (``user.id`` = the user's pk) and ``user_logged_out`` -> ``auth.logout``;
+  (``user.id`` = the user's pk; plus ``auth.login.succeeded_after_failures`` when that user
+  name had failures in the window) and ``user_logged_out`` -> ``auth.logout``;
 * points ``CSRF_FAILURE_VIEW`` at :func:`csrf_failure`, which records
   ``request.csrf_mismatch`` with a reason code (``csrf_token_missing``, ``no_csrf_cookie``,
   ``bad_origin``...) and then calls the view that was configured.
@@ -39,6 +40,7 @@ from .wsgi import (
     ENVIRON_MARKER,
     capture_headers_enabled,
     open_exchange,
+    record_login_success,
     record_signal,
     register_exit_flush,
     scrub_span,
@@ -206,7 +208,12 @@ def _on_login_failed(sender: Any, credentials: Any = None, request: Any = None, 
 
 def _on_logged_in(sender: Any, request: Any = None, user: Any = None, **kw: Any) -> None:
     pk = getattr(user, "pk", None)
-    record_signal("auth.login.succeeded", **({"user_id": str(pk)} if pk is not None else {}))
+    get_username = getattr(user, "get_username", None)
+    name = get_username() if callable(get_username) else None
+    record_login_success(
+        name if isinstance(name, str) else None,
+        **({"user_id": str(pk)} if pk is not None else {}),
+    )
 
 
 def _on_logged_out(sender: Any, request: Any = None, user: Any = None, **kw: Any) -> None:

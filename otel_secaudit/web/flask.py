@@ -39,6 +39,7 @@ from .wsgi import (
     ENVIRON_MARKER,
     capture_headers_enabled,
     open_exchange,
+    record_login_success,
     record_signal,
     register_exit_flush,
     scrub_span,
@@ -230,7 +231,8 @@ def _user_fields(user: Any) -> dict[str, Any]:
 
 
 def _on_logged_in(sender: Any, user: Any = None, **kw: Any) -> None:
-    record_signal("auth.login.succeeded", **_user_fields(user))
+    fields = _user_fields(user)
+    record_login_success(fields.get("user_id"), **fields)
 
 
 def _on_logged_out(sender: Any, user: Any = None, **kw: Any) -> None:

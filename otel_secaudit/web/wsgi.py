@@ -34,9 +34,11 @@ from typing import Any, Final
 
 from opentelemetry import trace
 
+from .. import attributes as attr
 from .. import runtime
 from ..context import current_request, request_scope
-from .exchange import Exchange, WebRequest
+from .exchange import LOGIN_AFTER_FAILURES, LOGIN_SUCCEEDED, Exchange, WebRequest
+from .exchange import _user_violations as user_violations
 from .rules import MAX_LOGIN_BODY_BYTES
 from .server_span import scrub_server_span
 
@@ -48,6 +50,7 @@ __all__ = [
     "instrument_wsgi",
     "open_exchange",
     "read_login_body",
+    "record_login_success",
     "record_signal",
     "register_exit_flush",
     "scrub_span",
@@ -141,6 +144,34 @@ def record_signal(name: str, **fields: Any) -> None:
     except Exception as exc:  # a signal receiver must never break the login
         if recorder is not None:
             recorder.internal_error(exc, "web.signal")
+
+
+def record_login_success(user_name: str | None, **fields: Any) -> None:
+    """A framework's login signal (Django's or Flask-Login's ``user_logged_in``):
+    ``auth.login.succeeded``, and ``auth.login.succeeded_after_failures`` (with
+    ``security.abuse.count``) when ``user_name``'s user key had violations in the window, as a
+    login route's rule would; both noted on the request so the rule does not repeat them. The
+    window count is the exchange core's (one Redis round trip, on successful logins only).
+    Never raises."""
+    record_signal(LOGIN_SUCCEEDED, **fields)
+    if not user_name:
+        return
+    rt = None
+    try:
+        rt = runtime.current()
+        count = user_violations(rt, user_name)
+        if count > 0:
+            rt.recorder.emit(
+                LOGIN_AFTER_FAILURES,
+                {**fields, "user_name": user_name},
+                internal_attributes={attr.ABUSE_COUNT: count},
+            )
+            request = current_request()
+            if isinstance(request, WebRequest):
+                request.recorded_names.add(LOGIN_AFTER_FAILURES)
+    except Exception as exc:  # a signal receiver must never break the login
+        if rt is not None:
+            rt.recorder.internal_error(exc, "web.signal")
 
 
 def _status_code(status: str) -> int:
