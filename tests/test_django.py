@@ -226,6 +226,11 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
         assert {log.attributes["client.address"] for log in blocked} == {ATTACKER}
         assert {log.attributes["http.response.status_code"] for log in blocked} == {429}
         assert security_logs(otlp_receiver, "request.rate_limited") == []
+        # refused inside contrib's server span, before routing: no http.route anywhere
+        wait_for(lambda: blocked[0].trace_id in server_spans(otlp_receiver), timeout=20)
+        span = server_spans(otlp_receiver)[blocked[0].trace_id]
+        assert [name for name, _ in span.events] == ["request.blocked"]
+        assert "http.route" not in span.attributes and "http.route" not in blocked[0].attributes
     finally:
         served.stop()
 
