@@ -235,7 +235,7 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
         served.stop()
 
 
-def test_runserver_with_route_rules_written_with_and_without_a_leading_slash(
+def test_runserver_route_rules_with_and_without_a_slash_and_a_json_login_route(
     otlp_receiver: OTLPReceiver, django_db: str
 ) -> None:
     env = telemetry_env(
@@ -244,6 +244,7 @@ def test_runserver_with_route_rules_written_with_and_without_a_leading_slash(
             "403:authz.permission_denied,/forbidden/ 403:app.forbidden.hit,"
             "reports/* 403:app.reports.denied"
         ),
+        login_routes="POST /api/login/",
     )
     served = serve_django(env, django_db, server="runserver")
     try:
@@ -251,11 +252,27 @@ def test_runserver_with_route_rules_written_with_and_without_a_leading_slash(
             assert http.get("/forbidden/").status_code == 403
             assert http.get("/reports/2023/").status_code == 403
             assert http.get("/ok/").status_code == 200
+            # a JSON login route: the plugin reads the body first, the view still parses it
+            assert http.post("/api/login/", json={"username": "eve"}).status_code == 400
+            bad = {"username": "eve", "password": WRONG_PASSWORD}
+            assert http.post("/api/login/", json=bad).status_code == 401
+            good = {"username": "alice", "password": DJANGO_USERS["alice"]}
+            assert http.post("/api/login/", json=good).status_code == 200
         logs = wait_for(
-            lambda: (found := security_logs(otlp_receiver)) and len(found) >= 2 and found, 20
+            lambda: (found := security_logs(otlp_receiver)) and len(found) >= 5 and found, 20
         )
     finally:
         served.stop()
+    logins = [log for log in logs if log.event_name.startswith("auth.login")]
+    assert [(log.event_name, log.attributes.get("security.reason")) for log in logins] == [
+        ("auth.login.failed", "http_400"),  # the login rule, user name from the JSON body
+        ("auth.login.failed", "invalid_credentials"),  # Django's signal; the rule adds none
+        ("auth.login.succeeded", None),  # Django's signal; the rule adds none
+    ]
+    assert logins[0].attributes["user.hash"] == logins[1].attributes["user.hash"]  # one key
+    assert logins[2].attributes["user.id"].isdigit()
+    assert WRONG_PASSWORD.encode() not in otlp_receiver.raw_bytes()
+    logs = [log for log in logs if log not in logins]
     routes = {log.event_name: log.attributes["http.route"] for log in logs}
     assert routes == {
         "app.forbidden.hit": "forbidden/",

@@ -14,4 +14,5 @@ urlpatterns = [
     path("forbidden/", views.forbidden, name="forbidden"),
     path("reports/<int:year>/", views.reports, name="reports"),
     path("calls/", views.calls, name="calls"),
+    path("api/login/", views.api_login, name="api_login"),
 ]

@@ -3,11 +3,14 @@ tests can check that a blocked request never reached a view."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+from django.contrib.auth import authenticate, login
 from django.contrib.auth.decorators import permission_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 CALLS: Counter[str] = Counter()
 
@@ -30,3 +33,18 @@ def reports(request: HttpRequest, year: int) -> HttpResponse:
 
 def calls(request: HttpRequest) -> JsonResponse:
     return JsonResponse(dict(CALLS))
+
+
+@csrf_exempt
+def api_login(request: HttpRequest) -> JsonResponse:
+    """A JSON login endpoint (the kind OTEL_SECAUDIT_LOGIN_ROUTES is for): 400 without a
+    password, 401 on bad credentials, 200 and a session on success."""
+    CALLS["api_login"] += 1
+    data = json.loads(request.body or b"{}")
+    if not data.get("password"):
+        return JsonResponse({"error": "password required"}, status=400)
+    user = authenticate(request, username=data.get("username"), password=data["password"])
+    if user is None:
+        return JsonResponse({"error": "bad credentials"}, status=401)
+    login(request, user)
+    return JsonResponse({"ok": True})
