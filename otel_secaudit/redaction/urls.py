@@ -39,7 +39,7 @@ _LONE_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 #: Values that are already a redaction marker (contrib writes ``REDACTED``) are left alone.
 _MARKERS: Final = frozenset({"REDACTED", REDACTED, "%5BREDACTED%5D", "%5bREDACTED%5d"})
 #: Path parameter names that are identifiers: checked against known secret formats only.
-_ID_SUFFIXES: Final = ("id", "pk", "uuid", "slug", "key_id")
+_ID_SUFFIXES: Final = ("id", "pk", "uuid", "slug")
 
 
 def _text(raw: bytes | str) -> str:
@@ -69,19 +69,14 @@ def percent_decode(component: str, *, plus: bool = True) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _decode_component(component: str) -> str:
-    """A query name or value as the application sees it (``+`` is a space, ``%XX`` decoded)."""
-    return percent_decode(component)
-
-
 def _pair_is_secret(name: str, value: str, rules: KeyRules) -> bool:
     # Cheapest checks first: most pairs are short, with plain names (decoded only if encoded).
     if "%" in name or "+" in name:
-        name = _decode_component(name[: 3 * MAX_KEY_LENGTH])
+        name = percent_decode(name[: 3 * MAX_KEY_LENGTH])
     if rules.is_secret_query_name(name):
         return True
     # Decoding never lengthens a value, and nothing shorter than 8 is shaped like a secret.
-    if len(value) >= 8 and looks_like_secret(_decode_component(value)):
+    if len(value) >= 8 and looks_like_secret(percent_decode(value)):
         return True
     return len(name) >= 16 and looks_like_secret(name)
 
@@ -114,7 +109,7 @@ def scrub_query(raw: bytes | str, rules: KeyRules = DEFAULT_KEY_RULES) -> tuple[
     for index, pair in enumerate(parts):
         name, eq, value = pair.partition("=")
         if not eq:
-            if len(name) >= 8 and looks_like_secret(_decode_component(name)):
+            if len(name) >= 8 and looks_like_secret(percent_decode(name)):
                 parts[index] = REDACTED
                 count += 1
             continue
