@@ -6,6 +6,8 @@
   events, one request one violation); see its documentation for the adapter protocol.
 * :mod:`.server_span`: scrubbing the server span other instrumentations opened.
 * :mod:`.asgi`: the pure ASGI middleware; :mod:`.starlette`: where it goes in Starlette/FastAPI.
+* :mod:`.wsgi`, :mod:`.django`, :mod:`.flask`: the WSGI middleware and the Django and Flask
+  adapters, on the same core.
 * :mod:`.instrumentor`: :class:`SecAuditInstrumentor`, wiring only.
 
 Importing this package imports no web framework.
