@@ -46,7 +46,7 @@ from ..redaction import hash_identity, scrub_path
 from .client import normalize_ip, resolve_client_address
 from .rules import LoginRoute, StatusRule, login_user_name
 
-__all__ = ["Exchange", "Refusal", "WebRequest"]
+__all__ = ["Exchange", "Refusal", "WebRequest", "record_after_failures", "user_violations"]
 
 MAX_ROUTE_LENGTH: Final = 256
 MAX_PATH_LENGTH: Final = 1024
@@ -281,25 +281,14 @@ class Exchange:
         if 200 <= status < 400:
             if not self._already(LOGIN_SUCCEEDED):
                 self._record(LOGIN_SUCCEEDED, **fields)
-            if name and not self._already(LOGIN_AFTER_FAILURES):
-                self._after_failures(name, fields)
+            if name:
+                record_after_failures(self.runtime, self.request, name, fields)
             return True
         if 400 <= status < 500 and status != 429:
             if not self.request.failure_recorded and not self._already(LOGIN_FAILED):
                 self._record(LOGIN_FAILED, reason=f"http_{status}", **fields)
             return True
         return False
-
-    def _after_failures(self, name: str, fields: dict[str, Any]) -> None:
-        """``auth.login.succeeded_after_failures`` when the user key had violations in the
-        window (a brute force that worked)."""
-        count = _user_violations(self.runtime, name)
-        if count > 0:
-            recorder = self.runtime.recorder
-            recorder.emit(
-                LOGIN_AFTER_FAILURES, fields, internal_attributes={attr.ABUSE_COUNT: count}
-            )
-            self.request.recorded_names.add(LOGIN_AFTER_FAILURES)
 
     def _status_rule(self, status: int) -> None:
         rules = self.runtime.settings.status_events
@@ -316,10 +305,33 @@ class Exchange:
         self._record(rule.event, outcome=rule.outcome)
 
 
-def _user_violations(rt: _runtime.Runtime, name: str) -> int:
+def user_violations(rt: _runtime.Runtime, name: str) -> int:
     """Violations of the user key (``user.hash`` of ``name``) in the detection window; 0 when
-    detection is off. With a Redis store this is one round trip, made on successful logins
+    detection is off. With a Redis store this is one round trip: call it on successful logins
     only."""
     if rt.detector is None:
         return 0
     return rt.detector.user_violations(hash_identity(rt.settings.effective_hash_key, name))
+
+
+_user_violations = user_violations  # the name web.wsgi imported first
+
+
+def record_after_failures(
+    rt: _runtime.Runtime, request: WebRequest | None, name: str, fields: dict[str, Any]
+) -> None:
+    """After a successful login of user name ``name``: ``auth.login.succeeded_after_failures``
+    (with ``security.abuse.count``) when its user key had violations in the window (a brute
+    force that worked), once per request. Login-route rules and framework login signals both
+    call this. ``fields`` are the success event's fields (``user_id``...)."""
+    if request is not None and LOGIN_AFTER_FAILURES in request.recorded_names:
+        return
+    count = user_violations(rt, name)
+    if count > 0:
+        rt.recorder.emit(
+            LOGIN_AFTER_FAILURES,
+            {**fields, "user_name": name},
+            internal_attributes={attr.ABUSE_COUNT: count},
+        )
+        if request is not None:
+            request.recorded_names.add(LOGIN_AFTER_FAILURES)
