@@ -143,15 +143,20 @@ def test_uninstrument_restores_flask_and_flask_login(sdk: Any) -> None:
     assert len(sdk.logs()) == 1  # nothing recorded once uninstrumented
 
 
-def test_uninstrument_restores_contribs_wsgi_middleware() -> None:
+def test_uninstrument_restores_contribs_wsgi_middleware(sdk: Any) -> None:
     pytest.importorskip("opentelemetry.instrumentation.wsgi")
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
     wsgi_adapter.uninstrument_wsgi()  # whatever an earlier test left instrumented
     original = OpenTelemetryMiddleware.__init__
     wsgi_adapter.instrument_wsgi()
-    wrapped = OpenTelemetryMiddleware(make_app([]))
+    wrapped = OpenTelemetryMiddleware(make_app([]), tracer_provider=sdk.tracer_provider)
     assert isinstance(wrapped.wsgi, wsgi_adapter.SecAuditWSGIMiddleware)
+    assert Client(wrapped).get("/forbidden").status_code == 403
+    assert len(sdk.logs()) == 1
     wsgi_adapter.uninstrument_wsgi()
     assert OpenTelemetryMiddleware.__init__ is original
     assert not isinstance(OpenTelemetryMiddleware(make_app([])).wsgi, type(wrapped.wsgi))
+    # the one it added before passes requests through now
+    assert Client(wrapped).get("/forbidden").status_code == 403
+    assert len(sdk.logs()) == 1

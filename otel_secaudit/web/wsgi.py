@@ -312,7 +312,7 @@ def instrument_wsgi() -> bool:
 
     def __init__(self: Any, wsgi: Any, *args: Any, **kwargs: Any) -> None:
         if not isinstance(wsgi, SecAuditWSGIMiddleware):
-            wsgi = SecAuditWSGIMiddleware(wsgi)
+            wsgi = _InstrumentedWSGIMiddleware(wsgi)
         original(self, wsgi, *args, **kwargs)
 
     _original_init = original
@@ -320,9 +320,19 @@ def instrument_wsgi() -> bool:
     return True
 
 
+class _InstrumentedWSGIMiddleware(SecAuditWSGIMiddleware):
+    """The middleware :func:`instrument_wsgi` adds: it passes requests through untouched once
+    :func:`uninstrument_wsgi` ran (one added by hand stays active)."""
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if _original_init is None:
+            return self.app(environ, start_response)
+        return super().__call__(environ, start_response)
+
+
 def uninstrument_wsgi() -> None:
-    """Undo :func:`instrument_wsgi` for middlewares built from now on; those already built
-    keep the security middleware."""
+    """Undo :func:`instrument_wsgi`: middlewares built from now on get no security middleware,
+    and the ones it added to middlewares already built pass requests through."""
     global _original_init
     if _original_init is None:
         return
