@@ -286,3 +286,27 @@ def test_fuzz_hostile_values_never_add_markup(tmp_path: Path, hostile: str) -> N
         href = element.attrs.get("href")
         if href is not None:
             assert href.startswith(("http://j.example/", "http://g.example/")), href
+
+
+def test_chart_widens_buckets_for_long_recordings(tmp_path: Path) -> None:
+    """Two days of violations: whole-minute buckets, at most 360 bars, nothing lost."""
+    from otel_secaudit.demo.report import LogEntry, Recording
+
+    recording = Recording()
+    two_days_s = 2 * 24 * 3600
+    for second in range(0, two_days_s, 600):
+        recording.logs.append(
+            LogEntry(
+                (1_764_000_000 + second) * 1_000_000_000,
+                "auth.login.failed",
+                "WARN",
+                "",
+                "",
+                "otel_secaudit",
+                {"security.event.outcome": "failure"},
+                None,
+            )
+        )
+    chart = violation_chart(recording)
+    assert chart.bucket_s == 60 * 8  # 2,871 minutes from first to last: ceil(2871 / 360)
+    assert chart.buckets <= 360 and chart.total == two_days_s // 600
