@@ -2,9 +2,9 @@
 
 The ASGI middleware opens a :class:`RequestContext` for each request with :func:`request_scope`;
 every ``record()`` made while it is open adds the request's method, route, path, status, client
-address, user agent and user id. The recorder also marks the context when the application
-recorded a failure, so the middleware does not add a second status event for the same response
-(one request, one violation).
+address, user agent and user id. The recorder also marks the context with every event name it
+recorded and whether one was a failure, so the middleware does not add a second status event
+for the same response (one request, one violation) nor repeat an event name.
 
 This module knows nothing about HTTP frameworks.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["RequestContext", "current_request", "request_scope"]
 
@@ -39,6 +39,10 @@ class RequestContext:
     user_id_resolver: Callable[[], str | None] | None = None
     #: Set by the recorder when a failure event was recorded during this request.
     failure_recorded: bool = False
+    #: Every event name the recorder recorded during this request (no event name twice: a
+    #: login-route or status rule does not repeat what the application or a framework
+    #: signal already recorded).
+    recorded_names: set[str] = field(default_factory=set)
 
     def resolve_user_id(self) -> str | None:
         """The user id, from ``user_id`` or, once, from ``user_id_resolver``."""

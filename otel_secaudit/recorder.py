@@ -41,7 +41,7 @@ from typing_extensions import TypedDict, Unpack
 
 from . import attributes as attr
 from .config import Settings
-from .context import current_request
+from .context import RequestContext, current_request
 from .events import EventSpec, InvalidEventError, Violation, resolve_event, severity_number
 from .redaction import (
     MAX_USER_AGENT_LENGTH,
@@ -216,8 +216,11 @@ class SecurityRecorder:
         now = time.time_ns()
         span = trace.get_current_span(context)
         self._signal(spec, attributes, number, body, context, span, now)
+        request = current_request()
+        if request is not None:
+            request.recorded_names.add(spec.name)
         if spec.is_violation:
-            self._violation(spec, attributes, span, now)
+            self._violation(spec, attributes, span, now, request)
         return True
 
     def _signal(
@@ -259,11 +262,15 @@ class SecurityRecorder:
             self.stats.recorded += 1
 
     def _violation(
-        self, spec: EventSpec, attributes: Mapping[str, Any], span: trace.Span, now: int
+        self,
+        spec: EventSpec,
+        attributes: Mapping[str, Any],
+        span: trace.Span,
+        now: int,
+        request: RequestContext | None,
     ) -> None:
         """Mark the request (one request, one violation) and hand the violation to abuse
         detection: every one, directly, whichever TracerProvider made the span (or none)."""
-        request = current_request()
         if request is not None:
             request.failure_recorded = True
         sink = self.violation_sink

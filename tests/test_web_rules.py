@@ -409,11 +409,6 @@ def test_login_body_cost_is_linear() -> None:
     assert worst < 0.1, worst
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the recorder to note each recorded event name on the current request "
-    "(RequestContext/WebRequest.recorded_names); LEAD's recorder does not yet",
-)
 def test_no_event_name_twice_when_the_app_records_its_own_success(make_sdk: Any) -> None:
     sdk = make_sdk(login_routes="POST /session")
     app = fastapi.FastAPI()

@@ -65,13 +65,12 @@ class WebRequest(RequestContext):
     template only after routing, while the context is opened before it. It also remembers the
     event names recorded for the request (no event name twice)."""
 
-    __slots__ = ("_route_of", "_route", "_path", "recorded_names")
+    __slots__ = ("_route_of", "_route", "_path")
 
     def __init__(self, route_of: Callable[[], str | None] | None = None, **fields: Any) -> None:
         self._route_of = route_of
         self._route: str | None = None
         self._path: str | None = None
-        self.recorded_names: set[str] = set()
         super().__init__(**fields)
 
     @property  # type: ignore[override]
@@ -267,8 +266,7 @@ class Exchange:
     def _record(self, name: str, outcome: str | None = None, **fields: Any) -> None:
         if outcome is not None:
             fields["outcome"] = outcome
-        self.runtime.recorder.record(name, **fields)
-        self.request.recorded_names.add(name)
+        self.runtime.recorder.record(name, **fields)  # notes ``name`` on the request
 
     def _already(self, name: str) -> bool:
         return name in self.request.recorded_names
@@ -279,6 +277,11 @@ class Exchange:
         name = self._user_name
         fields: dict[str, Any] = {"user_name": name} if name else {}
         if 200 <= status < 400:
+            if self.request.failure_recorded:
+                # The application or a framework signal recorded a failure for this request
+                # (Django's LoginView answers 200 to a wrong password, after user_login_failed):
+                # the answer's status says nothing about success then.
+                return True
             if not self._already(LOGIN_SUCCEEDED):
                 self._record(LOGIN_SUCCEEDED, **fields)
             if name:
@@ -314,11 +317,8 @@ def user_violations(rt: _runtime.Runtime, name: str) -> int:
     return rt.detector.user_violations(hash_identity(rt.settings.effective_hash_key, name))
 
 
-_user_violations = user_violations  # the name web.wsgi imported first
-
-
 def record_after_failures(
-    rt: _runtime.Runtime, request: WebRequest | None, name: str, fields: dict[str, Any]
+    rt: _runtime.Runtime, request: RequestContext | None, name: str, fields: dict[str, Any]
 ) -> None:
     """After a successful login of user name ``name``: ``auth.login.succeeded_after_failures``
     (with ``security.abuse.count``) when its user key had violations in the window (a brute
@@ -332,6 +332,4 @@ def record_after_failures(
             LOGIN_AFTER_FAILURES,
             {**fields, "user_name": name},
             internal_attributes={attr.ABUSE_COUNT: count},
-        )
-        if request is not None:
-            request.recorded_names.add(LOGIN_AFTER_FAILURES)
+        )  # the recorder notes the name on the current request

@@ -34,11 +34,9 @@ from typing import Any, Final
 
 from opentelemetry import trace
 
-from .. import attributes as attr
 from .. import runtime
 from ..context import current_request, request_scope
-from .exchange import LOGIN_AFTER_FAILURES, LOGIN_SUCCEEDED, Exchange, WebRequest
-from .exchange import _user_violations as user_violations
+from .exchange import LOGIN_SUCCEEDED, Exchange, record_after_failures
 from .rules import MAX_LOGIN_BODY_BYTES
 from .server_span import scrub_server_span
 
@@ -137,10 +135,7 @@ def record_signal(name: str, **fields: Any) -> None:
     recorder = None
     try:
         recorder = runtime.current().recorder
-        recorder.record(name, **fields)
-        request = current_request()
-        if isinstance(request, WebRequest):
-            request.recorded_names.add(name)
+        recorder.record(name, **fields)  # notes ``name`` on the current request
     except Exception as exc:  # a signal receiver must never break the login
         if recorder is not None:
             recorder.internal_error(exc, "web.signal")
@@ -159,16 +154,7 @@ def record_login_success(user_name: str | None, **fields: Any) -> None:
     rt = None
     try:
         rt = runtime.current()
-        count = user_violations(rt, user_name)
-        if count > 0:
-            rt.recorder.emit(
-                LOGIN_AFTER_FAILURES,
-                {**fields, "user_name": user_name},
-                internal_attributes={attr.ABUSE_COUNT: count},
-            )
-            request = current_request()
-            if isinstance(request, WebRequest):
-                request.recorded_names.add(LOGIN_AFTER_FAILURES)
+        record_after_failures(rt, current_request(), user_name, fields)
     except Exception as exc:  # a signal receiver must never break the login
         if rt is not None:
             rt.recorder.internal_error(exc, "web.signal")
