@@ -421,3 +421,18 @@ def test_no_event_name_twice_when_the_app_records_its_own_success(make_sdk: Any)
     app.add_middleware(SecAuditMiddleware)
     assert post(app, "/session", data={"username": "frank"}).status_code == 200
     assert [r.event_name for r in records(sdk)] == ["auth.login.succeeded"]
+
+
+def test_login_route_2xx_after_a_recorded_failure_is_not_a_success(make_sdk: Any) -> None:
+    # Django's LoginView answers 200 to a wrong password after user_login_failed was recorded.
+    sdk = make_sdk(login_routes="POST /form-login")
+    app = fastapi.FastAPI()
+
+    @app.post("/form-login")
+    async def form_login(request: Request) -> dict[str, bool]:
+        helpers.login_failed("grace")
+        return {"ok": False}
+
+    app.add_middleware(SecAuditMiddleware)
+    assert post(app, "/form-login", data={"username": "grace"}).status_code == 200
+    assert [r.event_name for r in records(sdk)] == ["auth.login.failed"]
