@@ -35,7 +35,7 @@ from .redaction import REDACTED
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .instrumentor import SecAuditInstrumentor
+    from .web.instrumentor import SecAuditInstrumentor
 
 __all__ = [
     "CATALOGUE",
@@ -118,7 +118,7 @@ def record(name: str, /, **fields: Unpack[EventFields]) -> None:
 def __getattr__(name: str) -> Any:
     # The instrumentor pulls in opentelemetry-instrumentation; import it only when asked.
     if name == "SecAuditInstrumentor":
-        from .instrumentor import SecAuditInstrumentor
+        from .web.instrumentor import SecAuditInstrumentor
 
         return SecAuditInstrumentor
     raise AttributeError(f"module 'otel_secaudit' has no attribute {name!r}")

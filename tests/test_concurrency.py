@@ -15,8 +15,8 @@ from starlette.routing import Route
 
 import otel_secaudit
 from otel_secaudit import SecurityRecorder, Settings, runtime
-from otel_secaudit.asgi import SecAuditMiddleware
 from otel_secaudit.delivery import LOG_RECORD_UID
+from otel_secaudit.web.asgi import SecAuditMiddleware
 
 from .conftest import SDK
 from .test_spool import FlakyExporter

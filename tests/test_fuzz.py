@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 import otel_secaudit
 from otel_secaudit import CATALOGUE, SecurityRecorder, Settings, runtime
-from otel_secaudit.asgi import SecAuditMiddleware
+from otel_secaudit.web.asgi import SecAuditMiddleware
 
 from .conftest import SDK, http_scope
 
