@@ -167,47 +167,79 @@ _WEB_ARGUMENTS: Final[Mapping[str, Callable[[Any], Any]]] = {
 }
 
 
+def _int_argument(parser: Callable[[str], Any], value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return parser(str(value))
+
+
+def _bool_argument(parser: Callable[[str], Any], value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected a bool, got {value!r}")
+    return value
+
+
+def _hash_key_argument(parser: Callable[[str], Any], value: Any) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, bytes):
+        raise ValueError(f"unsupported value {value!r}")
+    if len(value) < 16:
+        raise ValueError("must be at least 16 bytes")
+    return value
+
+
+def _value_only(
+    coerce: Callable[[Any], Any],
+) -> Callable[[Callable[[str], Any], Any], Any]:
+    """A coercer that needs no environment parser."""
+
+    def coerce_value(parser: Callable[[str], Any], value: Any) -> Any:
+        return coerce(value)
+
+    return coerce_value
+
+
+def _networks(value: Any) -> Any:
+    return _parse_proxies(",".join(str(item) for item in value))
+
+
+def _optional_path(value: Any) -> Path | None:
+    return None if value is None else Path(value).expanduser()
+
+
+# Explicit non-string arguments, by setting: (parser of the environment form, value) -> value.
+_INT_SETTINGS: Final = (
+    "host_threshold",
+    "user_threshold",
+    "window_seconds",
+    "block_seconds",
+    "max_keys",
+    "block_max_seconds",
+    "ipv6_prefix",
+    "spool_max_bytes",
+)
+_ARGUMENT_COERCERS: Final[Mapping[str, Callable[[Callable[[str], Any], Any], Any]]] = {
+    **{name: _int_argument for name in _INT_SETTINGS},
+    **{name: _bool_argument for name in ("record_user_name", "span_events", "strict")},
+    **{name: _value_only(_networks) for name in ("trusted_proxies", "allowlist")},
+    **{name: _value_only(rows) for name, rows in _WEB_ARGUMENTS.items()},
+    "redact_keys": _value_only(lambda value: tuple(str(item) for item in value)),
+    "hash_key": _hash_key_argument,
+    "spool_dir": _value_only(_optional_path),
+    "export_dir": _value_only(lambda value: Path(value).expanduser()),
+}
+
+
 def _coerce_argument(name: str, value: Any) -> Any:
     """Validate an explicit argument; strings go through the environment parser."""
     parser, _ = _PARSERS[name]
     if isinstance(value, str):
         return parser(value)
-    if name in (
-        "host_threshold",
-        "user_threshold",
-        "window_seconds",
-        "block_seconds",
-        "max_keys",
-        "block_max_seconds",
-        "ipv6_prefix",
-        "spool_max_bytes",
-    ):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {value!r}")
-        return parser(str(value))
-    if name in ("record_user_name", "span_events", "strict"):
-        if not isinstance(value, bool):
-            raise ValueError(f"expected a bool, got {value!r}")
-        return value
-    if name in ("trusted_proxies", "allowlist"):
-        return _parse_proxies(",".join(str(item) for item in value))
-    web_rows = _WEB_ARGUMENTS.get(name)
-    if web_rows is not None:
-        return web_rows(value)
-    if name == "redact_keys":
-        return tuple(str(item) for item in value)
-    if name == "hash_key":
-        if isinstance(value, bytes):
-            if len(value) < 16:
-                raise ValueError("must be at least 16 bytes")
-            return value
-        if value is None:
-            return None
-    if name == "spool_dir":
-        return None if value is None else Path(value).expanduser()
-    if name == "export_dir":
-        return Path(value).expanduser()
-    raise ValueError(f"unsupported value {value!r}")
+    coerce = _ARGUMENT_COERCERS.get(name)
+    if coerce is None:
+        raise ValueError(f"unsupported value {value!r}")
+    return coerce(parser, value)
 
 
 # A password in a URI's user info (``redis://user:PASSWORD@host``, up to the last ``@``, as a
