@@ -42,7 +42,7 @@ from .recorder import SecurityRecorder
 if TYPE_CHECKING:
     from .detection import AbuseDetector
 
-__all__ = ["Runtime", "build", "current", "install", "swap"]
+__all__ = ["Runtime", "build", "current", "install", "peek", "swap"]
 
 _log = logging.getLogger("otel_secaudit")
 
@@ -198,6 +198,12 @@ def current() -> Runtime:
             runtime = _current
     assert runtime is not None
     return runtime
+
+
+def peek() -> Runtime | None:
+    """The process-wide runtime if one exists, without building one (an instrumentor about to
+    install its own must not build, and close, a throwaway runtime with its spool first)."""
+    return _current
 
 
 def swap(runtime: Runtime | None) -> Runtime | None:

@@ -143,3 +143,25 @@ def test_current_builds_lazily_from_the_environment(monkeypatch: pytest.MonkeyPa
     finally:
         runtime.swap(previous)
         built.close()
+
+
+def test_instrument_builds_no_throwaway_runtime(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In a fresh process under opentelemetry-instrument no runtime exists yet: instrument()
+    # builds exactly one (with its spool worker directory), not one from the environment first.
+    from otel_secaudit.web.instrumentor import SecAuditInstrumentor
+
+    spool_dir = tmp_path / "spool"
+    monkeypatch.setenv("OTEL_SECAUDIT_SPOOL_DIR", str(spool_dir))
+    previous = runtime.swap(None)
+    instrumentor = SecAuditInstrumentor()
+    try:
+        instrumentor.instrument()
+        assert sorted(p.name for p in spool_dir.iterdir()) == ["worker-0"]
+        assert runtime.current().detector is not None
+    finally:
+        instrumentor.uninstrument()
+        current = runtime.swap(previous)
+        if current is not None:
+            current.close()

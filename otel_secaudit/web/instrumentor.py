@@ -146,14 +146,24 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         the environment when some are given, else with the current runtime's settings."""
         settings = {name: kwargs[name] for name in _PARSERS if kwargs.get(name) is not None}
         providers = {name: kwargs[name] for name in _PROVIDERS if kwargs.get(name) is not None}
-        current = runtime.current()
-        if not (always or settings or providers or current.detector is None):
+        current = runtime.peek()  # never build a throwaway runtime (and spool) first
+        if current is not None and not (
+            always or settings or providers or current.detector is None
+        ):
             return current
+        if settings or current is None:
+            loaded = _settings(settings)
+        else:
+            loaded = current.settings
+
+        def provider(name: str) -> Any:
+            return providers.get(name, getattr(current, name, None))
+
         return runtime.install(
             runtime.build(
-                _settings(settings) if settings else current.settings,
-                tracer_provider=providers.get("tracer_provider", current.tracer_provider),
-                meter_provider=providers.get("meter_provider", current.meter_provider),
-                logger_provider=providers.get("logger_provider", current.logger_provider),
+                loaded,
+                tracer_provider=provider("tracer_provider"),
+                meter_provider=provider("meter_provider"),
+                logger_provider=provider("logger_provider"),
             )
         )
