@@ -18,7 +18,7 @@ from otel_secaudit.cli import main
 from otel_secaudit.demo.html_report import Links, render_html, violation_chart
 from otel_secaudit.demo.report import ReportError, load, summarize
 
-from .browser import DOM, dump_dom, screenshot
+from .browser import DOM, Browser, dump_dom, screenshot
 from .test_report import _hostile_archive
 
 HOSTILE_UA = '<script>document.documentElement.dataset.pwned="ua"</script>'
@@ -310,3 +310,38 @@ def test_chart_widens_buckets_for_long_recordings(tmp_path: Path) -> None:
     chart = violation_chart(recording)
     assert chart.bucket_s == 60 * 8  # 2,871 minutes from first to last: ceil(2871 / 360)
     assert chart.buckets <= 360 and chart.total == two_days_s // 600
+
+
+def test_page_interactions_in_chromium(page: Path, tmp_path: Path) -> None:
+    """Clicked as a user would (DevTools protocol): the legend hides and shows an event's bars,
+    the buttons expand and collapse every evidence trace, a trace opens on its own."""
+    with Browser(tmp_path / "profile") as browser:
+        browser.open(page.as_uri())
+        assert browser.evaluate("document.documentElement.dataset.js") == "on"
+        opened = "document.querySelectorAll('details.evidence[open]').length"
+        assert browser.evaluate(opened) == 0
+        browser.evaluate("document.getElementById('expand-all').click()")
+        assert browser.evaluate(opened) == 11
+        assert browser.evaluate("document.getElementById('evidence-count').textContent") == "11"
+        browser.evaluate("document.getElementById('collapse-all').click()")
+        assert browser.evaluate(opened) == 0
+        first = (
+            "document.querySelector('details.evidence[data-trace-id]:not([data-trace-id=\"\"])')"
+        )
+        browser.evaluate(f"{first}.querySelector('summary').click()")
+        assert browser.evaluate(f"{first}.open") is True
+        assert "POST /auth/login" in browser.evaluate(f"{first}.innerText")
+
+        group = "document.querySelector('#chart g[data-series=\"0\"]')"
+        box = "document.querySelector('#legend input[data-series=\"0\"]')"
+        assert browser.evaluate(f"getComputedStyle({group}).display") != "none"
+        browser.evaluate(f"{box}.click()")
+        assert browser.evaluate(f"getComputedStyle({group}).display") == "none"
+        browser.evaluate(f"{box}.click()")
+        assert browser.evaluate(f"getComputedStyle({group}).display") != "none"
+        # The hostile values are text nodes, exactly as sent.
+        assert HOSTILE_ADDRESS in browser.evaluate(
+            "document.getElementById('top-addresses').innerText"
+        )
+        shot = browser.screenshot(tmp_path / "interactive.png")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
