@@ -44,6 +44,7 @@ STATUS_EVENTS = ",".join(
         "POST /auth/reset-password 400:auth.password.reset_failed",
         "POST /auth/verify 2xx:auth.email.verified",
         "POST /auth/verify 400:auth.email.verification_failed",
+        "POST /auth/jwt/logout 2xx:auth.logout",
     ]
 )
 #: The whole plugin configuration of the recipe (README, "FastAPI Users in one variable").
@@ -338,6 +339,8 @@ def test_success_after_failures(app: App) -> None:
     assert app.send("GET", "/authenticated-route", owner, headers=bearer).status_code == 200
     assert app.send("GET", "/authenticated-route", owner).status_code == 401
     app.wait_logs("auth.unauthenticated", **{"client.address": owner})
+    assert app.send("POST", "/auth/jwt/logout", owner, headers=bearer).status_code == 204
+    app.wait_logs("auth.logout", **{"client.address": owner, "http.route": "/auth/jwt/logout"})
 
 
 def test_ipv6_rotation_within_one_network(app: App) -> None:
