@@ -388,7 +388,7 @@ def test_login_bodies_of_every_shape(app: App) -> None:
     assert len(set(hashes) - {None}) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="COORD 04:58 H-FAU -> H-WEB (1): trailing-slash match")
+
 def test_trailing_slash_redirect_is_not_a_login(app: App) -> None:
     """``POST /auth/jwt/login/`` gets FastAPI's 307 to the canonical path, whatever the
     password: that redirect is not a login success (the plugin used to record one, with the
@@ -422,7 +422,7 @@ def test_no_secret_in_any_exported_byte(app: App) -> None:
         assert email.encode() not in raw  # submitted user names are hashed
 
 
-@pytest.mark.xfail(strict=True, reason="COORD 04:58 H-FAU -> H-WEB (2): root_path in scope path")
+
 def test_login_route_behind_root_path(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
     """Behind a proxy that serves the app under ``/api`` (``uvicorn --root-path /api``, the
     proxy strips the prefix): uvicorn puts the prefix back in ``scope["path"]``, Starlette

@@ -184,6 +184,16 @@ async def _read_login_body(receive: Receive) -> tuple[list[Message], bytes | Non
             return messages, b"".join(chunks)
 
 
+def _route_path(scope: Scope) -> str | None:
+    """The path Starlette routes on: ``scope["path"]`` without ``root_path`` (uvicorn
+    ``--root-path /api`` puts the prefix in ``path``, as the ASGI spec says), None when there is
+    no prefix to take off."""
+    path, root = scope.get("path"), scope.get("root_path")
+    if isinstance(path, str) and isinstance(root, str) and root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return None
+
+
 def _replaying(messages: list[Message], receive: Receive) -> Receive:
     """A ``receive`` that hands out ``messages`` first, then reads on."""
     pending = list(messages)
@@ -256,6 +266,7 @@ class SecAuditMiddleware:
             user_agent=_first_header(scope, b"user-agent"),
             route_of=_route_of(scope),
             user_id_of=user_id_of,
+            route_path=_route_path(scope),
         )
         try:
             # Captured headers are scrubbed whether contrib was asked for them through the

@@ -162,6 +162,7 @@ class Exchange:
         route_of: Callable[[], str | None] | None = None,
         user_id_of: Callable[[], str | None] | None = None,
         runtime: _runtime.Runtime | None = None,
+        route_path: str | None = None,
     ) -> Exchange:
         """Start the exchange of one request (the runtime is looked up now, once).
 
@@ -172,6 +173,8 @@ class Exchange:
             user_agent: the User-Agent header.
             route_of: returns the matched route template once routing happened (or None).
             user_id_of: returns the authenticated user's id (called lazily, at most once).
+            route_path: the path the framework routes on, when it differs from ``path``
+                (ASGI: ``path`` without ``root_path``); login routes are matched on it.
         """
         rt = runtime if runtime is not None else _runtime.current()
         settings = rt.settings
@@ -194,7 +197,8 @@ class Exchange:
             user_agent=_text(user_agent, MAX_USER_AGENT_LENGTH),
             user_id_resolver=user_id_of,
         )
-        login = settings.login_routes.for_request(method_text, path_text)
+        routed = _text(route_path, MAX_PATH_LENGTH) if route_path is not None else path_text
+        login = settings.login_routes.for_request(method_text, routed)
         return cls(rt, request, login)
 
     # -- before the application ---------------------------------------------------------------

@@ -337,8 +337,18 @@ class LoginRoutes(tuple[LoginRoute, ...]):
             return None
         for login in self:
             if login.method == method and login.route.matches_path(path):
-                return login
+                if _same_trailing_slash(login.route, path):
+                    return login
         return None
+
+
+def _same_trailing_slash(route: RouteTemplate, path: str) -> bool:
+    """A login route is the path written in the rule, trailing slash included: the other form
+    gets the framework's redirect (FastAPI 307, Django APPEND_SLASH 301, Flask 308), whatever
+    the credentials, and a 3xx there is no login success."""
+    if route.prefix or not route.text:
+        return True
+    return path.endswith("/") == route.text.endswith("/")
 
 
 def parse_login_routes(raw: str | Iterable[str]) -> LoginRoutes:
