@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +76,9 @@ async def _connection(port: int, request: bytes, deadline: float, counts: list[i
         writer.close()
 
 
-async def _measure(port: int, label: str, seconds: float, connections: int) -> tuple[int, float]:
-    request = _request_bytes(label)
+async def _measure(
+    port: int, request: bytes, seconds: float, connections: int
+) -> tuple[int, float]:
     warm = [0]
     await asyncio.gather(
         *(_connection(port, request, time.perf_counter() + 0.2, warm) for _ in range(connections))
@@ -90,22 +92,25 @@ async def _measure(port: int, label: str, seconds: float, connections: int) -> t
     return counts[0], time.perf_counter() - start
 
 
-def loadgen_main(connections: int) -> None:
-    """Read ``port label seconds`` lines on stdin, answer ``requests elapsed`` on stdout."""
+def loadgen_main(connections: int, request_of: Callable[[str], bytes] = _request_bytes) -> None:
+    """Read ``port key seconds`` lines on stdin (``key`` names the request: ``request_of(key)``),
+    answer ``requests elapsed`` on stdout. Shared with :mod:`benchmarks.wsgi_overhead`."""
     for line in sys.stdin:
-        port, label, seconds = line.split()
-        count, elapsed = asyncio.run(_measure(int(port), label, float(seconds), connections))
+        port, key, seconds = line.split()
+        request = request_of(key)
+        count, elapsed = asyncio.run(_measure(int(port), request, float(seconds), connections))
         print(f"{count} {elapsed:.6f}", flush=True)
 
 
-def receiver_main() -> None:
-    """An OTLP receiver that keeps nothing (a collector stand-in), in its own process."""
+def receiver_main(protocol: str = "grpc") -> None:
+    """An OTLP receiver that keeps nothing (a collector stand-in), in its own process; prints
+    its ``grpc`` or ``http`` endpoint."""
     from tests.servers import OTLPReceiver
 
     receiver = OTLPReceiver()
     receiver._accept = lambda request, bucket, context=None: True  # type: ignore[method-assign]
     receiver.start()
-    print(receiver.grpc_endpoint, flush=True)
+    print(receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint, flush=True)
     sys.stdin.read()  # until the parent closes stdin
     receiver.stop()
 

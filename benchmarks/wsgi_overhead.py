@@ -25,16 +25,14 @@ Run from the repository root: ``python -m benchmarks.wsgi_overhead`` (about 4 mi
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.http_overhead import _connection, _cpu_seconds
+from benchmarks.http_overhead import _cpu_seconds, loadgen_main, receiver_main
 
 ROOT = Path(__file__).resolve().parent.parent
 #: framework -> route label -> path
@@ -45,41 +43,8 @@ ROUTES = {
 TARGETS = {"200": 0.95, "403": 0.85}
 
 
-# -- load generator and receiver (each in its own process) ------------------------------------
-
-
-async def _measure(port: int, path: str, seconds: float, connections: int) -> tuple[int, float]:
-    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n".encode()
-    warm = [0]
-    await asyncio.gather(
-        *(_connection(port, request, time.perf_counter() + 0.2, warm) for _ in range(connections))
-    )
-    counts = [0]
-    start = time.perf_counter()
-    await asyncio.gather(
-        *(_connection(port, request, start + seconds, counts) for _ in range(connections))
-    )
-    return counts[0], time.perf_counter() - start
-
-
-def loadgen_main(connections: int) -> None:
-    """Read ``port path seconds`` lines on stdin, answer ``requests elapsed`` on stdout."""
-    for line in sys.stdin:
-        port, path, seconds = line.split()
-        count, elapsed = asyncio.run(_measure(int(port), path, float(seconds), connections))
-        print(f"{count} {elapsed:.6f}", flush=True)
-
-
-def receiver_main() -> None:
-    """An OTLP/HTTP receiver that keeps nothing (a collector stand-in)."""
-    from tests.servers import OTLPReceiver
-
-    receiver = OTLPReceiver()
-    receiver._accept = lambda request, bucket, context=None: True  # type: ignore[method-assign]
-    receiver.start()
-    print(receiver.http_endpoint, flush=True)
-    sys.stdin.read()  # until the parent closes stdin
-    receiver.stop()
+def _request_bytes(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n\r\n".encode()
 
 
 # -- orchestration ----------------------------------------------------------------------------
@@ -193,10 +158,10 @@ def main() -> None:
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.loadgen:
-        loadgen_main(options.connections)
+        loadgen_main(options.connections, _request_bytes)
         return
     if options.receiver:
-        receiver_main()
+        receiver_main("http")
         return
 
     receiver = subprocess.Popen(
