@@ -1,11 +1,13 @@
 """The ``otel-secaudit`` command.
 
-``otel-secaudit demo``
-    Serves the bundled demo FastAPI app on loopback (instrumented as ``opentelemetry-instrument``
-    would), plays an attack scenario against it with real HTTP requests and prints the security
-    report. Telemetry goes to OTLP/JSON lines files in ``--out`` (``logs.jsonl``,
-    ``traces.jsonl``, ``metrics.jsonl``) and, when a collector is configured (``--otlp-endpoint``
-    or ``OTEL_EXPORTER_OTLP_*ENDPOINT``), to the collector as well. The report is read back from
+``otel-secaudit demo [--framework {fastapi,django}]``
+    Serves the bundled demo FastAPI app (or, with ``--framework django``, the bundled Django
+    project, :mod:`otel_secaudit.demo.django_site`) on loopback (instrumented as
+    ``opentelemetry-instrument`` would), plays an attack scenario against it with real HTTP
+    requests and prints the security report. Telemetry goes to OTLP/JSON lines files in
+    ``--out`` (``logs.jsonl``, ``traces.jsonl``, ``metrics.jsonl``) and, when a collector is
+    configured (``--otlp-endpoint`` or ``OTEL_EXPORTER_OTLP_*ENDPOINT``), to the collector as
+    well. The report is read back from
     the files, exactly as ``otel-secaudit report`` would read them.
 
 ``otel-secaudit report PATH [--trace TRACE_ID] [--html FILE]``
@@ -62,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_OUT,
         type=Path,
         help=f"output folder for the OTLP/JSON files (default {DEFAULT_OUT})",
+    )
+    demo.add_argument(
+        "--framework",
+        choices=("fastapi", "django"),
+        default="fastapi",
+        help="the demo app: the FastAPI one (default) or a small Django project (LoginView,"
+        " sessions, CSRF, permissions; needs pip install 'otel-secaudit[django]')",
     )
     demo.add_argument(
         "--short",
@@ -330,6 +339,27 @@ def _add_report_page(app: Any, out: Path, telemetry: Any, links: Any) -> None:
     app.add_api_route("/report", report_page, methods=["GET"], include_in_schema=False)
 
 
+def _print_django_serve_help(url: str, out: Path, console: Any) -> None:
+    from .demo.django_site import DJANGO_DEMO_PASSWORDS
+
+    console.print(
+        f"\nThe Django demo is serving on {url} (Ctrl-C stops it); sign in at"
+        f" {url}/accounts/login/",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print("Users (password):")
+    for name, password in DJANGO_DEMO_PASSWORDS.items():
+        console.print(f"  {name}: {password}", highlight=False, soft_wrap=True)
+    console.print(
+        f"The report so far: otel-secaudit report {out}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def _print_serve_help(url: str, console: Any) -> None:
     from .demo.app import DEMO_PASSWORDS
 
@@ -356,47 +386,148 @@ def _print_serve_help(url: str, console: Any) -> None:
         console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _play_scenario(
-    url: str, directory: Any, args: argparse.Namespace, err: Any, block_seconds: int
-) -> None:
+def _play_scenario(scenario: Any, args: argparse.Namespace, err: Any) -> None:
     """The attack scenario over real HTTP, with a progress bar on stderr."""
-    import httpx
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from .demo.scenario import Scenario
+    steps = scenario.steps()
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("starting", total=len(steps))
+        pause = 0.0 if args.short else 0.08
+        for step in steps:
+            progress.update(task, description=step.phase)
+            scenario.outcome.add(step.phase, step.run())
+            progress.advance(task)
+            if pause:
+                time.sleep(pause)
+        progress.update(task, description="done")
 
-    with httpx.Client(base_url=url, timeout=30) as client:
-        scenario = Scenario(client, directory, short=args.short, block_seconds=block_seconds)
-        steps = scenario.steps()
-        with Progress(
-            TextColumn("{task.description:<28}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=err,
-            transient=False,
-        ) as progress:
-            task = progress.add_task("starting", total=len(steps))
-            pause = 0.0 if args.short else 0.08
-            for step in steps:
-                progress.update(task, description=step.phase)
-                scenario.outcome.add(step.phase, step.run())
-                progress.advance(task)
-                if pause:
-                    time.sleep(pause)
-            progress.update(task, description="done")
+
+def _check_demo_imports(framework: str) -> None:
+    """The demo's optional dependencies, checked up front (a one-line message naming the
+    extra)."""
+    try:
+        import httpx  # noqa: F401  (the demo extra)
+        import rich.progress  # noqa: F401
+
+        from . import runtime  # noqa: F401
+        from .demo import telemetry  # noqa: F401
+    except ImportError as exc:
+        raise UsageProblem(f"{exc}; {_DEMO_EXTRA_HINT}") from None
+    if framework == "django":
+        from .demo import django_site
+
+        try:
+            django_site.check_installed()
+        except ImportError as exc:
+            raise UsageProblem(str(exc)) from None
+    try:
+        if framework == "django":
+            from .demo.django_site.scenario import DjangoScenario  # noqa: F401
+        else:
+            from .demo.app import DemoDirectory, create_app  # noqa: F401
+    except ImportError as exc:
+        raise UsageProblem(f"{exc}; {_DEMO_EXTRA_HINT}") from None
+
+
+class _DemoRun:
+    """The served demo app of one framework: start it, play its scenario, print its help."""
+
+    def __init__(self, args: argparse.Namespace, host: str, port: int) -> None:
+        self.args = args
+        self.host = host
+        self.port = port
+        self.framework: str = args.framework
+        self.server: Any = None
+        self.url = ""
+        self.directory: Any = None
+        self.django_folder: str | None = None
+        if self.framework == "django":
+            from .demo import django_site
+
+            # Before the instrumentors: contrib's DjangoInstrumentor edits the settings.
+            self.django_folder = django_site.configure()
+
+    def start(self, out: Path, telemetry: Any) -> str:
+        if self.framework == "django":
+            from .demo import django_site
+
+            django_site.prepare()
+            try:
+                self.server = django_site.DjangoDemoServer(self.host, self.port, self.django_folder)
+            except OSError:
+                raise UsageProblem("the demo server did not start (is the port in use?)") from None
+        else:
+            from .demo.app import DemoDirectory, create_app
+
+            self.directory = DemoDirectory.seeded()
+            app = create_app(self.directory)
+            if self.args.serve:
+                _add_report_page(app, out, telemetry, _links(self.args))
+            self.server = DemoServer(app, self.host, self.port)
+        self.url = self.server.start()
+        return self.url
+
+    def play(self, err: Any, block_seconds: int) -> None:
+        import httpx
+
+        if self.framework == "django":
+            from .demo.django_site.scenario import DjangoScenario
+
+            django_scenario = DjangoScenario(
+                self.url, short=self.args.short, block_seconds=block_seconds
+            )
+            try:
+                _play_scenario(django_scenario, self.args, err)
+            finally:
+                django_scenario.close()
+            return
+        from .demo.scenario import Scenario
+
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            scenario = Scenario(
+                client, self.directory, short=self.args.short, block_seconds=block_seconds
+            )
+            _play_scenario(scenario, self.args, err)
+
+    def print_help(self, out: Path, console: Any) -> None:
+        if self.framework == "django":
+            _print_django_serve_help(self.url, out, console)
+        else:
+            _print_serve_help(self.url, console)
+
+
+def _self_check(recorder: Any, summary: Any, out: Path, err: Any) -> bool:
+    recorded = recorder.stats.snapshot()["recorded"]
+    if summary.log_records != recorded:
+        from rich.markup import escape
+
+        err.print(
+            f"[red]self-check failed:[/red] the recorder recorded {recorded} events but "
+            f"{escape(str(out / 'logs.jsonl'))} holds {summary.log_records}"
+        )
+        return False
+    err.print(
+        f"self-check: all {recorded} recorded security events are in "
+        f"{out / 'logs.jsonl'}; rerun the report with: otel-secaudit report {out}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return True
 
 
 def _demo(args: argparse.Namespace) -> int:
-    try:
-        import httpx  # noqa: F401  (the demo extra, checked up front)
-        import rich.progress  # noqa: F401
+    _check_demo_imports(args.framework)
+    from . import runtime
+    from .demo import telemetry as demo_telemetry
 
-        from . import runtime
-        from .demo import telemetry as demo_telemetry
-        from .demo.app import DemoDirectory, create_app
-        from .demo.scenario import Scenario  # noqa: F401
-    except ImportError as exc:
-        raise UsageProblem(f"{exc}; {_DEMO_EXTRA_HINT}") from None
     port = args.port if args.port is not None else (8000 if args.serve else 0)
     if not 0 <= port <= 65535:
         raise UsageProblem(f"--port {port}: not a port number")
@@ -408,18 +539,14 @@ def _demo(args: argparse.Namespace) -> int:
     # The demo's own defaults; anything set in the environment wins.
     os.environ.setdefault("OTEL_SECAUDIT_TRUSTED_PROXIES", "127.0.0.1/32")
     os.environ.setdefault("OTEL_SECAUDIT_BLOCK_SECONDS", "2" if args.short else "5")
+    run = _DemoRun(args, host, port)
     try:
-        telemetry = demo_telemetry.setup(out, args.otlp_endpoint)
+        telemetry = demo_telemetry.setup(out, args.otlp_endpoint, framework=args.framework)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
     if telemetry.collector:
-        err.print(
-            f"exporting to the collector at {telemetry.collector} ({telemetry.protocol}) "
-            f"and to {out}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        where = f"to the collector at {telemetry.collector} ({telemetry.protocol}) and to {out}"
+        err.print(f"exporting {where}", markup=False, highlight=False, soft_wrap=True)
     else:
         err.print(
             f"no collector configured: telemetry goes to OTLP/JSON files in {out}",
@@ -429,15 +556,11 @@ def _demo(args: argparse.Namespace) -> int:
         )
 
     recorder = runtime.current().recorder
-    directory = DemoDirectory.seeded()
-    app = create_app(directory)
-    if args.serve:
-        _add_report_page(app, out, telemetry, _links(args))
-    server = DemoServer(app, host, port)
-    url = server.start()
+    run.start(out, telemetry)
+    server = run.server
     stopped = False
     try:
-        _play_scenario(url, directory, args, err, recorder.settings.block_seconds)
+        run.play(err, recorder.settings.block_seconds)
         # The detector's pending violations become abuse.* events before the report is read.
         runtime.current().flush(10_000)
         if args.serve:
@@ -455,24 +578,10 @@ def _demo(args: argparse.Namespace) -> int:
             html=args.html,
             links=_links(args),
         )
-        recorded = recorder.stats.snapshot()["recorded"]
-        if summary.log_records != recorded:
-            from rich.markup import escape
-
-            err.print(
-                f"[red]self-check failed:[/red] the recorder recorded {recorded} events but "
-                f"{escape(str(out / 'logs.jsonl'))} holds {summary.log_records}"
-            )
+        if not _self_check(recorder, summary, out, err):
             return 1
-        err.print(
-            f"self-check: all {recorded} recorded security events are in "
-            f"{out / 'logs.jsonl'}; rerun the report with: otel-secaudit report {out}",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
         if args.serve:
-            _print_serve_help(url, out_console)
+            run.print_help(out, out_console)
             _wait_for_stop(server)
             err.print(
                 "stopping: delivering what is left, then closing the files",

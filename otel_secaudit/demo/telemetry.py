@@ -2,8 +2,8 @@
 
 Global TracerProvider, LoggerProvider and MeterProvider (resource from ``OTEL_SERVICE_NAME`` /
 ``OTEL_RESOURCE_ATTRIBUTES``, sampler from ``OTEL_TRACES_SAMPLER``), then the contrib
-``FastAPIInstrumentor`` and :class:`otel_secaudit.SecAuditInstrumentor`, both with plain
-``instrument()``.
+``FastAPIInstrumentor`` (``DjangoInstrumentor`` for ``--framework django``) and
+:class:`otel_secaudit.SecAuditInstrumentor`, both with plain ``instrument()``.
 
 Exporters: OTLP/JSON lines files in the output folder always, written by the ``otlp_json_dir``
 exporters (:mod:`otel_secaudit.exporters`, over the official OTLP/JSON file exporters; the same
@@ -118,9 +118,20 @@ def _collector_exporters(protocol: str) -> tuple[Any, Any, Any]:
     return otlp_exporters()
 
 
-def setup(out: Path, otlp_endpoint: str | None = None) -> Telemetry:
+def _framework_instrumentor(framework: str) -> Any:
+    if framework == "django":
+        from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+        return DjangoInstrumentor()
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    return FastAPIInstrumentor()
+
+
+def setup(out: Path, otlp_endpoint: str | None = None, *, framework: str = "fastapi") -> Telemetry:
     """Install global SDK providers exporting to ``out`` (and a collector when configured),
-    then instrument FastAPI and otel_secaudit.
+    then instrument the web framework (``fastapi``, or ``django``: contrib's
+    ``DjangoInstrumentor``, with ``DJANGO_SETTINGS_MODULE`` already set) and otel_secaudit.
 
     ``otlp_endpoint`` sets ``OTEL_EXPORTER_OTLP_ENDPOINT`` for this process.
 
@@ -151,13 +162,11 @@ def setup(out: Path, otlp_endpoint: str | None = None) -> Telemetry:
     _logs.set_logger_provider(logger_provider)
     metrics.set_meter_provider(meter_provider)
 
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
     import otel_secaudit
     from otel_secaudit import SecAuditInstrumentor
 
     telemetry = Telemetry(out, tracer_provider, logger_provider, meter_provider, endpoint, protocol)
-    for instrumentor in (FastAPIInstrumentor(), SecAuditInstrumentor()):
+    for instrumentor in (_framework_instrumentor(framework), SecAuditInstrumentor()):
         instrumentor.instrument()
         telemetry.instrumentors.append(instrumentor)
 
