@@ -148,6 +148,10 @@ def test_contrib_fastapi_instrumentation_either_load_order(sdk: SDK, contrib_fir
     )
 
 
+# FastAPI's own telemetry (``FastAPI(telemetry=...)``) emits no server span against the lowest
+# OpenTelemetry releases we support (checked: FastAPI 0.141 on SDK 1.39 exports nothing, with or
+# without otel_secaudit), so the lowest-versions job of .ci/run leaves this test out.
+@pytest.mark.newest_sdk
 def test_fastapi_native_telemetry_alone(sdk: SDK) -> None:
     SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
     app = add_routes(

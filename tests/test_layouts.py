@@ -189,6 +189,7 @@ def test_fastapi_instrumentor_global_before_secaudit(blocking_sdk: SDK) -> None:
     check_inside_the_span(blocking_sdk, fastapi_app())
 
 
+@pytest.mark.newest_sdk  # FastAPI's own telemetry exports no span on SDK 1.39 (test_instrumentor)
 def test_fastapi_own_telemetry(blocking_sdk: SDK) -> None:
     SecAuditInstrumentor().instrument(tracer_provider=blocking_sdk.tracer_provider)
     app = fastapi_app(
