@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 _LOGIN_BODY = b"username=alice&password=correct+horse+battery+staple"
@@ -118,6 +119,38 @@ def receiver_main(protocol: str = "grpc") -> None:
 # -- orchestration ----------------------------------------------------------------------------
 
 
+def start_loadgen(me: list[str], connections: int) -> subprocess.Popen[str]:
+    """The load generator process (``me --loadgen``), driven line by line on stdin."""
+    loadgen = subprocess.Popen(
+        [*me, "--loadgen", "--connections", str(connections)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert loadgen.stdin is not None and loadgen.stdout is not None
+    return loadgen
+
+
+def measurer(
+    loadgen: subprocess.Popen[str], servers: dict[str, Any], cpu_of: Callable[[int], float]
+) -> Callable[[str, str, float], tuple[float, float]]:
+    """``measure(arm, key, seconds)`` -> (requests per wall second, requests per server CPU
+    second), ``cpu_of(pid)`` giving the server's CPU seconds (one process or a process tree)."""
+
+    def measure(arm: str, key: str, seconds: float) -> tuple[float, float]:
+        pid = servers[arm].process.pid
+        cpu_before = cpu_of(pid)
+        assert loadgen.stdin is not None and loadgen.stdout is not None
+        loadgen.stdin.write(f"{servers[arm].port} {key} {seconds}\n")
+        loadgen.stdin.flush()
+        count, elapsed = loadgen.stdout.readline().split()
+        cpu = cpu_of(pid) - cpu_before
+        return int(count) / float(elapsed), int(count) / max(cpu, 1e-3)
+
+    return measure
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as handle:
@@ -179,24 +212,8 @@ def main() -> None:
         "A2": start_server(endpoint, plugin=False),
         "B": start_server(endpoint, plugin=True),
     }
-    loadgen = subprocess.Popen(
-        [*me, "--loadgen", "--connections", str(options.connections)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert loadgen.stdin is not None and loadgen.stdout is not None
-
-    def measure(arm: str, label: str, seconds: float) -> tuple[float, float]:
-        """(requests per wall second, requests per server CPU second)."""
-        pid = servers[arm].process.pid
-        cpu_before = _cpu_seconds(pid)
-        loadgen.stdin.write(f"{servers[arm].port} {label} {seconds}\n")  # type: ignore[union-attr]
-        loadgen.stdin.flush()  # type: ignore[union-attr]
-        count, elapsed = loadgen.stdout.readline().split()  # type: ignore[union-attr]
-        cpu = _cpu_seconds(pid) - cpu_before
-        return int(count) / float(elapsed), int(count) / max(cpu, 1e-3)
+    loadgen = start_loadgen(me, options.connections)
+    measure = measurer(loadgen, servers, _cpu_seconds)
 
     try:
         for arm in servers:  # warm up every server and route (imports, JIT-less caches)

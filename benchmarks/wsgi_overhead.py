@@ -32,7 +32,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.http_overhead import _cpu_seconds, loadgen_main, receiver_main
+from benchmarks.http_overhead import (
+    _cpu_seconds,
+    loadgen_main,
+    measurer,
+    receiver_main,
+    start_loadgen,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: framework -> route label -> path
@@ -98,23 +104,8 @@ def run_framework(framework: str, options: argparse.Namespace, endpoint: str) ->
         "B": start_server(framework, endpoint, db, plugin=True),
     }
     me = [sys.executable, "-m", "benchmarks.wsgi_overhead"]
-    loadgen = subprocess.Popen(
-        [*me, "--loadgen", "--connections", str(options.connections)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert loadgen.stdin is not None and loadgen.stdout is not None
-
-    def measure(arm: str, path: str, seconds: float) -> tuple[float, float]:
-        pid = servers[arm].process.pid
-        cpu_before = _tree_cpu_seconds(pid)
-        loadgen.stdin.write(f"{servers[arm].port} {path} {seconds}\n")  # type: ignore[union-attr]
-        loadgen.stdin.flush()  # type: ignore[union-attr]
-        count, elapsed = loadgen.stdout.readline().split()  # type: ignore[union-attr]
-        cpu = _tree_cpu_seconds(pid) - cpu_before
-        return int(count) / float(elapsed), int(count) / max(cpu, 1e-3)
+    loadgen = start_loadgen(me, options.connections)
+    measure = measurer(loadgen, servers, _tree_cpu_seconds)
 
     try:
         for arm in servers:

@@ -67,6 +67,24 @@ _STUFFED_NAMES: Final = (
 )
 
 
+#: The brute-forcer's password guesses (the Django demo plays the same ones).
+GUESSES: Final = (
+    "123456",
+    "password",
+    "alice2024",
+    "qwerty",
+    "letmein",
+    "welcome1",
+    "iloveyou",
+    "sunshine",
+    "dragon",
+    "monkey",
+    "football",
+    "princess",
+    "shadow",
+)
+
+
 @dataclass
 class Step:
     """One HTTP request of the scenario (``run`` returns the status code)."""
@@ -188,27 +206,12 @@ class Scenario:
 
     def _brute_force(self) -> list[Step]:
         address = ADDRESSES["brute_force"]
-        guesses = [
-            "123456",
-            "password",
-            "alice2024",
-            "qwerty",
-            "letmein",
-            "welcome1",
-            "iloveyou",
-            "sunshine",
-            "dragon",
-            "monkey",
-            "football",
-            "princess",
-            "shadow",
-        ]
         return [
             Step(
                 "password brute force",
                 partial(self._login, "alice", address, password=g, totp="000000"),
             )
-            for g in guesses
+            for g in GUESSES
         ]
 
     def _stuffing(self) -> list[Step]:

@@ -26,7 +26,7 @@ from typing import Final
 
 import httpx
 
-from ..scenario import Outcome, Step
+from ..scenario import GUESSES, Outcome, Step
 from . import DJANGO_DEMO_PASSWORDS
 
 __all__ = ["DJANGO_ADDRESSES", "GUESSES", "DjangoScenario"]
@@ -36,21 +36,6 @@ DJANGO_ADDRESSES: Final = {
     "brute_force": "203.0.113.7",
     "root": "192.0.2.5",
 }
-GUESSES: Final = (
-    "123456",
-    "password",
-    "alice2024",
-    "qwerty",
-    "letmein",
-    "welcome1",
-    "iloveyou",
-    "sunshine",
-    "dragon",
-    "monkey",
-    "football",
-    "princess",
-    "shadow",
-)
 LOGIN: Final = "/accounts/login/"
 _TOKEN: Final = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
