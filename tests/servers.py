@@ -117,6 +117,14 @@ class RedisServer:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
+    def database_url(self, db: int) -> str:
+        """The URL of database ``db``, emptied first: a database of its own for one test."""
+        import redis
+
+        url = self.url.rsplit("/", 1)[0] + f"/{db}"
+        redis.Redis.from_url(url).flushdb()
+        return url
+
     def start(self) -> RedisServer:
         args = [
             self.binary,
@@ -623,6 +631,14 @@ class OTLPReceiver:
     def raw_bytes(self) -> bytes:
         with self.lock:
             return b"".join(self.raw)
+
+    def security_logs(self, name: str | None = None) -> list[ReceivedLog]:
+        """The received log records of the ``otel_secaudit`` scope (named ``name``, if given)."""
+        return [
+            log
+            for log in self.logs()
+            if log.scope == "otel_secaudit" and (name is None or log.event_name == name)
+        ]
 
     def logs(self) -> list[ReceivedLog]:
         out = []

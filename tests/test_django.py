@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from .apps.launch import DJANGO_USERS, prepare_django_db, serve_django, telemetry_env
 from .servers import OTLPReceiver, RedisServer, Served, wait_for
@@ -32,21 +31,6 @@ WRONG_PASSWORD = "Wr0ng-passw0rd-SECRET-4711"
 @pytest.fixture(scope="module")
 def django_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     return prepare_django_db(str(tmp_path_factory.mktemp("secsite")))
-
-
-def redis_url(server: RedisServer, db: int) -> str:
-    """A Redis database of its own for one test, emptied."""
-    url = server.url.rsplit("/", 1)[0] + f"/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
-
-
-def security_logs(receiver: OTLPReceiver, name: str | None = None) -> list[Any]:
-    return [
-        log
-        for log in receiver.logs()
-        if log.scope == "otel_secaudit" and (name is None or log.event_name == name)
-    ]
 
 
 def server_spans(receiver: OTLPReceiver) -> dict[str, Any]:
@@ -88,7 +72,7 @@ def gunicorn_app(
 ) -> Iterator[Served]:
     env = telemetry_env(
         otlp_receiver.http_endpoint,
-        store=redis_url(redis_server, 5),
+        store=redis_server.database_url(5),
         host_threshold="6",
         user_threshold="3",
     )
@@ -121,7 +105,7 @@ def test_gunicorn_workers_record_logins_csrf_403_and_detect_abuse(
 
     failed_logs = wait_for(
         lambda: (
-            (found := security_logs(otlp_receiver, "auth.login.failed"))
+            (found := otlp_receiver.security_logs("auth.login.failed"))
             and len(found) >= 5
             and found
         ),
@@ -135,26 +119,24 @@ def test_gunicorn_workers_record_logins_csrf_403_and_detect_abuse(
 
     # abuse.user (user_threshold 3) from violations spread over two forked workers: each
     # worker's detector thread runs (restarted after fork) and they share the Redis store.
-    abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.user"), timeout=20)
+    abuse = wait_for(lambda: otlp_receiver.security_logs("abuse.user"), timeout=20)
     assert [log.attributes["security.abuse.key"] for log in abuse] == [mallory]
     evidence = set(abuse[0].attributes["security.abuse.trace_ids"])
     assert evidence and evidence <= {log.trace_id for log in failed_logs}
 
-    csrf = wait_for(lambda: security_logs(otlp_receiver, "request.csrf_mismatch"), timeout=20)
+    csrf = wait_for(lambda: otlp_receiver.security_logs("request.csrf_mismatch"), timeout=20)
     assert [log.attributes["security.reason"] for log in csrf] == ["csrf_token_missing"]
-    succeeded = wait_for(lambda: security_logs(otlp_receiver, "auth.login.succeeded"), 20)
+    succeeded = wait_for(lambda: otlp_receiver.security_logs("auth.login.succeeded"), 20)
     assert len(succeeded) == 1
     bob_id = succeeded[0].attributes["user.id"]
     assert bob_id.isdigit()
     # a success after failures of the same user name (OWASP authn_login_successafterfail)
-    after = wait_for(
-        lambda: security_logs(otlp_receiver, "auth.login.succeeded_after_failures"), 20
-    )
+    after = wait_for(lambda: otlp_receiver.security_logs("auth.login.succeeded_after_failures"), 20)
     assert len(after) == 1 and after[0].trace_id == succeeded[0].trace_id
     assert after[0].attributes["user.id"] == bob_id
     assert after[0].attributes["security.abuse.count"] == 2
     assert after[0].attributes["user.hash"] != mallory
-    denied = wait_for(lambda: security_logs(otlp_receiver, "authz.permission_denied"), 20)
+    denied = wait_for(lambda: otlp_receiver.security_logs("authz.permission_denied"), 20)
     assert len(denied) == 1
     assert denied[0].attributes["user.id"] == bob_id
     assert denied[0].attributes["http.route"] == "reports/<int:year>/"
@@ -199,7 +181,7 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
 ) -> None:
     env = telemetry_env(
         otlp_receiver.http_endpoint,
-        store=redis_url(redis_server, 6),
+        store=redis_server.database_url(6),
         host_threshold="3",
         block_seconds="30",
         trusted_proxies="127.0.0.1/32",
@@ -209,7 +191,7 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
     try:
         for _ in range(3):
             assert httpx.get(served.base_url + "/forbidden/", headers=attacker).status_code == 403
-        started = wait_for(lambda: security_logs(otlp_receiver, "abuse.block.started"), 20)
+        started = wait_for(lambda: otlp_receiver.security_logs("abuse.block.started"), 20)
         assert started[0].attributes["security.abuse.key"] == ATTACKER
 
         def refusing_workers() -> set[str]:
@@ -222,10 +204,10 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
         wait_for(lambda: len(refusing_workers()) >= 2, timeout=15, interval=0.05)
         # the observer (no forwarded address: 127.0.0.1) is not blocked
         assert httpx.get(served.base_url + "/ok/").status_code == 200
-        blocked = wait_for(lambda: security_logs(otlp_receiver, "request.blocked"), 20)
+        blocked = wait_for(lambda: otlp_receiver.security_logs("request.blocked"), 20)
         assert {log.attributes["client.address"] for log in blocked} == {ATTACKER}
         assert {log.attributes["http.response.status_code"] for log in blocked} == {429}
-        assert security_logs(otlp_receiver, "request.rate_limited") == []
+        assert otlp_receiver.security_logs("request.rate_limited") == []
         # refused inside contrib's server span, before routing: no http.route anywhere
         wait_for(lambda: blocked[0].trace_id in server_spans(otlp_receiver), timeout=20)
         span = server_spans(otlp_receiver)[blocked[0].trace_id]
@@ -259,7 +241,7 @@ def test_runserver_route_rules_with_and_without_a_slash_and_a_json_login_route(
             good = {"username": "alice", "password": DJANGO_USERS["alice"]}
             assert http.post("/api/login/", json=good).status_code == 200
         logs = wait_for(
-            lambda: (found := security_logs(otlp_receiver)) and len(found) >= 5 and found, 20
+            lambda: (found := otlp_receiver.security_logs()) and len(found) >= 5 and found, 20
         )
     finally:
         served.stop()

@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from .apps.launch import serve_flask, telemetry_env
 from .servers import OTLPReceiver, RedisServer, Served, wait_for
@@ -26,21 +25,6 @@ pytestmark = pytest.mark.slow
 USERS = {"alice": "correct horse battery staple", "bob": "tr0ub4dor&3-bob-password"}
 WRONG_PASSWORD = "Wr0ng-flask-passw0rd-SECRET-0815"
 ATTACKER = "198.51.100.23"
-
-
-def redis_url(server: RedisServer, db: int) -> str:
-    """A Redis database of its own for one test, emptied."""
-    url = server.url.rsplit("/", 1)[0] + f"/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
-
-
-def security_logs(receiver: OTLPReceiver, name: str | None = None) -> list[Any]:
-    return [
-        log
-        for log in receiver.logs()
-        if log.scope == "otel_secaudit" and (name is None or log.event_name == name)
-    ]
 
 
 def server_spans(receiver: OTLPReceiver) -> dict[str, Any]:
@@ -75,7 +59,7 @@ class Browser:
 def flask_app(otlp_receiver: OTLPReceiver, redis_server: RedisServer) -> Iterator[Served]:
     env = telemetry_env(
         otlp_receiver.http_endpoint,
-        store=redis_url(redis_server, 7),
+        store=redis_server.database_url(7),
         host_threshold="5",
         user_threshold="3",
         login_routes="POST /login",
@@ -103,7 +87,7 @@ def test_gunicorn_workers_record_login_routes_signals_csrf_and_403(
 
     failed = wait_for(
         lambda: (
-            (found := security_logs(otlp_receiver, "auth.login.failed"))
+            (found := otlp_receiver.security_logs("auth.login.failed"))
             and len(found) >= 3
             and found
         ),
@@ -113,20 +97,20 @@ def test_gunicorn_workers_record_login_routes_signals_csrf_and_403(
     assert len(hashes) == 1 and None not in hashes
     assert {log.attributes["security.reason"] for log in failed} == {"http_401"}
     assert {log.attributes["http.route"] for log in failed} == {"/login"}
-    abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.user"), timeout=20)
+    abuse = wait_for(lambda: otlp_receiver.security_logs("abuse.user"), timeout=20)
     assert abuse[0].attributes["security.abuse.key"] == hashes.pop()
     evidence = set(abuse[0].attributes["security.abuse.trace_ids"])
     assert evidence and evidence <= {log.trace_id for log in failed}
 
-    csrf = wait_for(lambda: security_logs(otlp_receiver, "request.csrf_mismatch"), 20)
+    csrf = wait_for(lambda: otlp_receiver.security_logs("request.csrf_mismatch"), 20)
     assert [log.attributes["security.reason"] for log in csrf] == ["csrf_token_missing"]
-    unauthenticated = wait_for(lambda: security_logs(otlp_receiver, "auth.unauthenticated"), 20)
+    unauthenticated = wait_for(lambda: otlp_receiver.security_logs("auth.unauthenticated"), 20)
     assert len(unauthenticated) == 1  # Flask-Login's signal; the 401 adds no second event
     assert unauthenticated[0].attributes["http.route"] == "/admin/reports/<int:year>"
     # Flask-Login's user_logged_in, not repeated by the login route's rule
-    succeeded = wait_for(lambda: security_logs(otlp_receiver, "auth.login.succeeded"), 20)
+    succeeded = wait_for(lambda: otlp_receiver.security_logs("auth.login.succeeded"), 20)
     assert [log.attributes.get("user.id") for log in succeeded] == ["bob"]
-    denied = wait_for(lambda: security_logs(otlp_receiver, "authz.permission_denied"), 20)
+    denied = wait_for(lambda: otlp_receiver.security_logs("authz.permission_denied"), 20)
     assert [log.attributes.get("user.id") for log in denied] == ["bob"]
     assert denied[0].attributes["http.route"] == "/admin/reports/<int:year>"
 
@@ -164,7 +148,7 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
 ) -> None:
     env = telemetry_env(
         otlp_receiver.http_endpoint,
-        store=redis_url(redis_server, 8),
+        store=redis_server.database_url(8),
         host_threshold="3",
         block_seconds="30",
         trusted_proxies="127.0.0.1/32",
@@ -174,7 +158,7 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
     try:
         for _ in range(3):
             assert httpx.get(served.base_url + "/forbidden", headers=attacker).status_code == 403
-        started = wait_for(lambda: security_logs(otlp_receiver, "abuse.block.started"), 20)
+        started = wait_for(lambda: otlp_receiver.security_logs("abuse.block.started"), 20)
         assert started[0].attributes["security.abuse.key"] == ATTACKER
 
         def refusing_workers() -> set[str]:
@@ -185,7 +169,7 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
 
         wait_for(lambda: len(refusing_workers()) >= 2, timeout=15, interval=0.05)
         assert httpx.get(served.base_url + "/ok").status_code == 200
-        blocked = wait_for(lambda: security_logs(otlp_receiver, "request.blocked"), 20)
+        blocked = wait_for(lambda: otlp_receiver.security_logs("request.blocked"), 20)
         assert {log.attributes["client.address"] for log in blocked} == {ATTACKER}
         # the refusal happens inside contrib's server span
         wait_for(lambda: blocked[0].trace_id in server_spans(otlp_receiver), timeout=20)

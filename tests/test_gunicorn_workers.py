@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,12 +17,6 @@ from .servers import OTLPReceiver, free_port, serve_subprocess, wait_for
 pytest.importorskip("gunicorn")
 
 pytestmark = pytest.mark.slow
-
-
-def security_logs(receiver: OTLPReceiver, name: str) -> list[Any]:
-    return [
-        log for log in receiver.logs() if log.scope == "otel_secaudit" and log.event_name == name
-    ]
 
 
 def test_uvicorn_workers_forked_by_gunicorn_detect_abuse(otlp_receiver: OTLPReceiver) -> None:
@@ -41,7 +34,7 @@ def test_uvicorn_workers_forked_by_gunicorn_detect_abuse(otlp_receiver: OTLPRece
     try:
         for _ in range(5):
             assert httpx.get(served.base_url + "/forbidden").status_code == 403
-        abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.host"), timeout=20)
+        abuse = wait_for(lambda: otlp_receiver.security_logs("abuse.host"), timeout=20)
         assert abuse[0].attributes["security.abuse.key"] == "127.0.0.1"
     finally:
         served.stop()
@@ -65,6 +58,6 @@ def test_sync_worker_delivers_its_records_when_it_exits(
             assert httpx.get(served.base_url + "/forbidden").status_code == 403
     finally:
         served.stop()  # SIGTERM: gunicorn's graceful worker exit
-    assert len(security_logs(otlp_receiver, "authz.permission_denied")) == 3
-    assert len(security_logs(otlp_receiver, "abuse.host")) == 1
+    assert len(otlp_receiver.security_logs("authz.permission_denied")) == 3
+    assert len(otlp_receiver.security_logs("abuse.host")) == 1
     assert otlp_receiver.metric_points("security.violations")

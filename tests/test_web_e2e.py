@@ -70,14 +70,6 @@ def served(otlp_receiver: OTLPReceiver) -> Iterator[Served]:
     app.stop()
 
 
-def security_logs(receiver: OTLPReceiver, name: str | None = None) -> list[Any]:
-    return [
-        log
-        for log in receiver.logs()
-        if log.scope == "otel_secaudit" and (name is None or log.event_name == name)
-    ]
-
-
 def server_spans(receiver: OTLPReceiver) -> dict[str, Any]:
     """Server spans by trace ID (contrib's per-message "http send" spans left out)."""
     return {
@@ -105,7 +97,7 @@ def test_status_events_logs_spans_and_metrics_correlate(
         "authz.cross_tenant": ("/tenants/{tenant_id}/invoices", None),
     }
     logs = wait_for(
-        lambda: (found := security_logs(otlp_receiver)) and len(found) >= 4 and found, timeout=20
+        lambda: (found := otlp_receiver.security_logs()) and len(found) >= 4 and found, timeout=20
     )
     assert sorted(log.event_name for log in logs) == sorted(expected)
     wait_for(lambda: len(server_spans(otlp_receiver)) >= 5, timeout=20)
@@ -153,7 +145,7 @@ def test_secrets_never_reach_the_collector(otlp_receiver: OTLPReceiver) -> None:
     served = start_app(otlp_receiver, extra_env=capture)
     try:
         send_secrets(served)
-        wait_for(lambda: len(security_logs(otlp_receiver)) >= 5, timeout=20)
+        wait_for(lambda: len(otlp_receiver.security_logs()) >= 5, timeout=20)
         wait_for(lambda: len(server_spans(otlp_receiver)) >= 7, timeout=20)
         wait_for(lambda: otlp_receiver.metric_points("security.events"), timeout=20)
     finally:
@@ -188,11 +180,11 @@ def test_eleven_unauthenticated_requests_raise_one_abuse_host(
     with httpx.Client(base_url=served.base_url) as http:
         for _ in range(11):
             assert http.get("/private").status_code == 401
-    wait_for(lambda: len(security_logs(otlp_receiver, "auth.unauthenticated")) == 11, timeout=20)
-    abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.host"), timeout=20)
+    wait_for(lambda: len(otlp_receiver.security_logs("auth.unauthenticated")) == 11, timeout=20)
+    abuse = wait_for(lambda: otlp_receiver.security_logs("abuse.host"), timeout=20)
     # give a late duplicate the chance to show up before asserting there is exactly one
     wait_for(lambda: otlp_receiver.metric_points("security.abuse.signals"), timeout=20)
-    abuse = security_logs(otlp_receiver, "abuse.host")
+    abuse = otlp_receiver.security_logs("abuse.host")
     assert len(abuse) == 1
     assert abuse[0].attributes["security.abuse.key"] == "127.0.0.1"
     assert len(abuse[0].attributes["security.abuse.trace_ids"]) >= 10
@@ -217,7 +209,7 @@ def test_blocks_are_enforced_across_two_processes_sharing_redis(
         with httpx.Client(base_url=first.base_url, headers=attacker) as http:
             for _ in range(3):
                 assert http.get("/private").status_code == 401
-        started = wait_for(lambda: security_logs(otlp_receiver, "abuse.block.started"), 20)
+        started = wait_for(lambda: otlp_receiver.security_logs("abuse.block.started"), 20)
         assert started[0].attributes["security.abuse.key"] == "203.0.113.5"
 
         def blocked_on_second() -> httpx.Response | None:
@@ -236,7 +228,7 @@ def test_blocks_are_enforced_across_two_processes_sharing_redis(
         assert httpx.get(second.base_url + "/calls").json() == calls_before
         assert httpx.get(first.base_url + "/ok").status_code == 200
 
-        blocked = wait_for(lambda: security_logs(otlp_receiver, "request.blocked"), 20)
+        blocked = wait_for(lambda: otlp_receiver.security_logs("request.blocked"), 20)
         assert {log.attributes["client.address"] for log in blocked} == {"203.0.113.5"}
         assert {log.attributes["http.response.status_code"] for log in blocked} == {429}
         points = wait_for(
@@ -249,7 +241,7 @@ def test_blocks_are_enforced_across_two_processes_sharing_redis(
         )
         assert points
         # one request, one event: no request.rate_limited status event for our own 429s
-        assert security_logs(otlp_receiver, "request.rate_limited") == []
+        assert otlp_receiver.security_logs("request.rate_limited") == []
     finally:
         first.stop()
         second.stop()
@@ -272,7 +264,7 @@ def test_last_records_before_sigterm_reach_the_collector(otlp_receiver: OTLPRece
         served.process.wait(15)
     finally:
         served.stop()
-    logs = security_logs(otlp_receiver, "auth.unauthenticated")
+    logs = otlp_receiver.security_logs("auth.unauthenticated")
     assert len(logs) == 1, served.output()[-3000:]
     spans = server_spans(otlp_receiver)
     assert logs[0].trace_id in spans  # the server span left too
@@ -285,7 +277,7 @@ def test_app_without_lifespan_support_still_serves(otlp_receiver: OTLPReceiver) 
     try:
         with httpx.Client(base_url=served.base_url) as http:
             assert http.get("/denied").status_code == 403
-        wait_for(lambda: security_logs(otlp_receiver, "authz.permission_denied"), timeout=20)
+        wait_for(lambda: otlp_receiver.security_logs("authz.permission_denied"), timeout=20)
     finally:
         served.stop()
     after_fallback = served.output().split("'lifespan' protocol appears unsupported")[-1]
@@ -311,12 +303,12 @@ def test_login_route_brute_force_with_one_variable(otlp_receiver: OTLPReceiver) 
             assert http.post("/auth/jwt/login", data=good).status_code == 200
             assert http.get("/calls").json()["jwt_login"] == 4  # the app got every body
         failed = wait_for(
-            lambda: (f := security_logs(otlp_receiver, "auth.login.failed")) and len(f) == 3 and f,
+            lambda: (f := otlp_receiver.security_logs("auth.login.failed")) and len(f) == 3 and f,
             timeout=20,
         )
-        abuse = wait_for(lambda: security_logs(otlp_receiver, "abuse.user"), timeout=20)
+        abuse = wait_for(lambda: otlp_receiver.security_logs("abuse.user"), timeout=20)
         succeeded = wait_for(
-            lambda: security_logs(otlp_receiver, "auth.login.succeeded"), timeout=20
+            lambda: otlp_receiver.security_logs("auth.login.succeeded"), timeout=20
         )
     finally:
         served.stop()
