@@ -197,7 +197,8 @@ class SecurityRecorder:
             self._input_problem(f"event dropped: {exc}", dropped=True)
             return False
         acc = Sanitized()
-        attributes = self._attributes(spec, fields, acc)
+        request = current_request()  # looked up once per event
+        attributes = self._attributes(spec, fields, acc, request)
         severity = fields.get("severity")
         number = spec.severity_number
         if severity is not None:
@@ -215,8 +216,7 @@ class SecurityRecorder:
 
         now = time.time_ns()
         span = trace.get_current_span(context)
-        self._signal(spec, attributes, number, body, context, span, now)
-        request = current_request()
+        self._signal(spec, attributes, number, body, context, span, now, request)
         if request is not None:
             request.recorded_names.add(spec.name)
         if spec.is_violation:
@@ -232,6 +232,7 @@ class SecurityRecorder:
         context: Context | None,
         span: trace.Span,
         now: int,
+        request: RequestContext | None,
     ) -> None:
         """Log record, span event and counters. Each signal on its own: a broken processor or
         exporter behind one of them must not take the others down (a violation is never
@@ -255,7 +256,7 @@ class SecurityRecorder:
             except Exception as exc:
                 self.internal_error(exc, "record.span_event")
         try:
-            self._count(spec)
+            self._count(spec, request)
         except Exception as exc:
             self.internal_error(exc, "record.metrics")
         with self.stats._lock:
@@ -326,14 +327,17 @@ class SecurityRecorder:
             _log.warning("otel_secaudit: %s", message)
 
     def _attributes(
-        self, spec: EventSpec, fields: Mapping[str, Any], acc: Sanitized
+        self,
+        spec: EventSpec,
+        fields: Mapping[str, Any],
+        acc: Sanitized,
+        request: RequestContext | None,
     ) -> dict[str, Any]:
         attributes: dict[str, Any] = {
             attr.EVENT_NAME: spec.name,
             attr.EVENT_CATEGORY: spec.category,
             attr.EVENT_OUTCOME: spec.outcome,
         }
-        request = current_request()
         if request is not None:
             for key, value in (
                 (attr.HTTP_METHOD, request.method),
@@ -401,15 +405,16 @@ class SecurityRecorder:
             if text is not None:
                 attributes[attr.USER_NAME] = text
 
-    def _count(self, spec: EventSpec) -> None:
+    def _count(self, spec: EventSpec, request: RequestContext | None) -> None:
         self._event_tally.add(spec.name, spec.outcome)
         if spec.is_violation:
-            self._violations.add(1, self._violation_attributes(spec))
+            self._violations.add(1, self._violation_attributes(spec, request))
 
-    def _violation_attributes(self, spec: EventSpec) -> dict[str, Any]:
+    def _violation_attributes(
+        self, spec: EventSpec, request: RequestContext | None
+    ) -> dict[str, Any]:
         # Metric attribute values come from the plugin's own request context, never from the
         # caller's attributes (free text there would become metric series and exemplars).
-        request = current_request()
         route = request.route if request is not None else None
         status = request.status_code if request is not None else None
         cache_key = (spec.name, route, status)
