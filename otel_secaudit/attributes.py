@@ -52,6 +52,8 @@ BLOCK_SECONDS: Final = "security.block.seconds"
 BLOCK_COUNT: Final = "security.block.count"
 
 REDACTED_COUNT: Final = "security.redacted.count"
+#: On abuse.scan: up to 10 of the probed paths, scrubbed like ``url.path``.
+SCAN_PATHS: Final = "security.scan.paths"
 
 # Metrics (instrumentation scope ``otel_secaudit``)
 SCOPE_NAME: Final = "otel_secaudit"

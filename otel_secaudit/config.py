@@ -60,6 +60,19 @@ def _parse_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _parse_int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An integer parser bounded on both sides (an absurd value is an error, not a hang)."""
+    at_least = _parse_int(minimum)
+
+    def parse(raw: str) -> int:
+        value = at_least(raw)
+        if value > maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}, got {value}")
+        return value
+
+    return parse
+
+
 def _parse_store(raw: str) -> str:
     # One parser for store URIs: the detection package's (build_store uses the same one).
     from .detection.stores import parse_store_uri
@@ -155,6 +168,12 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "spool_max_bytes": (_parse_int(4096), "268435456"),
     "export_dir": (_parse_export_dir, "./otel-secaudit-output"),
     "strict": (_parse_bool, "false"),
+    # 404/405 answers to one client address within 60 s that raise abuse.scan (0 = off).
+    "scan_threshold": (_parse_int_between(0, 1_000_000), "50"),
+    # Days a user key's devices and networks are remembered for auth.login.new_device (0 = off).
+    "new_device_days": (_parse_int_between(0, 3650), "90"),
+    # Extra attack-tool User-Agent tokens for request.attack_tool (added to the built-in list).
+    "attack_tools": (_parse_list, ""),
 }
 
 
@@ -218,6 +237,8 @@ _INT_SETTINGS: Final = (
     "block_max_seconds",
     "ipv6_prefix",
     "spool_max_bytes",
+    "scan_threshold",
+    "new_device_days",
 )
 _ARGUMENT_COERCERS: Final[Mapping[str, Callable[[Callable[[str], Any], Any], Any]]] = {
     **{name: _int_argument for name in _INT_SETTINGS},
@@ -225,6 +246,7 @@ _ARGUMENT_COERCERS: Final[Mapping[str, Callable[[Callable[[str], Any], Any], Any
     **{name: _value_only(_networks) for name in ("trusted_proxies", "allowlist")},
     **{name: _value_only(rows) for name, rows in _WEB_ARGUMENTS.items()},
     "redact_keys": _value_only(lambda value: tuple(str(item) for item in value)),
+    "attack_tools": _value_only(lambda value: tuple(str(item) for item in value)),
     "hash_key": _hash_key_argument,
     "spool_dir": _value_only(_optional_path),
     "export_dir": _value_only(lambda value: Path(value).expanduser()),
@@ -325,6 +347,13 @@ class Settings:
     #: Raise :class:`otel_secaudit.SecAuditInputError` from ``record()`` on bad input
     #: (tests and development). Off in production, where bad input is counted and logged.
     strict: bool = False
+    #: 404/405 answers to one client address within 60 s that raise abuse.scan (0 = off).
+    scan_threshold: int = 50
+    #: Days a user key's known devices and networks are remembered (0 = no new-device events).
+    new_device_days: int = 90
+    #: Extra User-Agent tokens of attack tools (OTEL_SECAUDIT_ATTACK_TOOLS), beside the
+    #: built-in list.
+    attack_tools: tuple[str, ...] = ()
     #: A per-process random key used when ``hash_key`` is not configured.
     effective_hash_key: bytes = field(default=b"", repr=False, compare=False)
 

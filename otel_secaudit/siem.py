@@ -73,6 +73,9 @@ SIEM_MAPPING: Final[Mapping[str, SiemFields]] = {
     "auth.login.succeeded_after_failures": _f(
         "authn_login_successafterfail", _AUTHN, "start", 3002
     ),
+    "auth.login.new_device": _f(
+        "authn_impossible_travel", _AUTHN, "start,info", 3002, exact=False
+    ),
     "auth.account.locked": _f("authn_login_lock", _AUTHN, "start", 3002),
     "auth.logout": _f("session_expired", _AUTHN, "end", 3002),  # reason: logout
     "auth.sessions.revoked": _f("session_expired", _AUTHN, "end", 3002),  # reason: revoked
@@ -91,6 +94,7 @@ SIEM_MAPPING: Final[Mapping[str, SiemFields]] = {
     ),
     "auth.password.reset_completed": _f("authn_password_change", _IAM, "user,change", 3001),
     "auth.password.reset_failed": _f("authn_password_change_fail", _IAM, "user,change", 3001),
+    "auth.password.change_failed": _f("authn_password_change_fail", _IAM, "user,change", 3001),
     "auth.email.verified": _f("user_updated", _IAM, "user,change", 3001, exact=False),
     "auth.email.verification_failed": _f("user_updated", _IAM, "user,change", 3001, exact=False),
     "auth.api_key.created": _f("authn_token_created", _IAM, "creation", 3001),
@@ -103,6 +107,7 @@ SIEM_MAPPING: Final[Mapping[str, SiemFields]] = {
     "request.csrf_mismatch": _f("input_validation_fail", _WEB, "access,denied", 6004, exact=False),
     "request.rate_limited": _f("excess_rate_limit_exceeded", _WEB, "access,denied", 6004),
     "request.blocked": _f("excess_rate_limit_exceeded", _WEB, "access,denied", 6004, exact=False),
+    "request.attack_tool": _f("malicious_attack_tool", _WEB, "access,info", 6004),
     "admin.action": _f("authz_admin", _IAM, "admin", 6003),
     "admin.user.created": _f("user_created", _IAM, "user,creation", 3001),
     "admin.user.activated": _f("user_updated", _IAM, "user,change", 3001),
@@ -119,6 +124,7 @@ SIEM_MAPPING: Final[Mapping[str, SiemFields]] = {
         "excess_rate_limit_exceeded", "intrusion_detection", "info", 2004, exact=False, kind="alert"
     ),
     "abuse.user": _f("authn_login_fail_max", "intrusion_detection", "info", 2004, kind="alert"),
+    "abuse.scan": _f("malicious_excess_404", "intrusion_detection", "info", 2004, kind="alert"),
     "abuse.block.started": _f(
         "excess_rate_limit_exceeded",
         "intrusion_detection",

@@ -30,6 +30,33 @@ def test_defaults_match_the_contract() -> None:
     }
     assert settings.redact_keys == ()
     assert settings.spool_dir is None
+    assert settings.scan_threshold == 50
+    assert settings.new_device_days == 90
+    assert settings.attack_tools == ()
+
+
+def test_detection_rows_are_read_and_bounded() -> None:
+    settings = Settings.load(
+        environ={
+            "OTEL_SECAUDIT_SCAN_THRESHOLD": "0",
+            "OTEL_SECAUDIT_NEW_DEVICE_DAYS": "30",
+            "OTEL_SECAUDIT_ATTACK_TOOLS": "evilscan, Acme-Prober ,",
+        }
+    )
+    assert settings.scan_threshold == 0  # off
+    assert settings.new_device_days == 30
+    assert settings.attack_tools == ("evilscan", "Acme-Prober")
+    assert Settings.load(scan_threshold=7, new_device_days=0).scan_threshold == 7
+    for variable, value in (
+        ("OTEL_SECAUDIT_SCAN_THRESHOLD", "-1"),
+        ("OTEL_SECAUDIT_SCAN_THRESHOLD", "1000001"),
+        ("OTEL_SECAUDIT_NEW_DEVICE_DAYS", "3651"),
+        ("OTEL_SECAUDIT_NEW_DEVICE_DAYS", "ninety"),
+    ):
+        with pytest.raises(ConfigError, match=variable):
+            Settings.load(environ={variable: value})
+    with pytest.raises(ConfigError, match="new_device_days"):
+        Settings.load(new_device_days=True)
 
 
 def test_environment_is_read() -> None:
