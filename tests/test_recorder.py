@@ -24,6 +24,7 @@ CONTRACT_TABLE = """
 auth.login.succeeded authentication success INFO
 auth.login.failed authentication failure WARN
 auth.login.succeeded_after_failures authentication success WARN
+auth.login.new_device authentication success INFO
 auth.account.locked authentication failure WARN
 auth.logout authentication success INFO
 auth.sessions.revoked authentication success INFO
@@ -40,6 +41,7 @@ auth.password.changed authentication success INFO
 auth.password.reset_requested authentication success INFO
 auth.password.reset_completed authentication success INFO
 auth.password.reset_failed authentication failure WARN
+auth.password.change_failed authentication failure WARN
 auth.email.verified authentication success INFO
 auth.email.verification_failed authentication failure INFO
 auth.api_key.created authentication success INFO
@@ -52,6 +54,7 @@ authz.role.changed authorization success INFO
 request.csrf_mismatch request failure WARN
 request.rate_limited request failure WARN
 request.blocked request failure WARN
+request.attack_tool request failure WARN
 admin.action admin success INFO
 admin.user.created admin success INFO
 admin.user.activated admin success INFO
@@ -66,6 +69,7 @@ data.uploaded data success INFO
 data.upload.failed data failure WARN
 abuse.host abuse failure WARN
 abuse.user abuse failure WARN
+abuse.scan abuse failure WARN
 abuse.block.started abuse success WARN
 abuse.block.ended abuse success INFO
 """
