@@ -289,8 +289,12 @@ class SecurityRecorder:
             )
         )
 
-    def internal_error(self, exc: BaseException, where: str = "record") -> None:
-        """Count an internal error and log it the first time its kind is seen."""
+    def internal_error(
+        self, exc: BaseException, where: str = "record", *, log: bool = True
+    ) -> None:
+        """Count an internal error and log it (with its traceback) the first time its kind is
+        seen; ``log=False``: count only (the caller logged one line of its own, e.g. a store
+        outage, which is expected and needs no traceback)."""
         kind = f"{where}:{type(exc).__name__}"
         try:
             with self.stats._lock:
@@ -298,7 +302,7 @@ class SecurityRecorder:
                 first = kind not in self._logged_errors
                 self._logged_errors.add(kind)
             self._internal_errors.add(1, {attr.ERROR_TYPE: type(exc).__name__})
-            if first:
+            if first and log:
                 _log.warning("otel_secaudit: internal error in %s (counted)", where, exc_info=exc)
         except Exception:  # the error path itself must not raise
             pass

@@ -268,6 +268,38 @@ def test_redis_killed_mid_test_falls_back_and_recovers(make_sdk, detectors):
         server.close()
 
 
+def test_a_killed_redis_logs_one_line_per_kind_of_error_and_no_traceback(
+    make_sdk, detectors, caplog
+):
+    """CONTRACT: a store failure is one warning line per kind of failure, without a traceback,
+    however many batches fail and however many times the worker retries."""
+    server = RedisServer().start()
+    try:
+        sdk = make_sdk(store=server.url, host_threshold=3, block_seconds=5)
+        detector = AbuseDetector(sdk.recorder)
+        detectors.append(detector)
+        detector.submit(violation(0, address="192.0.2.1"))
+        assert detector.flush()
+        caplog.clear()
+        with caplog.at_level("DEBUG", logger="otel_secaudit"):
+            server.kill()
+            for i in range(20):  # many batches and housekeeping ticks fail
+                detector.submit(violation(10 + i, address=f"192.0.2.{10 + i}"))
+                assert detector.flush()
+                time.sleep(0.02)
+            assert detector.stats["redis_errors"] >= 2
+        ours = [r for r in caplog.records if r.name.startswith("otel_secaudit")]
+        assert ours, "the outage must be logged"
+        assert [r for r in ours if r.exc_info or r.exc_text] == [], [r.getMessage() for r in ours]
+        lines = [r.getMessage() for r in ours]
+        assert all("\n" not in line for line in lines), lines
+        kinds = [line for line in lines if "Redis store failed" in line]
+        assert len(kinds) == len(set(kinds)) >= 1, lines
+        assert "counting in memory" in kinds[0]
+    finally:
+        server.close()
+
+
 def test_wrong_password_falls_back_without_raising(make_sdk, detectors):
     server = RedisServer(password="correct-horse-battery").start()
     try:

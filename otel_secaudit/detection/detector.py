@@ -289,7 +289,8 @@ class AbuseDetector:
         self._emitter.block_ended(key)
 
     def _redis_failed(self, exc: BaseException) -> None:
-        self.recorder.internal_error(exc, "detection.redis")
+        # counted only: FailoverStore already logged one line for this kind of error
+        self.recorder.internal_error(exc, "detection.redis", log=False)
 
     def _worker_failed(self, exc: BaseException) -> None:
         self.recorder.internal_error(exc, "detection.worker")

@@ -1,8 +1,10 @@
 """A shared store that falls back to counting in memory while it fails.
 
 Redis failures (down, slow, wrong password) never reach the request: the batch is counted in
-the local :class:`MemoryStore`, the failure is logged once and counted
-(``stats["redis_errors"]`` and ``otel_secaudit.internal.errors``), and the shared store is
+the local :class:`MemoryStore`, the failure is logged as one warning line per kind of error
+(its exception class, never a traceback: a failover would otherwise print one per kind and per
+instance) and counted (``stats["redis_errors"]`` and ``otel_secaudit.internal.errors``, through
+``on_error``, which must not log a traceback of its own), and the shared store is
 retried with exponential backoff (0.25 s to 5 s) until it answers again. Counts made during
 the outage stay local to the instance (they are not merged back), so the shared view may miss
 that period's violations. A batch that times out (2 s) is counted locally although Redis may
@@ -56,6 +58,8 @@ class FailoverStore:
         self._retry_at = 0.0
         self._backoff = 0.0
         self.errors = 0
+        #: exception classes already logged (one warning line each, per instance)
+        self._logged: set[str] = set()
         #: True while counting locally because the shared store failed
         self.fallback_active = False
 
@@ -111,14 +115,16 @@ class FailoverStore:
             self.errors += 1
             self._backoff = min(self._backoff * 2 or BACKOFF[0], BACKOFF[1])
             self._retry_at = self._monotonic() + self._backoff
-            first = not self.fallback_active
             self.fallback_active = True
+            kind = type(exc).__name__
+            first = kind not in self._logged and len(self._logged) < 64
+            self._logged.add(kind)
         if first:
             _log.warning(
                 "otel_secaudit: Redis store failed (%s: %s); counting in memory on this "
                 "instance until it answers again",
-                type(exc).__name__,
-                exc,
+                kind,
+                " ".join(str(exc).split())[:300],  # one line, whatever the server said
             )
         self._on_error(exc)
 
