@@ -47,30 +47,49 @@ def _parse_bool(raw: str) -> bool:
     raise ValueError(f"expected true or false, got {raw!r}")
 
 
-def _parse_int(minimum: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+#: The upper bound of a numeric setting that declares none: large enough for any real
+#: configuration, small enough that no arithmetic on it overflows (a value of a few hundred
+#: digits parses as an int and then overflows the float seconds of the detector).
+DEFAULT_INT_MAXIMUM: Final = 1_000_000_000
+_ONE_YEAR_S: Final = 366 * 24 * 3600
+
+
+class IntParser:
+    """Parses an integer setting and checks it against inclusive bounds.
+
+    Every numeric row of the settings table is one of these, so every numeric setting has
+    bounds: a value outside them is a :class:`ConfigError` (strict) or the default with a
+    warning (lenient). Declare a new row as ``IntParser(minimum, maximum)``.
+    """
+
+    def __init__(self, minimum: int, maximum: int = DEFAULT_INT_MAXIMUM) -> None:
+        if minimum > maximum:
+            raise ValueError(f"empty bounds {minimum}..{maximum}")
+        self.minimum = minimum
+        self.maximum = maximum
+
+    def __call__(self, raw: str) -> int:
+        text = raw.strip()
+        # int() accepts up to 4300 digits; refuse long strings before it does the work.
+        if len(text) > 32:
+            raise ValueError(f"must be between {self.minimum} and {self.maximum}")
         try:
-            value = int(raw.strip())
+            value = int(text)
         except ValueError:
-            raise ValueError(f"expected an integer, got {raw!r}") from None
-        if value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {value}")
+            raise ValueError(f"expected an integer, got {raw[:40]!r}") from None
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"must be between {self.minimum} and {self.maximum}, got {value}")
         return value
 
-    return parse
+
+def _parse_int(minimum: int, maximum: int = DEFAULT_INT_MAXIMUM) -> IntParser:
+    """An :class:`IntParser` (kept for rows declared the older way)."""
+    return IntParser(minimum, maximum)
 
 
-def _parse_int_between(minimum: int, maximum: int) -> Callable[[str], int]:
+def _parse_int_between(minimum: int, maximum: int) -> IntParser:
     """An integer parser bounded on both sides (an absurd value is an error, not a hang)."""
-    at_least = _parse_int(minimum)
-
-    def parse(raw: str) -> int:
-        value = at_least(raw)
-        if value > maximum:
-            raise ValueError(f"must be between {minimum} and {maximum}, got {value}")
-        return value
-
-    return parse
+    return IntParser(minimum, maximum)
 
 
 def _parse_store(raw: str) -> str:
@@ -78,13 +97,6 @@ def _parse_store(raw: str) -> str:
     from .detection.stores import parse_store_uri
 
     return parse_store_uri(raw)
-
-
-def _parse_ipv6_prefix(raw: str) -> int:
-    value = _parse_int(1)(raw)
-    if value > 128:
-        raise ValueError(f"must be between 1 and 128, got {value}")
-    return value
 
 
 def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
@@ -146,15 +158,15 @@ _DEFAULT_STATUS_EVENTS: Final = (
 
 # name -> (parser for environment strings, default as an environment string)
 _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
-    "host_threshold": (_parse_int(1), "10"),
-    "user_threshold": (_parse_int(1), "5"),
-    "window_seconds": (_parse_int(1), "3600"),
+    "host_threshold": (IntParser(1, 1_000_000), "10"),
+    "user_threshold": (IntParser(1, 1_000_000), "5"),
+    "window_seconds": (IntParser(1, _ONE_YEAR_S), "3600"),
     "store": (_parse_store, "memory://"),
-    "block_seconds": (_parse_int(0), "0"),
-    "max_keys": (_parse_int(1), "20000"),
-    "block_max_seconds": (_parse_int(1), "86400"),
+    "block_seconds": (IntParser(0, _ONE_YEAR_S), "0"),
+    "max_keys": (IntParser(1, 100_000_000), "20000"),
+    "block_max_seconds": (IntParser(1, _ONE_YEAR_S), "86400"),
     "allowlist": (_parse_proxies, ""),
-    "ipv6_prefix": (_parse_ipv6_prefix, "64"),
+    "ipv6_prefix": (IntParser(1, 128), "64"),
     "trusted_proxies": (_parse_proxies, ""),
     "hash_key": (_parse_hash_key, ""),
     "record_user_name": (_parse_bool, "false"),
@@ -165,13 +177,13 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "client_address_header": (_parse_client_address_header, "x-forwarded-for"),
     "redact_keys": (_parse_list, ""),
     "spool_dir": (_parse_path, ""),
-    "spool_max_bytes": (_parse_int(4096), "268435456"),
+    "spool_max_bytes": (IntParser(4096, 1 << 40), "268435456"),
     "export_dir": (_parse_export_dir, "./otel-secaudit-output"),
     "strict": (_parse_bool, "false"),
     # 404/405 answers to one client address within 60 s that raise abuse.scan (0 = off).
-    "scan_threshold": (_parse_int_between(0, 1_000_000), "50"),
+    "scan_threshold": (IntParser(0, 1_000_000), "50"),
     # Days a user key's devices and networks are remembered for auth.login.new_device (0 = off).
-    "new_device_days": (_parse_int_between(0, 3650), "90"),
+    "new_device_days": (IntParser(0, 3650), "90"),
     # Extra attack-tool User-Agent tokens for request.attack_tool (added to the built-in list).
     "attack_tools": (_parse_list, ""),
 }
@@ -228,17 +240,8 @@ def _optional_path(value: Any) -> Path | None:
 
 
 # Explicit non-string arguments, by setting: (parser of the environment form, value) -> value.
-_INT_SETTINGS: Final = (
-    "host_threshold",
-    "user_threshold",
-    "window_seconds",
-    "block_seconds",
-    "max_keys",
-    "block_max_seconds",
-    "ipv6_prefix",
-    "spool_max_bytes",
-    "scan_threshold",
-    "new_device_days",
+_INT_SETTINGS: Final = tuple(
+    name for name, (parser, _) in _PARSERS.items() if isinstance(parser, IntParser)
 )
 _ARGUMENT_COERCERS: Final[Mapping[str, Callable[[Callable[[str], Any], Any], Any]]] = {
     **{name: _int_argument for name in _INT_SETTINGS},

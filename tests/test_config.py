@@ -101,10 +101,10 @@ def test_arguments_win_over_environment() -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "fragment"),
     [
-        ("OTEL_SECAUDIT_HOST_THRESHOLD", "-1", "must be >= 1"),
+        ("OTEL_SECAUDIT_HOST_THRESHOLD", "-1", "must be between 1 and"),
         ("OTEL_SECAUDIT_USER_THRESHOLD", "five", "expected an integer"),
-        ("OTEL_SECAUDIT_WINDOW_SECONDS", "0", "must be >= 1"),
-        ("OTEL_SECAUDIT_BLOCK_SECONDS", "-5", "must be >= 0"),
+        ("OTEL_SECAUDIT_WINDOW_SECONDS", "0", "must be between 1 and"),
+        ("OTEL_SECAUDIT_BLOCK_SECONDS", "-5", "must be between 0 and"),
         ("OTEL_SECAUDIT_STORE", "mongodb://x", "expected memory://"),
         ("OTEL_SECAUDIT_STORE", "redis://:6379/0", "needs a host"),
         ("OTEL_SECAUDIT_STORE", "redis://h:port/0", "bad port"),
