@@ -19,6 +19,8 @@ from tests.servers import Served, free_port, serve_subprocess
 ROOT = Path(__file__).resolve().parents[2]
 DJANGO_PROJECT = ROOT / "tests" / "apps" / "django_project"
 DJANGO_USERS = {"alice": "correct horse battery staple", "bob": "tr0ub4dor&3-bob-password"}
+#: Staff accounts of the Django project (the admin lets them in; alice and bob are staff-less).
+DJANGO_STAFF = {"carol": "staff-carol-0ff1ce-passphrase"}
 
 
 def instrument_command() -> str:
@@ -103,12 +105,14 @@ def serve_flask(
     workers: int = 1,
     instrument: bool = True,
     gunicorn_args: tuple[str, ...] = (),
+    app: str = "tests.apps.flask_app:app",
 ) -> Served:
-    """The Flask app (tests/apps/flask_app.py) under gunicorn (``gunicorn_args`` as for
-    :func:`serve_django`)."""
+    """A Flask app under gunicorn (``gunicorn_args`` as for :func:`serve_django`): by default
+    tests/apps/flask_app.py (Flask-Login); ``app="tests.apps.flask_form_app:app"`` is the
+    form login on werkzeug password hashes."""
     port = free_port()
     env = {**env, "PYTHONPATH": str(ROOT)}
-    args = [*_gunicorn(port, workers), *gunicorn_args, "tests.apps.flask_app:app"]
+    args = [*_gunicorn(port, workers), *gunicorn_args, app]
     if instrument:
         args = [instrument_command(), *args]
     return serve_subprocess(args, port, env, cwd=str(ROOT))

@@ -1,4 +1,5 @@
-"""Settings of the test project: the defaults of ``startproject``, trimmed."""
+"""Settings of the test project: the defaults of ``startproject`` (the admin included),
+trimmed."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ SECRET_KEY = "test-only-secret-key-not-for-production-0123456789"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.messages",
     "secsite",
 ]
 MIDDLEWARE = [
@@ -22,14 +25,21 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
 ]
 ROOT_URLCONF = "secsite.urls"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
         "DIRS": [BASE_DIR / "templates"],
-        "APP_DIRS": False,
-        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+        "APP_DIRS": True,  # the admin's templates
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
     }
 ]
 WSGI_APPLICATION = "secsite.wsgi.application"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from django.contrib.auth import authenticate, login
-from django.contrib.auth.decorators import permission_required
+from django.contrib.auth import authenticate, get_user_model, login
+from django.contrib.auth.decorators import login_required, permission_required, user_passes_test
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -31,6 +31,28 @@ def reports(request: HttpRequest, year: int) -> HttpResponse:
     return HttpResponse(f"reports {year}")
 
 
+@login_required
+def profile(request: HttpRequest) -> HttpResponse:
+    """Anonymous visitors are sent to the login page (no violation)."""
+    CALLS["profile"] += 1
+    return HttpResponse(f"profile of {request.user.pk}")
+
+
+@user_passes_test(lambda user: user.is_staff)
+def staff_only(request: HttpRequest) -> HttpResponse:
+    """A signed-in account without staff status is sent to the login page."""
+    CALLS["staff_only"] += 1
+    return HttpResponse("staff")
+
+
+@permission_required("auth.view_user")
+def audit(request: HttpRequest) -> HttpResponse:
+    """Without ``auth.view_user`` a signed-in account is sent to the login page (no
+    ``raise_exception``, unlike :func:`reports`)."""
+    CALLS["audit"] += 1
+    return HttpResponse("audit")
+
+
 def calls(request: HttpRequest) -> JsonResponse:
     return JsonResponse(dict(CALLS))
 
@@ -44,6 +66,23 @@ def api_login(request: HttpRequest) -> JsonResponse:
     if not data.get("password"):
         return JsonResponse({"error": "password required"}, status=400)
     user = authenticate(request, username=data.get("username"), password=data["password"])
+    if user is None:
+        return JsonResponse({"error": "bad credentials"}, status=401)
+    login(request, user)
+    return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+def api_email_login(request: HttpRequest) -> JsonResponse:
+    """A JSON login by e-mail address (``{"email": ..., "password": ...}``): 401 on bad
+    credentials, 200 and a session on success. Any other field of the body is ignored."""
+    CALLS["api_email_login"] += 1
+    data = json.loads(request.body or b"{}")
+    email = data.get("email")
+    account = get_user_model().objects.filter(email=email).first() if email else None
+    user = None
+    if account is not None:
+        user = authenticate(request, username=account.get_username(), password=data.get("password"))
     if user is None:
         return JsonResponse({"error": "bad credentials"}, status=401)
     login(request, user)
