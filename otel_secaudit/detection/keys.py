@@ -3,8 +3,11 @@
 An IPv4 client is its address. An IPv6 client is its ``OTEL_SECAUDIT_IPV6_PREFIX`` network
 (default /64: one subscriber's LAN, where an attacker gets addresses for free), written
 ``2001:db8:1:2::/64``; with prefix 128 it is the address itself. An IPv4-mapped IPv6 address
-(``::ffff:192.0.2.1``) is its IPv4 address. Anything that is not an IP address (a test
-client's name, a Unix socket) is its own key.
+(``::ffff:192.0.2.1``), a NAT64 address of the well-known prefix (``64:ff9b::192.0.2.1``) and
+an IPv4-compatible one (``::192.0.2.1``) are their IPv4 address, for the key and the allowlist
+alike; an address of the local-use NAT64 prefix ``64:ff9b:1::/48`` is its own key
+(:mod:`otel_secaudit.addresses`). Anything that is not an IP address (a test client's name, a
+Unix socket) is its own key.
 
 Whether a key may be blocked: never when it lies in (or, for a network, overlaps) one of the
 ``OTEL_SECAUDIT_ALLOWLIST`` networks, and never when blocks are off.
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+
+from ..addresses import embedded_ipv4, is_local_use_nat64
 
 __all__ = ["HostKeys"]
 
@@ -66,12 +71,11 @@ class HostKeys:
         except ValueError:
             return address, self._blocking
         network: IPNetwork
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = embedded_ipv4(ip)
         if isinstance(ip, ipaddress.IPv4Address):
             key = str(ip)
             network = ipaddress.IPv4Network(key)
-        elif self.ipv6_prefix == 128:
+        elif self.ipv6_prefix == 128 or is_local_use_nat64(ip):
             key = str(ip)
             network = ipaddress.IPv6Network(key)
         else:

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Final
 
+from ..addresses import embedded_ipv4
+
 __all__ = [
     "CLIENT_ADDRESS_HEADERS",
     "MAX_FORWARDED_HEADER_BYTES",
@@ -45,15 +47,14 @@ MAX_PEER_LENGTH: Final = 64
 
 @lru_cache(maxsize=4096)
 def normalize_ip(text: str) -> str | None:
-    """A canonical IP string (an IPv4-mapped IPv6 address is its IPv4 address), or None.
+    """A canonical IP string, or None. An IPv4-mapped, NAT64 (``64:ff9b::/96``) or
+    IPv4-compatible IPv6 address is its IPv4 address (:mod:`otel_secaudit.addresses`).
     Cached: peers repeat, and garbage is bounded by the callers' size caps."""
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+    return str(embedded_ipv4(ip))
 
 
 def _parse_hop(raw: str) -> str | None:
