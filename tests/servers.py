@@ -251,7 +251,8 @@ def _port_with_free_bus_port() -> int:
 
 class RedisClusterServers:
     """A real Redis Cluster on loopback: ``masters`` ``redis-server --cluster-enabled yes``
-    nodes (no replicas, no TLS) joined by ``redis-cli --cluster create``."""
+    nodes (no replicas, no TLS) joined by ``redis-cli --cluster create``; fewer than three
+    masters (which ``--cluster create`` refuses), by ``CLUSTER MEET`` and ``ADDSLOTSRANGE``."""
 
     def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
         self.cli = require_binary("redis-cli")
@@ -282,6 +283,10 @@ class RedisClusterServers:
             else:
                 node.port = _port_with_free_bus_port()
             node.start()
+        if len(self.nodes) < 3:
+            self._join_by_hand()
+            wait_for(self.ready, timeout=15, interval=0.05)
+            return self
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
         created = subprocess.run(
             [self.cli, "--cluster", "create", *addresses]
@@ -294,6 +299,19 @@ class RedisClusterServers:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}")
         wait_for(self.ready, timeout=15, interval=0.05)
         return self
+
+    def _join_by_hand(self) -> None:
+        """Give each node an equal, contiguous share of the slots and introduce them."""
+        count = len(self.nodes)
+        for i, node in enumerate(self.nodes):
+            low, high = i * 16384 // count, (i + 1) * 16384 // count - 1
+            self.info(node, "cluster", "addslotsrange", str(low), str(high))
+            if i:
+                first = self.nodes[0]
+                meet = ["cluster", "meet", "127.0.0.1", str(first.port)]
+                if "--cluster-port" in first.extra_args:  # else the bus port is port + 10000
+                    meet.append(first.extra_args[first.extra_args.index("--cluster-port") + 1])
+                self.info(node, *meet)
 
     def owner_of(self, key: str) -> RedisServer:
         """The node that serves ``key``'s slot (all nodes must be up)."""

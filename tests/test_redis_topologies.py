@@ -19,10 +19,11 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 import otel_secaudit
-from otel_secaudit import Settings, runtime
+from otel_secaudit import Settings, Violation, runtime
 from otel_secaudit.config import ConfigError
-from otel_secaudit.detection.stores import MemoryStore, build_store
-from otel_secaudit.detection.stores.redis import DEFAULT_PREFIX
+from otel_secaudit.detection import AbuseDetector
+from otel_secaudit.detection.stores import MemoryStore, RedisStore, build_store
+from otel_secaudit.detection.stores.redis import CLUSTER_SHARDS, DEFAULT_PREFIX, shard_prefixes
 from otel_secaudit.detection.stores.redis_clients import (
     CLUSTER,
     SENTINEL,
@@ -236,27 +237,80 @@ def _run(store: Any, policy: Policy) -> list[tuple[Any, ...]]:
     return out
 
 
-def test_cluster_store_counts_like_memory_and_touches_one_slot(redis_cluster, cluster_url):
+def _masters_holding(cluster: RedisClusterServers, needle: bytes) -> dict[int, int]:
+    """node port -> how many of its keys contain ``needle``."""
+    return {
+        port: sum(1 for key in keys if needle in key)
+        for port, keys in _cluster_keys(cluster).items()
+    }
+
+
+def test_cluster_store_counts_like_memory_and_shards_by_slot(redis_cluster, cluster_url):
     policy = Policy(
         host_threshold=3, user_threshold=4, window_seconds=60, block_seconds=5,
         block_max_seconds=20,
     )  # fmt: skip
     store = build_store(cluster_url)
+    assert isinstance(store, RedisStore) and store.shards == CLUSTER_SHARDS
     try:
-        assert _run(store, policy) == _run(MemoryStore(), policy)
+        # the same crossings (a batch's shards run in parallel: compare them as a set)
+        assert sorted(_run(store, policy)) == sorted(_run(MemoryStore(), policy))
         expired = store.housekeeping(T0 + 1000).expired
         assert [key for key, _ in expired] == ["203.0.113.7"]
+        keys = [key for keys in _cluster_keys(redis_cluster).values() for key in keys]
+        assert len(keys) > 5
+        for key in keys:  # each key in the slot of its own shard's hash tag, named by the key
+            text = key.decode()
+            owner = text.rsplit(":", 1)[-1] if ":w:" in text or ":b:" in text else None
+            if owner is not None:
+                assert text.startswith(store.prefix_of(owner)), text
+            assert key_slot(key) in {key_slot(p.encode()) for p in store.prefixes}
     finally:
         store.close()
-    keys = [key for keys in _cluster_keys(redis_cluster).values() for key in keys]
-    assert len(keys) > 5
-    assert {key_slot(key) for key in keys} == {key_slot(DEFAULT_PREFIX.encode())}
-    assert sum(1 for keys in _cluster_keys(redis_cluster).values() if keys) == 1
 
 
-def test_cluster_key_cap_keeps_memory_flat(redis_cluster, cluster_url):
+def test_shard_hash_tags_spread_evenly_over_the_slots():
+    prefixes = shard_prefixes(CLUSTER_SHARDS)
+    slots = [key_slot(prefix.encode()) for prefix in prefixes]
+    step = 16384 // CLUSTER_SHARDS
+    assert [slot // step for slot in slots] == list(range(CLUSTER_SHARDS))
+    assert shard_prefixes(1) == (DEFAULT_PREFIX,)
+
+
+def test_300_attackers_spread_over_every_master_and_are_blocked_everywhere(
+    make_sdk, detectors, redis_cluster, cluster_url
+):
+    """The whole state no longer sits in one slot: 300 attackers put their windows, blocks and
+    recency on all three masters (each at least a fifth), and detection and blocks still work
+    across instances: every attacker raises abuse.host and a block once, and a second
+    instance enforces all 300 blocks it learnt from the shards."""
+    a_sdk = make_sdk(store=cluster_url, host_threshold=3, block_seconds=60)
+    b_sdk = make_sdk(store=cluster_url, host_threshold=3, block_seconds=60)
+    a, b = AbuseDetector(a_sdk.recorder), AbuseDetector(b_sdk.recorder)
+    detectors += [a, b]
+    attackers = [f"198.18.{i // 200}.{i % 200}" for i in range(300)]
+    for _ in range(3):
+        for i, address in enumerate(attackers):
+            a.submit(Violation("auth.login.failed", address, None, f"{i + 1:032x}", 0.0))
+    assert a.flush(30) and b.flush(30)
+    hosts = [log.log_record.attributes["security.abuse.key"] for log in a_sdk.logs()
+             if log.log_record.event_name == "abuse.host"]  # fmt: skip
+    assert sorted(hosts) == sorted(attackers)
+    started = [log for log in a_sdk.logs() if log.log_record.event_name == "abuse.block.started"]
+    assert len(started) == 300
+    assert all(b.is_blocked(address) > 50 for address in attackers)
+    assert a.stats["redis_errors"] == 0 and b.stats["redis_errors"] == 0
+    per_master = _masters_holding(redis_cluster, b"b:198.18.")
+    assert sum(per_master.values()) == 300
+    assert all(n >= 60 for n in per_master.values()), per_master
+    seen = _masters_holding(redis_cluster, b"seen:host")
+    assert all(n >= 1 for n in seen.values()), seen
+
+
+def test_cluster_key_cap_is_a_per_scope_total_split_over_the_shards(redis_cluster, cluster_url):
     policy = Policy(host_threshold=3, user_threshold=3, window_seconds=3600)
-    store = build_store(cluster_url, max_keys=100)
+    store = build_store(cluster_url, max_keys=160)
+    assert isinstance(store, RedisStore) and store.shard_max_keys == 10
     try:
         for batch in range(4):
             hits = [
@@ -268,7 +322,10 @@ def test_cluster_key_cap_keeps_memory_flat(redis_cluster, cluster_url):
         store.close()
     keys = [key for keys in _cluster_keys(redis_cluster).values() for key in keys]
     windows = [key for key in keys if b"w:" in key]
-    assert len(windows) == 200  # 100 host + 100 user windows: the most recently seen
+    # 10 per shard and scope: the most recently seen of each shard (the last batch gave
+    # every shard more than 10 new keys)
+    assert len([key for key in windows if b"w:host:" in key]) == 160
+    assert len([key for key in windows if b"w:user:" in key]) == 160
     assert all(b"10.0.3." in key or b"user-3-" in key for key in windows)
 
 
@@ -299,7 +356,9 @@ def test_cluster_node_down_and_back(app_runtime, own_cluster):
     assert detector is not None
     attack("203.0.113.80", 5)
     assert rt.flush(5000)
-    owner = own_cluster.owner_of(DEFAULT_PREFIX + "blocks")
+    shards = build_store(own_cluster.url)
+    assert isinstance(shards, RedisStore)
+    owner = own_cluster.owner_of(shards.prefix_of("203.0.113.81") + "blocks")
     owner.kill()
     attack("203.0.113.81", 5)
     wait_for(lambda: "203.0.113.81" in abuse_hosts(sdk), timeout=5)
@@ -318,8 +377,8 @@ def test_cluster_node_down_and_back(app_runtime, own_cluster):
     attack("203.0.113.82", 5)
     assert rt.flush(5000)
     assert sorted(abuse_hosts(sdk)) == ["203.0.113.80", "203.0.113.81", "203.0.113.82"]
-    client = redis.Redis(port=owner.port)
-    assert client.zscore(DEFAULT_PREFIX + "seen:host", "203.0.113.82") is not None
+    client = redis.Redis(port=own_cluster.owner_of(shards.prefix_of("203.0.113.82")).port)
+    assert client.zscore(shards.prefix_of("203.0.113.82") + "seen:host", "203.0.113.82")
     client.close()
 
 

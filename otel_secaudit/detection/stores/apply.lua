@@ -1,8 +1,11 @@
 -- Count a batch of violations, atomically: the algorithm of otel_secaudit/detection/window.py.
 --
--- KEYS[1] = P .. 'blocks' (P = the prefix, which carries a Redis Cluster hash tag, so every key
--- built from it below lives in KEYS[1]'s slot).
--- ARGV[1..7] = window_s, host_threshold, user_threshold, block_s, block_max_s, max_keys, P;
+-- One call counts the hits of one shard (see stores/redis.py: a key's shard is crc32(key) mod
+-- the number of shards, one shard without a cluster).
+-- KEYS[1] = P .. 'blocks' (P = the shard's prefix, which carries a Redis Cluster hash tag, so
+-- every key built from it below lives in KEYS[1]'s slot).
+-- ARGV[1..7] = window_s, host_threshold, user_threshold, block_s, block_max_s, max_keys (the
+-- shard's share of the per-scope cap), P;
 -- then one packed string per hit: scope TAB blockable(0|1) TAB name TAB trace_id TAB at TAB key
 -- (the key last: it may contain anything).
 --

@@ -23,11 +23,10 @@ Errors are :class:`~otel_secaudit.config.ConfigError` naming ``OTEL_SECAUDIT_STO
 they nor any ``repr`` ever contain the password.
 
 Redis Cluster: a Lua script may only touch keys of one hash slot, and redis-py routes
-``EVALSHA`` by its first key. The Redis store therefore starts every key with one hash tag
-(its prefix, ``{secaudit:abuse}:``) and passes one of them in ``KEYS[1]``. The price: the
-whole detection state lives in one slot, on one master; a cluster gives it failover (with
-replicas), not sharding. The state is bounded by ``OTEL_SECAUDIT_MAX_KEYS`` (about 20 MiB at
-the default 20,000 keys per scope, see ``benchmarks/redis_scale.py``), so one master holds it.
+``EVALSHA`` by its first key. The Redis store therefore splits its state into shards, each
+under a hash tag of its own (its prefix, ``{secaudit:abuse:<i>}:``), runs one script per shard
+with one of the shard's keys in ``KEYS[1]``, and chooses the tags in evenly spaced slots, so
+the state and the work are spread over the masters (see :mod:`.redis`).
 """
 
 from __future__ import annotations
