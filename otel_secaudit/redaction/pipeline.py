@@ -79,7 +79,10 @@ _CLEAN_CACHE_MAX_LENGTH: Final = 256
 
 # C0 and C1 controls, DEL, the line/paragraph separators, and the invisible and
 # direction-changing characters (zero-width space/joiners, LRM/RLM, bidi embeddings, overrides
-# and isolates, the Arabic letter mark, word joiner and invisible operators, BOM).
+# and isolates, the Arabic letter mark, word joiner and invisible operators, BOM). And lone
+# surrogates (a str from ``surrogateescape`` decoding or a bad JSON escape): they have no UTF-8
+# form, so an OTLP encoder drops the whole attribute (and logs a traceback per record); escaped
+# they are visible text.
 _INVISIBLE_RANGES: Final = (
     (0x00, 0x1F),
     (0x7F, 0x9F),
@@ -88,6 +91,7 @@ _INVISIBLE_RANGES: Final = (
     (0x2028, 0x202E),
     (0x2060, 0x2064),
     (0x2066, 0x2069),
+    (0xD800, 0xDFFF),
     (0xFEFF, 0xFEFF),
 )
 _CONTROL: Final = re.compile(
@@ -110,8 +114,9 @@ def _needs_escape(value: str) -> bool:
 
 
 def escape_control(value: str) -> str:
-    """``value`` with control, invisible and bidi characters escaped (``\\n`` -> ``\\x0a``,
-    U+200B -> ``\\u200b``); other characters unchanged. One ``str.translate`` pass."""
+    """``value`` with control, invisible and bidi characters and lone surrogates escaped
+    (``\\n`` -> ``\\x0a``, U+200B -> ``\\u200b``, U+D800 -> ``\\ud800``); other characters
+    unchanged. One ``str.translate`` pass."""
     return value.translate(_ESCAPES) if _needs_escape(value) else value
 
 
