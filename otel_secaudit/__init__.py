@@ -35,6 +35,7 @@ from .redaction import REDACTED
 from .version import __version__
 
 if TYPE_CHECKING:
+    from .detection.processor import SecAuditSpanProcessor
     from .web.instrumentor import SecAuditInstrumentor
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "RequestContext",
     "SecAuditInputError",
     "SecAuditInstrumentor",
+    "SecAuditSpanProcessor",
     "SecurityRecorder",
     "Settings",
     "Violation",
@@ -59,6 +61,7 @@ __all__ = [
     "resolve_event",
     "runtime",
 ]
+
 
 def get_recorder() -> SecurityRecorder:
     """The process-wide recorder (``runtime.current().recorder``), created on first use from
@@ -121,4 +124,8 @@ def __getattr__(name: str) -> Any:
         from .web.instrumentor import SecAuditInstrumentor
 
         return SecAuditInstrumentor
+    if name == "SecAuditSpanProcessor":
+        from .detection.processor import SecAuditSpanProcessor
+
+        return SecAuditSpanProcessor
     raise AttributeError(f"module 'otel_secaudit' has no attribute {name!r}")

@@ -43,6 +43,9 @@ class RequestContext:
     #: login-route or status rule does not repeat what the application or a framework
     #: signal already recorded).
     recorded_names: set[str] = field(default_factory=set)
+    #: The request's server span (opened by the HTTP instrumentation), when there is one: a
+    #: span event recorded on it leaves out the request attributes the span carries itself.
+    server_span: object | None = None
 
     def resolve_user_id(self) -> str | None:
         """The user id, from ``user_id`` or, once, from ``user_id_resolver``."""

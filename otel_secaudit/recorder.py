@@ -10,10 +10,11 @@ Signals for one event (CONTRACT section 1):
 3. ``security.events`` (every event) and ``security.violations`` (failures), with only the
    low-cardinality attributes of CONTRACT section 4.
 
-Abuse detection sees every violation exactly once: the recorder hands each one to
-:attr:`SecurityRecorder.violation_sink` (the detector's allocation-light ``submit``), whether
-the span is sampled or not and whichever TracerProvider made it. That is the one place; no span
-processor is involved, so spans without a violation cost nothing extra at ``end()``.
+Abuse detection sees every violation exactly once. A violation recorded on a recording span
+of a provider that a :class:`~otel_secaudit.detection.processor.SecAuditSpanProcessor` serves
+is marked on that span; the processor hands it to :attr:`SecurityRecorder.violation_sink` (the
+detector's ``submit``) when the span ends. Any other violation (no span, an unsampled span, a
+span of another TracerProvider) goes to ``violation_sink`` directly.
 """
 
 from __future__ import annotations
@@ -21,27 +22,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider, get_logger
 from opentelemetry.context import Context
-from opentelemetry.metrics import (
-    CallbackOptions,
-    Meter,
-    MeterProvider,
-    Observation,
-    get_meter,
-    get_meter_provider,
-)
+from opentelemetry.metrics import MeterProvider, get_meter, get_meter_provider
 from typing_extensions import TypedDict, Unpack
 
 from . import attributes as attr
 from .config import Settings
 from .context import RequestContext, current_request
+from .event_tally import event_tally_for
 from .events import EventSpec, InvalidEventError, Violation, resolve_event, severity_number
 from .redaction import (
     MAX_USER_AGENT_LENGTH,
@@ -60,7 +54,6 @@ _log = logging.getLogger("otel_secaudit")
 _FIELD_NAMES = frozenset({"outcome", "severity", "user_name", "attributes", *attr.FIELD_KEYS})
 _METRIC_ATTRIBUTE_CACHE_SIZE = 4096
 _USER_HASH_CACHE_SIZE = 4096
-_EVENT_TALLY_SIZE = 1024
 
 
 class SecAuditInputError(ValueError):
@@ -134,7 +127,7 @@ class SecurityRecorder:
         self._violations = meter.create_counter(
             attr.METRIC_VIOLATIONS, unit="{violation}", description="Security violations"
         )
-        self._event_tally = _event_tally_for(meter_provider or get_meter_provider(), meter)
+        self._event_tally = event_tally_for(meter_provider or get_meter_provider(), meter)
         self.abuse_signals = meter.create_counter(
             attr.METRIC_ABUSE_SIGNALS, unit="{signal}", description="Abuse escalations"
         )
@@ -152,6 +145,9 @@ class SecurityRecorder:
         self.stats = RecorderStats()
         #: Receives every violation that feeds abuse detection (see the module doc).
         self.violation_sink: Callable[[Violation], None] | None = None
+        from .detection.processor import hold_violation
+
+        self._hold_violation = hold_violation
         from .delivery import attach  # the SDK is imported only when a recorder is built
 
         #: Durable delivery (OTEL_SECAUDIT_SPOOL_DIR) or counted drops: otel_secaudit.delivery.
@@ -198,7 +194,7 @@ class SecurityRecorder:
             return False
         acc = Sanitized()
         request = current_request()  # looked up once per event
-        attributes = self._attributes(spec, fields, acc, request)
+        attributes, request_attributes = self._attributes(spec, fields, acc, request)
         severity = fields.get("severity")
         number = spec.severity_number
         if severity is not None:
@@ -216,7 +212,14 @@ class SecurityRecorder:
 
         now = time.time_ns()
         span = trace.get_current_span(context)
-        self._signal(spec, attributes, number, body, context, span, now, request)
+        # ``attributes`` are the event's own; the log record gets the request's too. So does
+        # the span event, unless its span is the request's server span, which carries them.
+        event_attributes = attributes
+        if request_attributes:
+            attributes = {**request_attributes, **attributes}
+            if span is not request.server_span:  # type: ignore[union-attr]
+                event_attributes = attributes
+        self._signal(spec, attributes, event_attributes, number, body, context, span, now, request)
         if request is not None:
             request.recorded_names.add(spec.name)
         if spec.is_violation:
@@ -227,6 +230,7 @@ class SecurityRecorder:
         self,
         spec: EventSpec,
         attributes: dict[str, Any],
+        event_attributes: dict[str, Any],
         number: Any,
         body: Any,
         context: Context | None,
@@ -234,9 +238,9 @@ class SecurityRecorder:
         now: int,
         request: RequestContext | None,
     ) -> None:
-        """Log record, span event and counters. Each signal on its own: a broken processor or
-        exporter behind one of them must not take the others down (a violation is never
-        hidden)."""
+        """Log record (``attributes``), span event (``event_attributes``) and counters. Each
+        signal on its own: a broken processor or exporter behind one of them must not take the
+        others down (a violation is never hidden)."""
         try:
             self._logger.emit(
                 timestamp=now,
@@ -252,7 +256,7 @@ class SecurityRecorder:
             self.internal_error(exc, "record.log")
         if self.settings.span_events and span.is_recording():
             try:
-                span.add_event(spec.name, attributes, timestamp=now)
+                span.add_event(spec.name, event_attributes, timestamp=now)
             except Exception as exc:
                 self.internal_error(exc, "record.span_event")
         try:
@@ -278,16 +282,18 @@ class SecurityRecorder:
         if sink is None or not spec.feeds_detection:
             return
         span_context = span.get_span_context()
-        sink(
-            Violation(
-                name=spec.name,
-                client_address=_detection_key(attributes.get(attr.CLIENT_ADDRESS)),
-                user_key=_detection_key(attributes.get(attr.USER_ID))
-                or _detection_key(attributes.get(attr.USER_HASH)),
-                trace_id=format(span_context.trace_id, "032x") if span_context.is_valid else "",
-                timestamp=now / 1e9,
-            )
+        violation = Violation(
+            name=spec.name,
+            client_address=_detection_key(attributes.get(attr.CLIENT_ADDRESS)),
+            user_key=_detection_key(attributes.get(attr.USER_ID))
+            or _detection_key(attributes.get(attr.USER_HASH)),
+            trace_id=format(span_context.trace_id, "032x") if span_context.is_valid else "",
+            timestamp=now / 1e9,
         )
+        # On a span that a SecAuditSpanProcessor serves, detection happens when the span ends;
+        # otherwise (no span, unsampled, another provider) now: never hidden, counted once.
+        if not (span.is_recording() and self._hold_violation(span, violation, sink)):
+            sink(violation)
 
     def internal_error(
         self, exc: BaseException, where: str = "record", *, log: bool = True
@@ -336,26 +342,22 @@ class SecurityRecorder:
         fields: Mapping[str, Any],
         acc: Sanitized,
         request: RequestContext | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The event's own attributes (``security.*``, ``user.*``, fields, extra attributes)
+        and the request's (``http.*``, ``url.path``, addresses, user agent; None without a
+        request). A field overrides the request's value of the same key; an extra attribute
+        never does."""
         attributes: dict[str, Any] = {
             attr.EVENT_NAME: spec.name,
             attr.EVENT_CATEGORY: spec.category,
             attr.EVENT_OUTCOME: spec.outcome,
         }
+        request_attributes: dict[str, Any] | None = None
         if request is not None:
-            for key, value in (
-                (attr.HTTP_METHOD, request.method),
-                (attr.HTTP_ROUTE, request.route),
-                (attr.URL_PATH, request.path),
-                (attr.CLIENT_ADDRESS, request.client_address),
-                (attr.NETWORK_PEER_ADDRESS, request.peer_address),
-                (attr.USER_AGENT, request.user_agent),
-                (attr.USER_ID, request.resolve_user_id()),
-            ):
-                if value is not None:
-                    self._set_text(attributes, key, value, acc)
-            if request.status_code is not None:
-                attributes[attr.HTTP_STATUS] = request.status_code
+            request_attributes = self._request_attributes(request, acc)
+            user_id = request.resolve_user_id()
+            if user_id is not None:
+                self._set_text(attributes, attr.USER_ID, user_id, acc)
 
         for field_name, value in fields.items():
             if value is None:
@@ -372,7 +374,26 @@ class SecurityRecorder:
         extra = fields.get("attributes")
         if extra is not None:
             for extra_key, extra_value in self._redactor.extra(extra, acc).items():
-                attributes.setdefault(extra_key, extra_value)
+                if extra_key not in attributes and (
+                    request_attributes is None or extra_key not in request_attributes
+                ):
+                    attributes[extra_key] = extra_value
+        return attributes, request_attributes
+
+    def _request_attributes(self, request: RequestContext, acc: Sanitized) -> dict[str, Any]:
+        attributes: dict[str, Any] = {}
+        for key, value in (
+            (attr.HTTP_METHOD, request.method),
+            (attr.HTTP_ROUTE, request.route),
+            (attr.URL_PATH, request.path),
+            (attr.CLIENT_ADDRESS, request.client_address),
+            (attr.NETWORK_PEER_ADDRESS, request.peer_address),
+            (attr.USER_AGENT, request.user_agent),
+        ):
+            if value is not None:
+                self._set_text(attributes, key, value, acc)
+        if request.status_code is not None:
+            attributes[attr.HTTP_STATUS] = request.status_code
         return attributes
 
     def _set_text(
@@ -440,56 +461,6 @@ class SecurityRecorder:
         else:
             self._metric_attributes[cache_key] = attributes
         return attributes
-
-
-class _EventTally:
-    """``security.events``, tallied in-process and reported by an asynchronous counter.
-
-    ``security.events`` is ``security.violations``' twin without route and status: counting it
-    through a second synchronous counter doubled the SDK's per-event metric cost (an
-    aggregation lookup and an exemplar each). Same name, unit and points; no exemplars (those
-    are on ``security.violations``, where they point at the evidence). One tally per meter
-    provider, shared by every recorder built on it: the SDK keeps only the first callback of
-    an instrument registered twice, and a counter is cumulative across replaced recorders.
-    """
-
-    def __init__(self, meter: Meter) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[tuple[str, str], int] = {}
-        meter.create_observable_counter(
-            attr.METRIC_EVENTS,
-            callbacks=[self._observe],
-            unit="{event}",
-            description="Security events by outcome",
-        )
-
-    def add(self, name: str, outcome: str) -> None:
-        key = (name, outcome)
-        with self._lock:
-            counts = self._counts
-            if key not in counts and len(counts) >= _EVENT_TALLY_SIZE:
-                key = ("other", outcome)  # custom names come from code, but stay bounded
-            counts[key] = counts.get(key, 0) + 1
-
-    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            counts = list(self._counts.items())
-        return [
-            Observation(count, {attr.EVENT_NAME: name, attr.EVENT_OUTCOME: outcome})
-            for (name, outcome), count in counts
-        ]
-
-
-_event_tallies: weakref.WeakKeyDictionary[Any, _EventTally] = weakref.WeakKeyDictionary()
-_event_tallies_lock = threading.Lock()
-
-
-def _event_tally_for(provider: Any, meter: Meter) -> _EventTally:
-    with _event_tallies_lock:
-        tally = _event_tallies.get(provider)
-        if tally is None:
-            tally = _event_tallies[provider] = _EventTally(meter)
-        return tally
 
 
 def _detection_key(value: object) -> str | None:

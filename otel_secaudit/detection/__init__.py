@@ -10,7 +10,9 @@ Pieces, one job each (CONTRACT sections 5 and 7):
 * :mod:`.failover`, :mod:`.handoff`, :mod:`.blocks`, :mod:`.emission`: Redis failover, the
   request-path queue and its worker, the blocks enforced here and ``request.blocked``
   aggregation, the ``abuse.*`` events;
-* :mod:`.detector`: :class:`AbuseDetector`, which wires them.
+* :mod:`.detector`: :class:`AbuseDetector`, which wires them;
+* :mod:`.processor`: :class:`SecAuditSpanProcessor`, which hands a span's violations to the
+  detector when the span ends (violations without such a span go to it directly).
 
 Usage (the runtime does this; see :mod:`otel_secaudit.runtime`)::
 
@@ -32,6 +34,7 @@ from .blocks import Refusal
 from .detector import AbuseDetector
 from .emission import BLOCK_COUNT, BLOCK_SECONDS
 from .keys import HostKeys
+from .processor import SecAuditSpanProcessor
 from .stores import MemoryStore, RedisStore, Store, build_store, parse_store_uri
 from .window import HOST, USER, Crossing, Hit, KeyWindow, Policy
 
@@ -49,6 +52,7 @@ __all__ = [
     "Policy",
     "RedisStore",
     "Refusal",
+    "SecAuditSpanProcessor",
     "Store",
     "build_store",
     "disable_detection",
@@ -59,9 +63,10 @@ __all__ = [
 
 def enable_detection(recorder: SecurityRecorder, tracer_provider: Any = None) -> AbuseDetector:
     """Build a detector from ``recorder.settings`` and make it the recorder's
-    ``violation_sink``: every violation the recorder writes reaches it, whichever tracer
-    provider made the span (``tracer_provider`` is accepted for compatibility and unused:
-    detection registers no span processor)."""
+    ``violation_sink``: every violation the recorder writes reaches it, at the end of its span
+    when a :class:`SecAuditSpanProcessor` serves the span's provider, else at once
+    (``tracer_provider`` is accepted for compatibility and unused: the instrumentor adds the
+    processor)."""
     detector = AbuseDetector(recorder)
     recorder.violation_sink = detector.submit
     return detector

@@ -116,7 +116,7 @@ class AbuseDetector:
             self._local = local
             store = FailoverStore(store, local, self._redis_failed)
         self.store: Store = store
-        self._handoff: HandOff[tuple[Violation, float]] | None = None
+        self._handoff: HandOff[tuple[Violation, float] | _UserCheck] | None = None
         if self._queued or self.policy.block_seconds > 0:
             self._handoff = HandOff(
                 self._process,
@@ -191,12 +191,34 @@ class AbuseDetector:
             self.recorder.internal_error(exc, "detection.refusal")
             return None
 
+    def check_user(self, user_key: str, report: Callable[[int], None]) -> None:
+        """Call ``report(count)`` with :meth:`user_violations` of ``user_key``, never with
+        shared-store I/O on the calling thread: with the memory store at once (a local read),
+        with a shared store on the worker, after the violations queued before it (a hanging
+        Redis delays the report, never the request). For
+        ``auth.login.succeeded_after_failures``. Never raises; ``report``'s errors are
+        counted."""
+        try:
+            if not user_key:
+                return
+            check = _UserCheck(user_key, report)
+            if self._queued:
+                handoff = self._handoff
+                if handoff is not None and handoff.offer(check):
+                    return
+                with self._lock:
+                    self._dropped += 1
+                check.run(self._local, self)  # queue full: what this instance counted
+                return
+            check.run(self.store, self)
+        except Exception as exc:
+            self.recorder.internal_error(exc, "detection.check_user")
+
     def user_violations(self, user_key: str) -> int:
         """Violations of ``user_key`` (``user.id`` or ``user.hash``) within the window, up to
-        the user threshold; for ``auth.login.succeeded_after_failures``. Never raises (0 on
-        error). Memory store: a local read. Redis: one ``LRANGE`` round trip on the calling
-        thread (bounded by the store timeout), so call it only on a successful login;
-        violations still in the hand-off queue (< 50 ms old) are not seen."""
+        the user threshold. Never raises (0 on error). Memory store: a local read. Redis: one
+        ``LRANGE`` round trip on the calling thread (bounded by the store timeout): never on a
+        request thread, use :meth:`check_user` there."""
         try:
             if not user_key:
                 return 0
@@ -261,10 +283,14 @@ class AbuseDetector:
             return Hit(host, violation.user_key, violation.name, violation.trace_id, at, blockable)
         return Hit(None, violation.user_key, violation.name, violation.trace_id, at)
 
-    def _process(self, batch: list[tuple[Violation, float]]) -> None:
-        hits = [self._hit(violation, at) for violation, at in batch]
-        for crossing in self.store.apply(hits, self.policy):
-            self._report(crossing)
+    def _process(self, batch: list[tuple[Violation, float] | _UserCheck]) -> None:
+        hits = [self._hit(*item) for item in batch if not isinstance(item, _UserCheck)]
+        if hits:
+            for crossing in self.store.apply(hits, self.policy):
+                self._report(crossing)
+        for item in batch:
+            if isinstance(item, _UserCheck):  # after the violations queued before it
+                item.run(self.store, self)
 
     def _report(self, crossing: Crossing) -> None:
         if crossing.previous_block_until:
@@ -294,3 +320,22 @@ class AbuseDetector:
 
     def _worker_failed(self, exc: BaseException) -> None:
         self.recorder.internal_error(exc, "detection.worker")
+
+
+class _UserCheck:
+    """A :meth:`AbuseDetector.check_user` waiting for the worker."""
+
+    __slots__ = ("user_key", "report")
+
+    def __init__(self, user_key: str, report: Callable[[int], None]) -> None:
+        self.user_key = user_key
+        self.report = report
+
+    def run(self, store: Store, detector: AbuseDetector) -> None:
+        try:
+            window = detector.policy.window_seconds
+            count = store.recent(USER, self.user_key, detector._clock(), window)
+            if count > 0:
+                self.report(count)
+        except Exception as exc:
+            detector.recorder.internal_error(exc, "detection.check_user")

@@ -35,13 +35,18 @@ The runtime (recorder, detector, settings) is looked up once per request through
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Final
 
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
 from .. import attributes as attr
 from .. import runtime as _runtime
-from ..context import RequestContext
+from ..context import RequestContext, request_scope
 from ..redaction import hash_identity, scrub_path
 from .client import normalize_ip, resolve_client_address
 from .rules import LoginRoute, StatusRule, login_user_name
@@ -129,6 +134,15 @@ class Refusal:
         ]
 
 
+def _server_span() -> object | None:
+    """The current span when it is a recording server span (adapters open the exchange
+    inside the HTTP instrumentation's server span), else None."""
+    span = trace.get_current_span()
+    if span.is_recording() and getattr(span, "kind", None) is trace.SpanKind.SERVER:
+        return span
+    return None
+
+
 def _text(value: object, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
@@ -196,6 +210,7 @@ class Exchange:
             peer_address=peer_ip if peer_ip is not None else peer_text,
             user_agent=_text(user_agent, MAX_USER_AGENT_LENGTH),
             user_id_resolver=user_id_of,
+            server_span=_server_span(),
         )
         routed = _text(route_path, MAX_PATH_LENGTH) if route_path is not None else path_text
         login = settings.login_routes.for_request(method_text, routed)
@@ -314,8 +329,8 @@ class Exchange:
 
 def user_violations(rt: _runtime.Runtime, name: str) -> int:
     """Violations of the user key (``user.hash`` of ``name``) in the detection window; 0 when
-    detection is off. With a Redis store this is one round trip: call it on successful logins
-    only."""
+    detection is off. With a Redis store this is one round trip on the calling thread: never
+    call it on a request thread (:func:`record_after_failures` does not)."""
     if rt.detector is None:
         return 0
     return rt.detector.user_violations(hash_identity(rt.settings.effective_hash_key, name))
@@ -327,13 +342,37 @@ def record_after_failures(
     """After a successful login of user name ``name``: ``auth.login.succeeded_after_failures``
     (with ``security.abuse.count``) when its user key had violations in the window (a brute
     force that worked), once per request. Login-route rules and framework login signals both
-    call this. ``fields`` are the success event's fields (``user_id``...)."""
-    if request is not None and LOGIN_AFTER_FAILURES in request.recorded_names:
+    call this. ``fields`` are the success event's fields (``user_id``...).
+
+    No shared-store I/O here: the detector looks the count up (with the memory store at once,
+    with Redis on its worker thread) and the event is emitted there, in the login's trace and
+    with the request's attributes; a slow store delays the event, never the response.
+    """
+    detector = rt.detector
+    if detector is None:
         return
-    count = user_violations(rt, name)
-    if count > 0:
-        rt.recorder.emit(
-            LOGIN_AFTER_FAILURES,
-            {**fields, "user_name": name},
-            internal_attributes={attr.ABUSE_COUNT: count},
-        )  # the recorder notes the name on the current request
+    if request is not None:
+        if LOGIN_AFTER_FAILURES in request.recorded_names:
+            return
+        # Claimed now: a second call for this request (rule and framework signal) must not
+        # queue a second check while the first is still on the worker.
+        request.recorded_names.add(LOGIN_AFTER_FAILURES)
+    recorder = rt.recorder
+    trace_context = otel_context.get_current()
+    event_fields = {**fields, "user_name": name}
+
+    def report(count: int) -> None:
+        def emit() -> None:
+            with request_scope(request) if request is not None else nullcontext():
+                recorder.emit(
+                    LOGIN_AFTER_FAILURES,
+                    event_fields,
+                    context=trace_context,
+                    internal_attributes={attr.ABUSE_COUNT: count},
+                )
+
+        # On the worker the thread's own context is empty; inline, the request's is current:
+        # either way the event carries the login request's attributes and trace.
+        contextvars.Context().run(emit)
+
+    detector.check_user(hash_identity(rt.settings.effective_hash_key, name), report)

@@ -41,7 +41,9 @@ Hooks and providers
     ``AuthenticationMiddleware``) and ``request.state.user_id``; called lazily.
 ``tracer_provider``, ``meter_provider``, ``logger_provider``
     the providers the security signals go to (default: the global ones), as contrib's
-    instrumentors take them.
+    instrumentors take them. The tracer provider (an SDK one) gets a
+    :class:`~otel_secaudit.detection.processor.SecAuditSpanProcessor`: abuse escalation
+    counts a span's violations when the span ends.
 """
 
 from __future__ import annotations
@@ -50,10 +52,12 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
+from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from .. import runtime
 from ..config import _PARSERS, ConfigError, Settings
+from ..detection.processor import ensure_processor
 from ..package import _instruments
 from . import django as django_adapter
 from . import flask as flask_adapter
@@ -159,7 +163,7 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         def provider(name: str) -> Any:
             return providers.get(name, getattr(current, name, None))
 
-        return runtime.install(
+        installed = runtime.install(
             runtime.build(
                 loaded,
                 tracer_provider=provider("tracer_provider"),
@@ -167,3 +171,7 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 logger_provider=provider("logger_provider"),
             )
         )
+        # Escalation is computed when a span with violations ends (SecAuditSpanProcessor);
+        # a provider without add_span_processor (API proxy) leaves detection fed directly.
+        ensure_processor(provider("tracer_provider") or trace.get_tracer_provider())
+        return installed
