@@ -133,6 +133,15 @@ def _parse_list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _parse_attack_tools(raw: str) -> tuple[str, ...]:
+    # The matcher is built once here to refuse a bad token at start (the web core reuses it).
+    from .detection.attack_tools import attack_tool_matcher
+
+    tokens = _parse_list(raw)
+    attack_tool_matcher(tokens)
+    return tokens
+
+
 def _parse_path(raw: str) -> Path | None:
     raw = raw.strip()
     return Path(raw).expanduser() if raw else None
@@ -185,7 +194,7 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     # Days a user key's devices and networks are remembered for auth.login.new_device (0 = off).
     "new_device_days": (IntParser(0, 3650), "90"),
     # Extra attack-tool User-Agent tokens for request.attack_tool (added to the built-in list).
-    "attack_tools": (_parse_list, ""),
+    "attack_tools": (_parse_attack_tools, ""),
 }
 
 
@@ -249,7 +258,7 @@ _ARGUMENT_COERCERS: Final[Mapping[str, Callable[[Callable[[str], Any], Any], Any
     **{name: _value_only(_networks) for name in ("trusted_proxies", "allowlist")},
     **{name: _value_only(rows) for name, rows in _WEB_ARGUMENTS.items()},
     "redact_keys": _value_only(lambda value: tuple(str(item) for item in value)),
-    "attack_tools": _value_only(lambda value: tuple(str(item) for item in value)),
+    "attack_tools": _value_only(lambda value: _parse_attack_tools(",".join(map(str, value)))),
     "hash_key": _hash_key_argument,
     "spool_dir": _value_only(_optional_path),
     "export_dir": _value_only(lambda value: Path(value).expanduser()),

@@ -21,6 +21,7 @@ __all__ = [
     "SUCCESS",
     "EventSpec",
     "InvalidEventError",
+    "Login",
     "Violation",
     "resolve_event",
     "severity_number",
@@ -242,3 +243,22 @@ class Violation:
     user_key: str | None
     trace_id: str
     timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """A successful login as new-device detection sees it (handed over on the request thread,
+    parsed on the detector's worker).
+
+    ``user_key`` is ``user.id`` when known (``hashed`` False), else ``user.hash``;
+    ``user_agent`` and ``client_address`` are the event's (sanitized, capped); ``trace_id`` and
+    ``span_id`` are hex, empty without a valid span context; ``at`` is seconds since the epoch.
+    """
+
+    user_key: str
+    hashed: bool
+    user_agent: str | None
+    client_address: str | None
+    trace_id: str
+    span_id: str
+    at: float

@@ -36,7 +36,7 @@ from . import attributes as attr
 from .config import Settings
 from .context import RequestContext, current_request
 from .event_tally import event_tally_for
-from .events import EventSpec, InvalidEventError, Violation, resolve_event, severity_number
+from .events import EventSpec, InvalidEventError, Login, Violation, resolve_event, severity_number
 from .redaction import (
     MAX_USER_AGENT_LENGTH,
     MAX_VALUE_LENGTH,
@@ -54,6 +54,7 @@ _log = logging.getLogger("otel_secaudit")
 _FIELD_NAMES = frozenset({"outcome", "severity", "user_name", "attributes", *attr.FIELD_KEYS})
 _METRIC_ATTRIBUTE_CACHE_SIZE = 4096
 _USER_HASH_CACHE_SIZE = 4096
+_LOGIN_SUCCEEDED = "auth.login.succeeded"
 
 
 class SecAuditInputError(ValueError):
@@ -148,6 +149,8 @@ class SecurityRecorder:
         from .detection.processor import hold_violation
 
         self._hold_violation = hold_violation
+        #: Receives every ``auth.login.succeeded`` (new-device detection).
+        self.login_sink: Callable[[Login], None] | None = None
         from .delivery import attach  # the SDK is imported only when a recorder is built
 
         #: Durable delivery (OTEL_SECAUDIT_SPOOL_DIR) or counted drops: otel_secaudit.delivery.
@@ -224,6 +227,8 @@ class SecurityRecorder:
             request.recorded_names.add(spec.name)
         if spec.is_violation:
             self._violation(spec, attributes, span, now, request)
+        elif spec.name == _LOGIN_SUCCEEDED and self.login_sink is not None:
+            self.login_sink(_login(attributes, span.get_span_context(), now))
         return True
 
     def _signal(
@@ -469,3 +474,19 @@ def _detection_key(value: object) -> str | None:
     if isinstance(value, str) and value and REDACTED not in value:
         return value
     return None
+
+
+def _login(attributes: Mapping[str, Any], span_context: Any, now: int) -> Login:
+    """A successful login for new-device detection (its sink only queues it)."""
+    user_id = _detection_key(attributes.get(attr.USER_ID))
+    agent = attributes.get(attr.USER_AGENT)
+    valid = span_context.is_valid
+    return Login(
+        user_key=user_id or _detection_key(attributes.get(attr.USER_HASH)) or "",
+        hashed=user_id is None,
+        user_agent=agent if isinstance(agent, str) else None,
+        client_address=_detection_key(attributes.get(attr.CLIENT_ADDRESS)),
+        trace_id=format(span_context.trace_id, "032x") if valid else "",
+        span_id=format(span_context.span_id, "016x") if valid else "",
+        at=now / 1e9,
+    )

@@ -10,6 +10,9 @@ Pieces, one job each (CONTRACT sections 5 and 7):
 * :mod:`.failover`, :mod:`.handoff`, :mod:`.blocks`, :mod:`.emission`: Redis failover, the
   request-path queue and its worker, the blocks enforced here and ``request.blocked``
   aggregation, the ``abuse.*`` events;
+* :mod:`.scans`, :mod:`.devices`, :mod:`.attack_tools`: ``abuse.scan`` (404/405 per client
+  address), ``auth.login.new_device``, ``request.attack_tool``'s list; :mod:`.anomalies` feeds
+  the first two off the request path;
 * :mod:`.detector`: :class:`AbuseDetector`, which wires them;
 * :mod:`.processor`: :class:`SecAuditSpanProcessor`, which hands a span's violations to the
   detector when the span ends (violations without such a span go to it directly).
@@ -69,6 +72,7 @@ def enable_detection(recorder: SecurityRecorder, tracer_provider: Any = None) ->
     processor)."""
     detector = AbuseDetector(recorder)
     recorder.violation_sink = detector.submit
+    recorder.login_sink = detector.anomalies.login
     return detector
 
 
@@ -76,4 +80,6 @@ def disable_detection(recorder: SecurityRecorder, detector: AbuseDetector) -> No
     """Undo :func:`enable_detection`: unhook the recorder and shut the detector down."""
     if recorder.violation_sink == detector.submit:
         recorder.violation_sink = None
+    if recorder.login_sink == detector.anomalies.login:
+        recorder.login_sink = None
     detector.shutdown()

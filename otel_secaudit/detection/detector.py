@@ -35,12 +35,14 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Final
 
 from .. import attributes as attr
 from ..config import Settings
 from ..events import Violation
 from ..recorder import SecurityRecorder
+from .anomalies import AnomalyDetector
 from .blocks import BlockTable, Refusal, RefusalTally
 from .emission import AbuseEmitter
 from .failover import FailoverStore
@@ -117,6 +119,10 @@ class AbuseDetector:
             store = FailoverStore(store, local, self._redis_failed)
         self.store: Store = store
         self._handoff: HandOff[tuple[Violation, float] | _UserCheck] | None = None
+        #: scans and new devices (:mod:`.anomalies`), counted off the request path
+        self.anomalies = AnomalyDetector(
+            self, self._emitter, clock=clock, queue_size=queue_size, max_keys=max_keys
+        )
         if self._queued or self.policy.block_seconds > 0:
             self._handoff = HandOff(
                 self._process,
@@ -227,11 +233,31 @@ class AbuseDetector:
             self.recorder.internal_error(exc, "detection.user_violations")
             return 0
 
+    def escalate(self, key: str, trace_id: str, at: float) -> float:
+        """Block host key ``key`` now (a scan crossed its threshold) with the store's own block
+        logic: a one-violation threshold for this one hit, so the block length, the
+        repeat-offender doubling and the count restart are exactly ``abuse.host``'s and shared
+        with it. Returns the block's length; 0.0 when blocks are off or the key is blocked
+        already. Worker threads only (a shared store does I/O)."""
+        if self.policy.block_seconds <= 0:
+            return 0.0
+        policy = replace(self.policy, host_threshold=1)
+        hit = Hit(key, None, "abuse.scan", trace_id, at, True)
+        for crossing in self.store.apply((hit,), policy):
+            if crossing.previous_block_until:
+                self._block_ended(crossing.key, crossing.previous_block_until)
+            if crossing.blocked_until:
+                self.blocks.start(crossing.key, crossing.blocked_until)
+                return crossing.block_seconds
+        return 0.0
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every violation submitted so far is applied (its ``abuse.*`` events
         emitted) and blocks are expired/refreshed; False on timeout."""
+        if not self.anomalies.flush(timeout):
+            return False
         handoff = self._handoff
         if handoff is not None and handoff.alive():
             return handoff.flush(timeout)
@@ -241,6 +267,7 @@ class AbuseDetector:
     def shutdown(self, timeout: float = 5.0) -> None:
         """Apply what is queued, stop the worker, close the store. Idempotent. Violations
         submitted afterwards are counted locally."""
+        self.anomalies.close(timeout)
         handoff = self._handoff
         if handoff is not None:
             handoff.close(timeout)
@@ -254,6 +281,7 @@ class AbuseDetector:
         thread)."""
         if self._handoff is not None and not self._handoff.alive():
             self._handoff.start()
+        self.anomalies.after_fork_in_child()
 
     @property
     def stats(self) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""How detection speaks: ``abuse.host``, ``abuse.user``, ``abuse.block.started`` and
-``abuse.block.ended``, through the recorder (CONTRACT sections 2, 3, 7).
+"""How detection speaks: ``abuse.host``, ``abuse.user``, ``abuse.scan``, ``abuse.block.started``
+and ``abuse.block.ended``, through the recorder (CONTRACT sections 2, 3, 7).
 
 ``abuse.*`` events are about a key, not about the request that happens to be current, so they
 are emitted in an empty :mod:`contextvars` context (no request attributes leak in), linked to
@@ -19,6 +19,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from .. import attributes as attr
 from ..recorder import SecurityRecorder
+from .scans import SCAN, SCAN_WINDOW_SECONDS, ScanCrossing
 from .window import HOST, Crossing
 
 __all__ = ["BLOCK_COUNT", "BLOCK_SECONDS", "AbuseEmitter"]
@@ -73,17 +74,45 @@ class AbuseEmitter:
             )
             recorder.abuse_signals.add(1, {attr.ABUSE_SCOPE: crossing.scope})
             if crossing.block_seconds:
-                started: dict[str, Any] = {
-                    attr.ABUSE_SCOPE: HOST,
-                    attr.ABUSE_KEY: crossing.key,
-                    BLOCK_SECONDS: _number(crossing.block_seconds),
-                }
-                _set_client(started, crossing.key)
-                recorder.emit(
-                    "abuse.block.started", {}, context=context, internal_attributes=started
-                )
+                self._block_started(crossing.key, crossing.block_seconds, context)
         except Exception as exc:
             recorder.internal_error(exc, "detection.report")
+
+    def scan(self, crossing: ScanCrossing, block_seconds: float) -> None:
+        """``abuse.scan`` (+ ``security.abuse.signals``), and ``abuse.block.started`` when
+        the scan blocked the key (``block_seconds`` > 0)."""
+        contextvars.Context().run(self._scan, crossing, block_seconds)
+
+    def _scan(self, crossing: ScanCrossing, block_seconds: float) -> None:
+        recorder = self.recorder
+        try:
+            internal: dict[str, Any] = {
+                attr.ABUSE_SCOPE: SCAN,
+                attr.ABUSE_KEY: crossing.key,
+                attr.ABUSE_COUNT: crossing.count,
+                attr.ABUSE_THRESHOLD: crossing.threshold,
+                attr.ABUSE_WINDOW_S: _number(SCAN_WINDOW_SECONDS),
+                attr.ABUSE_TRACE_IDS: tuple(t for t in crossing.trace_ids if _HEX32.match(t)),
+            }
+            _set_client(internal, crossing.key)
+            context = _context_of(crossing.trace_ids)
+            # The paths go through redaction like url.path (they are request data).
+            fields = {"attributes": {attr.SCAN_PATHS: crossing.paths}}
+            recorder.emit("abuse.scan", fields, context=context, internal_attributes=internal)
+            recorder.abuse_signals.add(1, {attr.ABUSE_SCOPE: SCAN})
+            if block_seconds:
+                self._block_started(crossing.key, block_seconds, context)
+        except Exception as exc:
+            recorder.internal_error(exc, "detection.report")
+
+    def _block_started(self, key: str, seconds: float, context: Context | None) -> None:
+        started: dict[str, Any] = {
+            attr.ABUSE_SCOPE: HOST,
+            attr.ABUSE_KEY: key,
+            BLOCK_SECONDS: _number(seconds),
+        }
+        _set_client(started, key)
+        self.recorder.emit("abuse.block.started", {}, context=context, internal_attributes=started)
 
     def _block_ended(self, key: str) -> None:
         try:

@@ -26,6 +26,9 @@ What it decides, once per request:
   ``user.hash`` of the submitted user name. On a login route these take the place of the status
   rules.
 * **status rules** (OTEL_SECAUDIT_STATUS_EVENTS): the most specific rule's event.
+* **attack tools**: a User-Agent naming a known scanner or brute-forcer records
+  ``request.attack_tool`` (the request's violation, :mod:`otel_secaudit.detection.attack_tools`);
+  a 404/405 answer is a probe counted towards ``abuse.scan`` (not recorded itself).
 * **one request, one violation**: no failure event when the application already recorded one
   during the request; no event name twice for one request.
 
@@ -47,6 +50,8 @@ from opentelemetry import trace
 from .. import attributes as attr
 from .. import runtime as _runtime
 from ..context import RequestContext, request_scope
+from ..detection.attack_tools import attack_tool_matcher
+from ..detection.scans import is_probe_status
 from ..redaction import hash_identity, scrub_path
 from .client import normalize_ip, resolve_client_address
 from .rules import LoginRoute, StatusRule, login_user_name
@@ -59,6 +64,7 @@ MAX_USER_AGENT_LENGTH: Final = 512
 LOGIN_SUCCEEDED: Final = "auth.login.succeeded"
 LOGIN_FAILED: Final = "auth.login.failed"
 LOGIN_AFTER_FAILURES: Final = "auth.login.succeeded_after_failures"
+ATTACK_TOOL: Final = "request.attack_tool"
 BLOCK_COUNT: Final = "security.block.count"
 
 #: ``header(name) -> values``: every value of one request header (lower-case name), in order.
@@ -270,6 +276,7 @@ class Exchange:
         self._answered = True
         try:
             self.request.status_code = status
+            self._detections(status)
             if self.login is not None and self._login_answered(status):
                 return
             self._status_rule(status)
@@ -281,6 +288,18 @@ class Exchange:
         self.respond(500)
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _detections(self, status: int) -> None:
+        """``request.attack_tool`` when the User-Agent names an attack tool (the request's one
+        violation: the status rules then add none), and the 404/405 probes of a scan."""
+        rt = self.runtime
+        request = self.request
+        if not request.failure_recorded:
+            tool = attack_tool_matcher(rt.settings.attack_tools).tool(request.user_agent)
+            if tool is not None:
+                self._record(ATTACK_TOOL, reason=tool)
+        if is_probe_status(status) and rt.detector is not None:
+            rt.detector.anomalies.probe(request.client_address, request.path)
 
     def _record(self, name: str, outcome: str | None = None, **fields: Any) -> None:
         if outcome is not None:
