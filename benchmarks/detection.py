@@ -34,9 +34,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from harness import RedisServer
 from otel_secaudit import SecurityRecorder, Settings, Violation
 from otel_secaudit.detection import AbuseDetector
-from tests.servers import RedisServer
 
 
 def violations(n: int) -> list[Violation]:

@@ -1,7 +1,7 @@
 """Durable delivery, measured in one run: what the spool costs, and what it saves.
 
 1. Throughput of ``record()`` with and without the spool (``OTEL_SECAUDIT_SPOOL_DIR``). Both
-   arms export over real OTLP/gRPC to an in-process receiver on loopback (tests/servers.py):
+   arms export over real OTLP/gRPC to an in-process receiver on loopback (``harness``):
    ``plain`` = the usual SDK pipeline (BatchLogRecordProcessor + OTLPLogExporter);
    ``spool`` = the spool (framed write() per record, fsync batching, sender thread with its own
    OTLPLogExporter). Arms are interleaved in small blocks (A B B A ...); the result is the
@@ -35,9 +35,9 @@ from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from harness import OTLPReceiver
 from otel_secaudit import SecurityRecorder, Settings
 from otel_secaudit.delivery import LOG_RECORD_UID, METRIC_LOGS_DROPPED, DropCountingLogExporter
-from tests.servers import OTLPReceiver
 
 # The SDK's processor self-metrics (queue_full drops) are read from this variable when a
 # processor is created.

@@ -27,14 +27,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from harness import Served
 
 ROOT = Path(__file__).resolve().parent.parent
 _LOGIN_BODY = b"username=alice&password=correct+horse+battery+staple"
@@ -106,7 +108,7 @@ def loadgen_main(connections: int, request_of: Callable[[str], bytes] = _request
 def receiver_main(protocol: str = "grpc") -> None:
     """An OTLP receiver that keeps nothing (a collector stand-in), in its own process; prints
     its ``grpc`` or ``http`` endpoint."""
-    from tests.servers import OTLPReceiver
+    from harness import OTLPReceiver
 
     receiver = OTLPReceiver()
     receiver._accept = lambda request, bucket, context=None: True  # type: ignore[method-assign]
@@ -158,13 +160,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(endpoint: str, *, plugin: bool):  # type: ignore[no-untyped-def]
-    from tests.servers import free_port, serve_subprocess
+def start_server(endpoint: str, *, plugin: bool) -> Served:
+    """One arm: the test app under ``opentelemetry-instrument uvicorn``, with or without the
+    plugin, exporting over OTLP/gRPC to ``endpoint``."""
+    from harness import serve_uvicorn
 
-    port = free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
         "OTEL_SERVICE_NAME": "secaudit-bench",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "otlp",
@@ -176,14 +178,7 @@ def start_server(endpoint: str, *, plugin: bool):  # type: ignore[no-untyped-def
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "" if plugin else "otel_secaudit",
         "OTEL_SECAUDIT_LOGIN_ROUTES": "POST /auth/jwt/login",
     }
-    instrument = shutil.which("opentelemetry-instrument")
-    if instrument is None:
-        sys.exit("opentelemetry-instrument is not installed")
-    args = [
-        instrument, sys.executable, "-m", "uvicorn", "tests.apps.secapp:app",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
-    ]  # fmt: skip
-    return serve_subprocess(args, port, env, cwd=str(ROOT))
+    return serve_uvicorn("tests.apps.secapp:app", env, "--log-level", "warning")
 
 
 def main() -> None:

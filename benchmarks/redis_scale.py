@@ -12,7 +12,7 @@ Prints:
   hit: its worst case): violations/s from the first ``submit`` until ``flush()`` returns
   (every violation applied by the worker's batched Lua round trips), on a standalone
   ``redis-server``, a 3-master Redis Cluster and a Sentinel-managed master (the servers of
-  ``tests/servers.py``). Target >= 20,000/s on each. Cluster and Sentinel run interleaved
+  ``harness/redis_servers.py``). Target >= 20,000/s on each. Cluster and Sentinel run interleaved
   with the standalone server (A B B A ...), median of per-pair ratios, with an A/A row
   (standalone vs standalone) beside. Each row also gives the Redis servers' CPU time per
   violation (``INFO cpu``, all data nodes), which a busy machine disturbs far less than wall
@@ -49,11 +49,11 @@ from typing import Any
 
 import redis
 
+from harness import RedisClusterServers, RedisSentinelServers, RedisServer
 from otel_secaudit import SecurityRecorder, Settings, Violation
 from otel_secaudit.detection import AbuseDetector
 from otel_secaudit.detection.stores import build_store
 from otel_secaudit.detection.window import Hit, Policy
-from tests.servers import RedisClusterServers, RedisSentinelServers, RedisServer
 
 from .detection import interleaved
 

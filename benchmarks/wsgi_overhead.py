@@ -73,7 +73,7 @@ def _tree_cpu_seconds(pid: int) -> float:
 
 
 def start_server(framework: str, endpoint: str, db: str, *, plugin: bool):  # type: ignore[no-untyped-def]
-    from tests.apps.launch import serve_django, serve_flask, telemetry_env
+    from harness import serve_django, serve_flask, telemetry_env
 
     env = telemetry_env(endpoint)
     env.update(
@@ -91,7 +91,7 @@ def start_server(framework: str, endpoint: str, db: str, *, plugin: bool):  # ty
 
 
 def run_framework(framework: str, options: argparse.Namespace, endpoint: str) -> None:
-    from tests.apps.launch import prepare_django_db
+    from harness import prepare_django_db
 
     db = (
         prepare_django_db(tempfile.mkdtemp(prefix="secsite-bench-"))

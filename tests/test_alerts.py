@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from .servers import free_port, require_binary
+from harness import free_port, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from harness import OTLPReceiver, attributes_of, promtool_check_queries
 from otel_secaudit import attributes as attr
 from otel_secaudit.demo.app import DEMO_PASSWORDS
 from otel_secaudit.demo.report import Recording, Summary, load, security_logs, summarize
@@ -26,7 +27,6 @@ from otel_secaudit.demo.scenario import ADDRESSES
 
 from .browser import DOM, dump_dom, screenshot
 from .conftest import markdown_code_lines
-from .servers import OTLPReceiver, attributes_of, promtool_check_queries
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -330,7 +330,7 @@ def test_demo_serve_keeps_serving_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     stop) ends it through the normal exit path, so the manual request's event is in the files."""
     import httpx
 
-    from .servers import free_port
+    from harness import free_port
 
     out = tmp_path / "out"
     port = free_port()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness import RedisServer, wait_for
 from otel_secaudit import Violation
 from otel_secaudit.detection import (
     AbuseDetector,
@@ -28,7 +29,6 @@ from otel_secaudit.detection import (
 )
 
 from .conftest import FakeClock
-from .servers import RedisServer, wait_for
 
 ADDRESS = "203.0.113.7"
 T0 = 1_700_000_000.0

@@ -15,8 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from .apps.launch import DJANGO_USERS, prepare_django_db, serve_django, telemetry_env
-from .servers import OTLPReceiver, RedisServer, Served, wait_for
+from harness import (
+    DJANGO_USERS,
+    OTLPReceiver,
+    RedisServer,
+    Served,
+    prepare_django_db,
+    serve_django,
+    telemetry_env,
+    wait_for,
+)
 
 pytest.importorskip("django")
 pytest.importorskip("opentelemetry.instrumentation.django")

@@ -181,7 +181,7 @@ def test_zero_code_web_app_without_a_collector(tmp_path: Path) -> None:
     shutdown; the plugin flushes at lifespan shutdown), and the report reads them."""
     import httpx
 
-    from .servers import free_port, serve_subprocess
+    from harness import free_port, serve_subprocess
 
     out = tmp_path / "audit"
     port = free_port()

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from harness import OTLPReceiver, ReceivedLog, wait_for
 from otel_secaudit import SecurityRecorder, Settings
 from otel_secaudit.delivery import LOG_RECORD_UID, SpoolingLogRecordProcessor
 
-from .servers import OTLPReceiver, ReceivedLog, wait_for
 from .test_spool import run_on_full_disk
 
 ROOT = Path(__file__).resolve().parent.parent

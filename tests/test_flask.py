@@ -12,8 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .apps.launch import serve_flask, telemetry_env
-from .servers import OTLPReceiver, RedisServer, Served, wait_for
+from harness import OTLPReceiver, RedisServer, Served, serve_flask, telemetry_env, wait_for
 
 pytest.importorskip("flask_login")
 pytest.importorskip("flask_wtf")

@@ -11,8 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .apps.launch import ROOT, instrument_command, serve_flask, telemetry_env
-from .servers import OTLPReceiver, free_port, serve_subprocess, wait_for
+from harness import (
+    ROOT,
+    OTLPReceiver,
+    free_port,
+    instrument_command,
+    serve_flask,
+    serve_subprocess,
+    telemetry_env,
+    wait_for,
+)
 
 pytest.importorskip("gunicorn")
 

@@ -250,7 +250,7 @@ def test_bad_arguments_and_internal_failures_do_not_raise(
 
 
 def test_unreachable_redis_store_does_not_break_startup_or_requests(sdk: SDK) -> None:
-    from .servers import free_port
+    from harness import free_port
 
     SecAuditInstrumentor().instrument(
         tracer_provider=sdk.tracer_provider,

@@ -40,10 +40,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 
+from harness import OTLPReceiver, iter_strings, wait_for
 from otel_secaudit import SecurityRecorder, Settings
 from otel_secaudit import attributes as attr
-
-from .servers import OTLPReceiver, iter_strings, wait_for
 
 PASSWORD = "hunter2-Correct-Horse-7c1f"
 BEARER = "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNlY3JldA"

@@ -19,6 +19,7 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 import otel_secaudit
+from harness import RedisClusterServers, RedisSentinelServers, RedisServer, wait_for
 from otel_secaudit import Settings, Violation, runtime
 from otel_secaudit.config import ConfigError
 from otel_secaudit.detection import AbuseDetector
@@ -33,8 +34,6 @@ from otel_secaudit.detection.stores.redis_clients import (
     redis_client,
 )
 from otel_secaudit.detection.window import Hit, Policy
-
-from .servers import RedisClusterServers, RedisSentinelServers, RedisServer, wait_for
 
 SECRET = "hunter2-s3cret"
 T0 = 1_700_000_000.0

@@ -21,10 +21,10 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from harness import promtool_check_queries, require_binary
 from otel_secaudit import attributes as attr
 
 from .conftest import markdown_code_lines
-from .servers import promtool_check_queries, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR = ROOT / "collector-config.yaml"

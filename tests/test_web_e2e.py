@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from harness import OTLPReceiver, RedisServer, Served, free_port, serve_subprocess, wait_for
+
 from .apps.secapp import GOOD_PASSWORD, VALID_TOKEN
-from .servers import OTLPReceiver, RedisServer, Served, free_port, serve_subprocess, wait_for
 
 pytestmark = pytest.mark.slow
 

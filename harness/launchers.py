@@ -1,7 +1,12 @@
-"""How the WSGI test apps (the Django project, the Flask app) are served in the end-to-end tests
-and ``benchmarks/wsgi_overhead.py``: ``opentelemetry-instrument gunicorn ...`` or ``...
-manage.py runserver --noreload`` in a subprocess, exporting over OTLP/HTTP to a receiver.
+"""How the test apps are served by the end-to-end tests and the benchmarks: in a subprocess
+under ``opentelemetry-instrument``, exporting to an OTLP receiver.
 
+- :func:`serve_uvicorn`: an ASGI app (``module:attribute``) under uvicorn;
+- :func:`serve_django`: the Django project (tests/apps/django_project) under gunicorn or
+  ``manage.py runserver --noreload``, on a database made by :func:`prepare_django_db`;
+- :func:`serve_flask`: the Flask app (tests/apps/flask_app.py) under gunicorn.
+
+:func:`telemetry_env` is the environment of an instrumented app. The WSGI apps export over
 OTLP/HTTP rather than gRPC: gRPC channels do not survive gunicorn's fork of its workers.
 """
 
@@ -14,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.servers import Served, free_port, serve_subprocess
+from .processes import MissingBinary, Served, free_port, serve_subprocess
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DJANGO_PROJECT = ROOT / "tests" / "apps" / "django_project"
 DJANGO_USERS = {"alice": "correct horse battery staple", "bob": "tr0ub4dor&3-bob-password"}
 #: Staff accounts of the Django project (the admin lets them in; alice and bob are staff-less).
@@ -29,7 +34,7 @@ def instrument_command() -> str:
         "opentelemetry-instrument", path=os.path.dirname(sys.executable)
     )
     if found is None:
-        raise RuntimeError("opentelemetry-instrument is not installed (opentelemetry-distro)")
+        raise MissingBinary("opentelemetry-instrument is not installed (opentelemetry-distro)")
     return found
 
 
@@ -70,6 +75,23 @@ def telemetry_env(endpoint: str | None, **settings: str) -> dict[str, str]:
         )
     env.update({f"OTEL_SECAUDIT_{key.upper()}": value for key, value in settings.items()})
     return env
+
+
+def serve_uvicorn(
+    app: str, env: dict[str, str], *uvicorn_args: str, instrument: bool = True
+) -> Served:
+    """The ASGI ``app`` (``module:attribute``, importable from the repository root) under
+    uvicorn on a free loopback port, under ``opentelemetry-instrument`` unless ``instrument``
+    is false; ``uvicorn_args`` come after the defaults."""
+    port = free_port()
+    env = {**env, "PYTHONPATH": str(ROOT)}
+    args = [
+        sys.executable, "-m", "uvicorn", app,
+        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", *uvicorn_args,
+    ]  # fmt: skip
+    if instrument:
+        args = [instrument_command(), *args]
+    return serve_subprocess(args, port, env, cwd=str(ROOT))
 
 
 def serve_django(
