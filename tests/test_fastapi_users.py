@@ -1,7 +1,7 @@
-"""A real third-party app, unchanged: the fastapi-users SQLAlchemy + JWT example
-(tests/apps/fastapi_users_app.py, SQLite) under ``opentelemetry-instrument uvicorn``, configured
-only through environment variables (README, "FastAPI Users in one variable"), exporting over
-OTLP/gRPC to the real receiver of tests/servers.py.
+"""An app on the real fastapi-users library (tests/apps/fastapi_members.py: SQLAlchemy on
+SQLite, JWT bearer sign-in, fastapi-users' own routers) under ``opentelemetry-instrument
+uvicorn``, configured only through environment variables (README, "FastAPI Users in one
+variable"), exporting over OTLP/gRPC to the real receiver of the ``harness``.
 
 fastapi-users answers a wrong password with 400 ``LOGIN_BAD_CREDENTIALS`` and bad reset or
 verification tokens with 400 too (issue 12: without login routes and route-scoped rules the
@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -25,11 +24,10 @@ from typing import Any
 import httpx
 import pytest
 
-from .servers import OTLPReceiver, Served, free_port, serve_subprocess, wait_for
+from harness import OTLPReceiver, Served, serve_uvicorn, wait_for
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
 LOGIN = "/auth/jwt/login"
 HOST_THRESHOLD = 8
 USER_THRESHOLD = 4
@@ -70,17 +68,8 @@ WRONG = "Tr0ub4dor&3-wrong-guess-"
 SECRETS.update({VICTIM_PASSWORD, LUCKY_PASSWORD, WRONG})
 
 
-def _instrument_command() -> str:
-    found = shutil.which("opentelemetry-instrument") or shutil.which(
-        "opentelemetry-instrument", path=os.path.dirname(sys.executable)
-    )
-    if found is None:
-        pytest.fail("opentelemetry-instrument is not installed (pip install opentelemetry-distro)")
-    return found
-
-
 class App:
-    """The served example, its receiver and small helpers for the scenarios."""
+    """The served app, its receiver and small helpers for the scenarios."""
 
     def __init__(self, served: Served, receiver: OTLPReceiver) -> None:
         self.served = served
@@ -117,19 +106,18 @@ class App:
         assert response.status_code == 201, response.text
 
     def printed_token(self, kind: str, since: int) -> str:
-        """The token the example's user manager printed (``Reset token: ...``) after offset
+        """The token the app's account rules printed (``Reset token: ...``) after offset
         ``since`` of the app's output."""
         pattern = re.compile(rf"{kind} token: (\S+)")
         match = wait_for(lambda: pattern.search(self.served.output()[since:]), timeout=10)
         return match.group(1)
 
 
-def serve_example(receiver: OTLPReceiver, db_dir: str, *uvicorn_args: str) -> Served:
-    """The example under ``opentelemetry-instrument uvicorn``, configured by env only."""
-    port = free_port()
+def serve_members(receiver: OTLPReceiver, db_dir: str, *uvicorn_args: str) -> Served:
+    """The app under ``opentelemetry-instrument uvicorn``, configured by env only."""
     env = {
         **os.environ,
-        "OTEL_SERVICE_NAME": "fastapi-users-example",
+        "OTEL_SERVICE_NAME": "fastapi-members",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "otlp",
         "OTEL_LOGS_EXPORTER": "otlp",
@@ -142,17 +130,11 @@ def serve_example(receiver: OTLPReceiver, db_dir: str, *uvicorn_args: str) -> Se
         "OTEL_TRACES_SAMPLER": "always_on",
         # an operator who also captures request headers: the Authorization header included
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "authorization,user-agent",
-        "FASTAPI_USERS_DB_DIR": db_dir,
+        "MEMBERS_DB_DIR": db_dir,
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(ROOT),
         **SECAUDIT_ENV,
     }
-    args = [
-        _instrument_command(),
-        sys.executable, "-m", "uvicorn", "tests.apps.fastapi_users_app:app",
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log", *uvicorn_args,
-    ]  # fmt: skip
-    return serve_subprocess(args, port, env, cwd=str(ROOT))
+    return serve_uvicorn("tests.apps.fastapi_members:app", env, *uvicorn_args)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +142,7 @@ def app() -> Iterator[App]:
     receiver = OTLPReceiver().start()
     db_dir = tempfile.mkdtemp(prefix="fastapi-users-")
     try:
-        served = serve_example(receiver, db_dir)
+        served = serve_members(receiver, db_dir)
     except BaseException:
         receiver.stop()
         shutil.rmtree(db_dir, ignore_errors=True)
@@ -283,7 +265,7 @@ def test_bad_reset_and_verify_tokens(app: App) -> None:
 
 
 def test_real_reset_token_and_verification_token(app: App) -> None:
-    """The example's real tokens travel in request bodies (and its JWTs in headers); their
+    """The app's real tokens travel in request bodies (and its JWTs in headers); their
     flows are recorded by route-scoped success rules."""
     address = "192.0.2.45"
     email = "forgetful@example.com"
@@ -388,7 +370,6 @@ def test_login_bodies_of_every_shape(app: App) -> None:
     assert len(set(hashes) - {None}) == 1
 
 
-
 def test_trailing_slash_redirect_is_not_a_login(app: App) -> None:
     """``POST /auth/jwt/login/`` gets FastAPI's 307 to the canonical path, whatever the
     password: that redirect is not a login success (the plugin used to record one, with the
@@ -407,7 +388,7 @@ def test_trailing_slash_redirect_is_not_a_login(app: App) -> None:
 
 
 def test_no_secret_in_any_exported_byte(app: App) -> None:
-    """Last: everything the scenarios sent and received (passwords, the example's JWTs, real
+    """Last: everything the scenarios sent and received (passwords, the app's JWTs, real
     reset and verification tokens, a forged token), scanned for in the raw OTLP requests."""
     assert app.login(VICTIM, VICTIM_PASSWORD, "192.0.2.99").status_code == 200
     app.wait_logs("auth.login.succeeded", **{"client.address": "192.0.2.99"})
@@ -422,12 +403,11 @@ def test_no_secret_in_any_exported_byte(app: App) -> None:
         assert email.encode() not in raw  # submitted user names are hashed
 
 
-
 def test_login_route_behind_root_path(otlp_receiver: OTLPReceiver, tmp_path: Path) -> None:
     """Behind a proxy that serves the app under ``/api`` (``uvicorn --root-path /api``, the
     proxy strips the prefix): uvicorn puts the prefix back in ``scope["path"]``, Starlette
     routes on the path without it. The login route must still be seen."""
-    served = serve_example(otlp_receiver, str(tmp_path), "--root-path", "/api")
+    served = serve_members(otlp_receiver, str(tmp_path), "--root-path", "/api")
     try:
         form = {"username": "prefixed@example.com", "password": WRONG}
         headers = {"x-forwarded-for": "192.0.2.80"}
