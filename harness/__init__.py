@@ -9,6 +9,7 @@ a skip on a developer machine and a failure under ``CI=true``.
 """
 
 from .launchers import (
+    DJANGO_STAFF,
     DJANGO_USERS,
     ROOT,
     instrument_command,
@@ -46,6 +47,7 @@ from .redis_servers import (
 from .tools import promtool_check_queries
 
 __all__ = [
+    "DJANGO_STAFF",
     "DJANGO_USERS",
     "IN_CI",
     "ROOT",

@@ -12,15 +12,15 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from .apps.launch import (
+from harness import (
     DJANGO_STAFF,
     DJANGO_USERS,
+    Served,
     prepare_django_db,
     serve_django,
     serve_flask,
     telemetry_env,
 )
-from .servers import Served
 
 pytest.importorskip("flask")
 pytest.importorskip("django")

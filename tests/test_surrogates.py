@@ -24,11 +24,11 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 import otel_secaudit
+from harness import any_value
 from otel_secaudit import runtime
 from otel_secaudit.redaction.pipeline import escape_control, hash_identity
 
 from .conftest import SDK
-from .servers import any_value
 
 SURROGATE = re.compile("[\ud800-\udfff]")
 # Text with lone surrogates mixed into ordinary and hostile characters.
