@@ -66,7 +66,6 @@ METRIC_INTERNAL_ERRORS: Final = "otel_secaudit.internal.errors"
 
 #: Attributes a metric point may carry; anything else never reaches ``Counter.add``.
 VIOLATION_METRIC_KEYS: Final = (EVENT_NAME, EVENT_CATEGORY, HTTP_ROUTE, HTTP_STATUS)
-EVENT_METRIC_KEYS: Final = (EVENT_NAME, EVENT_OUTCOME)
 
 #: ``record()`` keyword fields and the attribute each one becomes.
 FIELD_KEYS: Final = {
