@@ -165,6 +165,62 @@ def test_two_instances_share_blocks_and_end_them_once(make_sdk, redis_url, detec
     assert ended[0].attributes["client.address"] == ADDRESS
 
 
+def test_request_blocked_once_per_key_across_instances(make_sdk, redis_url, detectors):
+    """Two instances refuse one blocked key: the first record is written by one of them only,
+    carrying every refusal both made before it, the next one 60 s later; no refusal does I/O
+    (the record rights are traded by the workers, in flush here)."""
+    clock = FakeClock()
+    sdks = [make_sdk(store=redis_url, host_threshold=2, block_seconds=600) for _ in range(2)]
+    a, b = (AbuseDetector(sdk.recorder, clock=clock) for sdk in sdks)
+    detectors += [a, b]
+    a.submit(violation(0))
+    a.submit(violation(1))
+    assert a.flush() and b.flush()
+
+    def refuse(detector: AbuseDetector, times: int) -> list[int]:
+        out = []
+        for _ in range(times):
+            refusal = detector.refusal(ADDRESS)
+            assert refusal is not None
+            out.append(refusal.record_count)
+        return out
+
+    assert refuse(a, 1) + refuse(b, 2) == [0, 0, 0]  # nobody holds the right yet
+    assert a.flush() and b.flush()  # a takes it (1 refusal); b's 2 go to the shared count
+    assert refuse(b, 1) == [0]
+    assert refuse(a, 2) == [2, 0]  # a records: its own refusals
+    assert a.flush() and b.flush()
+    clock.advance(30)
+    assert refuse(b, 3) + refuse(a, 1) == [0, 0, 0, 0]
+    assert a.flush() and b.flush()
+    assert refuse(a, 1) + refuse(b, 1) == [0, 0]  # a held it, and the 60 s are not over
+    clock.advance(31)
+    assert a.flush() and b.flush()  # a's right ended: a claims first again (its 2 refusals)
+    counts = refuse(b, 1) + refuse(a, 1)
+    # a's record carries every refusal since its last one that reached the store before its
+    # claim (b's 2 + 1 + 3, a's 1 + 1 + 1) and its own: b's last two go to the next record
+    assert counts == [0, 10]
+
+
+def test_a_record_right_no_request_used_is_written_by_the_worker(make_sdk, redis_url, detectors):
+    clock = FakeClock()
+    sdk = make_sdk(store=redis_url, host_threshold=2, block_seconds=600)
+    detector = AbuseDetector(sdk.recorder, clock=clock)
+    detectors.append(detector)
+    detector.submit(violation(0))
+    detector.submit(violation(1))
+    assert detector.flush()
+    refusal = detector.refusal(ADDRESS)  # the client's only request after its block
+    assert refusal is not None and refusal.record_count == 0
+    assert detector.flush()  # the right is granted: a refusal would record now
+    assert abuse_logs(sdk, "request.blocked") == []
+    clock.advance(1.5)
+    assert detector.flush()
+    [record] = abuse_logs(sdk, "request.blocked")
+    assert record.attributes["security.block.count"] == 1
+    assert record.attributes["client.address"] == ADDRESS
+
+
 _INSTANCE = textwrap.dedent(
     """
     import json, sys, time

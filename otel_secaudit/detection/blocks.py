@@ -4,18 +4,33 @@
 learns blocks from the crossings this instance reports and, with a shared store, from the
 store's list of active blocks (refreshed by the worker, every 0.3 s by default).
 
-:class:`RefusalTally` makes the audit trail of a block flood-proof (CONTRACT section 7): every
-refused request is counted in ``security.requests.blocked``, but a ``request.blocked`` record
-is written at most once per key per ``interval`` (60 s), carrying ``security.block.count``,
-the requests refused since the previous record for that key (this one included).
+:class:`RefusalTally` makes the audit trail of a block flood-proof (see the README, "Blocks"):
+every refused request is counted in ``security.requests.blocked``, but a ``request.blocked``
+record is written at most once per key per ``interval`` (60 s), carrying
+``security.block.count``, the requests refused since the previous record for that key (this
+one included).
+
+With a store shared by several instances (``shared=True``) that holds across all of them, and
+the request path still does no I/O: a refusal with no record right in hand is only counted
+(:meth:`RefusalTally.refused` returns 0); the detector's worker hands those counts to the
+store (:meth:`RefusalTally.demand`), which gives the key's record right for the next 60 s to
+one instance, with the count of refusals every instance made since the key's last record
+(:meth:`RefusalTally.grant`); that instance's next refusal of the key writes the record. A
+right that no refusal used within :data:`GRANT_GRACE` seconds (the client stopped) is handed
+back by :meth:`RefusalTally.unused`, for the worker to write the record itself (no request
+context then). The first record of a block so comes one worker tick (0.3 s) late.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Final
 
-__all__ = ["BlockTable", "Refusal", "RefusalTally"]
+__all__ = ["GRANT_GRACE", "BlockTable", "Refusal", "RefusalTally"]
+
+#: Seconds a granted record right waits for a refusal before the worker writes the record.
+GRANT_GRACE: Final = 1.0
 
 
 class BlockTable:
@@ -70,17 +85,23 @@ class Refusal:
 
 class RefusalTally:
     """Per blocked key: when the last ``request.blocked`` record was written and how many
-    refusals happened since. Bounded by the number of blocked keys (:meth:`forget` at block
-    end)."""
+    refusals happened since (see the module docstring for ``shared``). Bounded by the number
+    of blocked keys (:meth:`forget` at block end)."""
 
-    def __init__(self, interval: float = 60.0) -> None:
+    def __init__(self, interval: float = 60.0, *, shared: bool = False) -> None:
         self.interval = interval
+        self.shared = shared
         self._lock = threading.Lock()
         #: key -> [time of the last record, refusals not yet in a record]
         self._keys: dict[str, list[float]] = {}
+        #: shared: key -> [right held until, granted count (0 = none unused), granted at,
+        #: refusals not yet in a record nor handed to the store]
+        self._rights: dict[str, list[float]] = {}
 
     def refused(self, key: str, now: float) -> int:
         """Count one refusal of ``key``; the ``security.block.count`` to record now, or 0."""
+        if self.shared:
+            return self._refused_shared(key, now)
         with self._lock:
             state = self._keys.get(key)
             if state is None:
@@ -93,7 +114,53 @@ class RefusalTally:
             state[1] += 1
             return 0
 
+    def _refused_shared(self, key: str, now: float) -> int:
+        with self._lock:
+            state = self._rights.get(key)
+            if state is None:
+                self._rights[key] = [0.0, 0, 0.0, 1]
+                return 0
+            if state[1] and now < state[0]:  # a granted right: this refusal writes the record
+                count = int(state[1] + state[3]) + 1
+                state[1], state[3] = 0, 0
+                return count
+            state[3] += 1
+            return 0
+
+    def demand(self, now: float) -> list[tuple[str, int]]:
+        """Shared: (key, refusals) of the keys refused here without a record whose right this
+        instance does not hold; the refusals are handed over (to be added to the store's
+        count), so they are zeroed here."""
+        out = []
+        with self._lock:
+            for key, state in self._rights.items():
+                if state[3] and now >= state[0]:
+                    out.append((key, int(state[3])))
+                    state[3] = 0
+        return out
+
+    def grant(self, granted: dict[str, int], now: float) -> None:
+        """Shared: the store gave this instance the record right of these keys for
+        ``interval`` seconds, with the refusals counted by every instance since their last
+        record."""
+        with self._lock:
+            for key, count in granted.items():
+                state = self._rights.setdefault(key, [0.0, 0, 0.0, 0])
+                state[0], state[1], state[2] = now + self.interval, max(1, count), now
+
+    def unused(self, now: float, grace: float = GRANT_GRACE) -> list[tuple[str, int]]:
+        """Shared: (key, count) of the rights granted more than ``grace`` seconds ago that no
+        refusal used: the worker writes those records itself. The right stays held."""
+        out = []
+        with self._lock:
+            for key, state in self._rights.items():
+                if state[1] and now - state[2] >= grace:
+                    out.append((key, int(state[1] + state[3])))
+                    state[1], state[3] = 0, 0
+        return out
+
     def forget(self, key: str) -> None:
         """The key's block ended."""
         with self._lock:
             self._keys.pop(key, None)
+            self._rights.pop(key, None)

@@ -112,6 +112,8 @@ class AbuseDetector:
                 store = MemoryStore(max_keys=max_keys)
         #: a shared store: violations go through the hand-off queue to the worker
         self._queued = not store.in_process
+        # shared store: request.blocked once per key across instances (see blocks.py)
+        self._refusals.shared = self._queued
         self._local: Store = store
         if self._queued:
             local = MemoryStore(max_keys=max_keys)
@@ -336,6 +338,20 @@ class AbuseDetector:
             self.blocks.replace(result.active)
         for key, until in result.expired:
             self._block_ended(key, until)
+        if self._refusals.shared:
+            self._settle_refusals()
+
+    def _settle_refusals(self) -> None:
+        """Shared store: trade this instance's unrecorded refusals for record rights, and
+        write the records of rights no refusal used (see blocks.py)."""
+        now = self._clock()
+        claims = self._refusals.demand(now)
+        if claims:
+            claim = getattr(self.store, "claim_refusal_records", None)
+            granted = claim(claims, now) if claim is not None else dict(claims)
+            self._refusals.grant(granted, now)
+        for key, count in self._refusals.unused(now):
+            self._emitter.refusals(key, count)
 
     def _block_ended(self, key: str, until: float) -> None:
         self.blocks.end(key, until)

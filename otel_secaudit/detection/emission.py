@@ -1,5 +1,6 @@
 """How detection speaks: ``abuse.host``, ``abuse.user``, ``abuse.scan``, ``abuse.block.started``
-and ``abuse.block.ended``, through the recorder (CONTRACT sections 2, 3, 7).
+and ``abuse.block.ended`` (and a ``request.blocked`` no request was there to write, with a
+shared store), through the recorder (CONTRACT sections 2, 3, 7).
 
 ``abuse.*`` events are about a key, not about the request that happens to be current, so they
 are emitted in an empty :mod:`contextvars` context (no request attributes leak in), linked to
@@ -46,6 +47,22 @@ class AbuseEmitter:
     def block_ended(self, key: str) -> None:
         """``abuse.block.ended`` (emitted once per block across instances by the caller)."""
         contextvars.Context().run(self._block_ended, key)
+
+    def refusals(self, key: str, count: int) -> None:
+        """``request.blocked`` written by the detector's worker: a shared store gave this
+        instance the key's record right and no refused request of the key came to use it (see
+        :mod:`.blocks`); there is no request to take the context from."""
+        contextvars.Context().run(self._refusals, key, count)
+
+    def _refusals(self, key: str, count: int) -> None:
+        try:
+            internal: dict[str, Any] = {attr.ABUSE_KEY: key, attr.BLOCK_COUNT: count}
+            _set_client(internal, key)
+            self.recorder.emit(
+                "request.blocked", {"reason": "blocked"}, internal_attributes=internal
+            )
+        except Exception as exc:
+            self.recorder.internal_error(exc, "detection.report")
 
     def _crossing(self, crossing: Crossing) -> None:
         recorder = self.recorder

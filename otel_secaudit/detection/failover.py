@@ -104,6 +104,20 @@ class FailoverStore:
         active.update(self.local.active_blocks(limit))
         return Housekeeping(expired + shared.expired, active)
 
+    def claim_refusal_records(self, claims: list[tuple[str, int]], now: float) -> dict[str, int]:
+        """The shared store's record rights (see :mod:`.blocks`); while it fails, every claim
+        is granted (per instance then, as the counting)."""
+        claim = getattr(self.store, "claim_refusal_records", None)
+        if claim is not None and self.available():
+            try:
+                granted: dict[str, int] = claim(claims, now)
+            except Exception as exc:
+                self._failed(exc)
+            else:
+                self._succeeded()
+                return granted
+        return dict(claims)
+
     def _succeeded(self) -> None:
         if self.fallback_active:
             self.fallback_active = False

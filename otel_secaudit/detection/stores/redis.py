@@ -240,9 +240,8 @@ class RedisStore:
             packed.setdefault(self.shard_of(key), []).extend((key, int(count)))
         if not packed:
             return {}
-        window_ms = int(RECORD_INTERVAL * 1000)
         calls = [
-            (self.prefixes[shard], [self.prefixes[shard], window_ms, *args])
+            (self.prefixes[shard], [self.prefixes[shard], repr(RECORD_INTERVAL), repr(now), *args])
             for shard, args in sorted(packed.items())
         ]
         granted: dict[str, int] = {}
