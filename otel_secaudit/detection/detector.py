@@ -49,6 +49,7 @@ from .failover import FailoverStore
 from .handoff import HandOff
 from .keys import HostKeys
 from .stores import MemoryStore, Store, build_store
+from .stores.anomalies import shared_anomalies
 from .window import HOST, USER, Crossing, Hit, Policy
 
 __all__ = ["AbuseDetector"]
@@ -123,7 +124,12 @@ class AbuseDetector:
         self._handoff: HandOff[tuple[Violation, float] | _UserCheck] | None = None
         #: scans and new devices (:mod:`.anomalies`), counted off the request path
         self.anomalies = AnomalyDetector(
-            self, self._emitter, clock=clock, queue_size=queue_size, max_keys=max_keys
+            self,
+            self._emitter,
+            shared_anomalies(store),
+            clock=clock,
+            queue_size=queue_size,
+            max_keys=max_keys,
         )
         if self._queued or self.policy.block_seconds > 0:
             self._handoff = HandOff(

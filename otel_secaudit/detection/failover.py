@@ -18,10 +18,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from .stores.base import DEFAULT_MAX_BLOCKS, Housekeeping, Store
 from .stores.memory import MemoryStore
 from .window import Crossing, Hit, Policy
+
+T = TypeVar("T")
 
 __all__ = ["FailoverStore"]
 
@@ -87,6 +90,19 @@ class FailoverStore:
             except Exception as exc:
                 self._failed(exc)
         return self.local.recent(scope, key, now, window)
+
+    def shared(self, call: Callable[[Store], T]) -> T | None:
+        """Run ``call`` on the shared store with this failover's backoff and error reporting;
+        None while it backs off or when it fails (the caller then works locally)."""
+        if not self.available():
+            return None
+        try:
+            result = call(self.store)
+        except Exception as exc:
+            self._failed(exc)
+            return None
+        self._succeeded()
+        return result
 
     def housekeeping(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> Housekeeping:
         """Local expiries, plus the shared store's expiries and active blocks (merged with the
