@@ -178,7 +178,7 @@ def start_server(endpoint: str, *, plugin: bool) -> Served:
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "" if plugin else "otel_secaudit",
         "OTEL_SECAUDIT_LOGIN_ROUTES": "POST /auth/jwt/login",
     }
-    return serve_uvicorn("tests.apps.secapp:app", env, "--log-level", "warning")
+    return serve_uvicorn(env, "tests.apps.secapp:app", "--log-level", "warning")
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def telemetry_env(endpoint: str | None, **settings: str) -> dict[str, str]:
 
 
 def serve_uvicorn(
-    app: str, env: dict[str, str], *uvicorn_args: str, instrument: bool = True
+    env: dict[str, str], app: str, *uvicorn_args: str, instrument: bool = True
 ) -> Served:
     """The ASGI ``app`` (``module:attribute``, importable from the repository root) under
     uvicorn on a free loopback port, under ``opentelemetry-instrument`` unless ``instrument``

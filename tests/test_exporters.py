@@ -181,10 +181,9 @@ def test_zero_code_web_app_without_a_collector(tmp_path: Path) -> None:
     shutdown; the plugin flushes at lifespan shutdown), and the report reads them."""
     import httpx
 
-    from harness import free_port, serve_subprocess
+    from harness import serve_uvicorn
 
     out = tmp_path / "audit"
-    port = free_port()
     env = _clean_environment(
         OTEL_SERVICE_NAME="zero-code-web",
         OTEL_TRACES_EXPORTER="otlp_json_dir",
@@ -192,15 +191,8 @@ def test_zero_code_web_app_without_a_collector(tmp_path: Path) -> None:
         OTEL_METRICS_EXPORTER="otlp_json_dir",
         OTEL_SECAUDIT_EXPORT_DIR=str(out),
         OTEL_SECAUDIT_HOST_THRESHOLD="1000",
-        PYTHONPATH=str(ROOT),
     )
-    served = serve_subprocess(
-        ["opentelemetry-instrument", sys.executable, "-m", "uvicorn", "tests.apps.secapp:app",
-         "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-        port,
-        env,
-        cwd=str(ROOT),
-    )  # fmt: skip
+    served = serve_uvicorn(env, "tests.apps.secapp:app")
     try:
         with httpx.Client(base_url=served.base_url) as http:
             for _ in range(3):

@@ -134,7 +134,7 @@ def serve_members(receiver: OTLPReceiver, db_dir: str, *uvicorn_args: str) -> Se
         "PYTHONUNBUFFERED": "1",
         **SECAUDIT_ENV,
     }
-    return serve_uvicorn("tests.apps.fastapi_members:app", env, *uvicorn_args)
+    return serve_uvicorn(env, "tests.apps.fastapi_members:app", *uvicorn_args)
 
 
 @pytest.fixture(scope="module")

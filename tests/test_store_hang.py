@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from harness import OTLPReceiver, RedisServer, Served, wait_for
+
 from .apps.secapp import GOOD_PASSWORD
-from .servers import OTLPReceiver, RedisServer, Served, wait_for
 from .test_web_e2e import start_app
 
 pytestmark = pytest.mark.slow

@@ -5,30 +5,18 @@ processes. Nothing in the app mentions the middleware: the entry point does it a
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from harness import OTLPReceiver, RedisServer, Served, free_port, serve_subprocess, wait_for
+from harness import OTLPReceiver, RedisServer, Served, serve_uvicorn, wait_for
 
 from .apps.secapp import GOOD_PASSWORD, VALID_TOKEN
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _instrument_command() -> str:
-    found = shutil.which("opentelemetry-instrument")
-    if found is None:
-        pytest.fail("opentelemetry-instrument is not installed (pip install opentelemetry-distro)")
-    return found
 
 
 def start_app(
@@ -37,7 +25,6 @@ def start_app(
     app: str = "tests.apps.secapp:app",
     **settings: str,
 ) -> Served:
-    port = free_port()
     env = {
         **os.environ,
         "OTEL_SERVICE_NAME": "secaudit-e2e",
@@ -52,16 +39,10 @@ def start_app(
         "OTEL_METRIC_EXPORT_INTERVAL": "300",
         "OTEL_TRACES_SAMPLER": "always_on",
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "",
-        "PYTHONPATH": str(ROOT),
         **{f"OTEL_SECAUDIT_{key.upper()}": value for key, value in settings.items()},
         **(extra_env or {}),
     }
-    args = [
-        _instrument_command(),
-        sys.executable, "-m", "uvicorn", app,
-        "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-    ]  # fmt: skip
-    return serve_subprocess(args, port, env, cwd=str(ROOT))
+    return serve_uvicorn(env, app)
 
 
 @pytest.fixture
