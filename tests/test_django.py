@@ -291,8 +291,13 @@ def test_instrument_inserts_after_contrib_and_uninstrument_restores_everything()
     settings.configure(MIDDLEWARE=list(original), CSRF_FAILURE_VIEW="myapp.views.csrf")
     adapter.uninstrument_django()  # whatever an earlier test left instrumented
     load_middleware = BaseHandler.load_middleware
+    held = settings.MIDDLEWARE  # as contrib's instrumentor holds it
     adapter.instrument_django()
     try:
+        # edited in place: whoever holds the list edits the one Django reads
+        assert settings.MIDDLEWARE is held
+        BaseHandler.load_middleware(BaseHandler())  # the check again at chain building
+        assert settings.MIDDLEWARE is held
         assert settings.MIDDLEWARE == [
             original[0],
             adapter.CONTRIB_MIDDLEWARE,
@@ -304,11 +309,21 @@ def test_instrument_inserts_after_contrib_and_uninstrument_restores_everything()
         assert BaseHandler.load_middleware is not load_middleware
     finally:
         adapter.uninstrument_django()
-    assert settings.MIDDLEWARE == original
+    assert settings.MIDDLEWARE == original and settings.MIDDLEWARE is held
     assert settings.CSRF_FAILURE_VIEW == "myapp.views.csrf"
     assert BaseHandler.load_middleware is load_middleware
     assert not signals.user_login_failed.has_listeners()
     assert not signals.user_logged_in.has_listeners()
+    # a tuple (Django allows one) becomes a list with the middleware, and loses it again
+    settings.MIDDLEWARE = tuple(original)
+    adapter.instrument_django()
+    try:
+        assert settings.MIDDLEWARE == [original[0], original[1], adapter.MIDDLEWARE_PATH,
+                                       original[2]]  # fmt: skip
+    finally:
+        adapter.uninstrument_django()
+    assert list(settings.MIDDLEWARE) == original
+    settings.MIDDLEWARE = list(original)
 
 
 @pytest.mark.parametrize(

@@ -143,12 +143,43 @@ def test_uninstrument_restores_flask_and_flask_login(sdk: Any) -> None:
     assert len(sdk.logs()) == 1  # nothing recorded once uninstrumented
 
 
+def test_middleware_built_before_instrument_gets_the_security_layer(make_sdk: Any) -> None:
+    """CONTRACT: the security middleware runs inside the server span whatever the order of
+    setup calls: a module-level ``OpenTelemetryMiddleware(app)`` built before the instrumentor
+    ran records its status events and exports no query secret."""
+    pytest.importorskip("opentelemetry.instrumentation.wsgi")
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    sdk = make_sdk()
+    wsgi_adapter.uninstrument_wsgi()  # whatever an earlier test left instrumented
+    calls: list[str] = []
+    app = OpenTelemetryMiddleware(make_app(calls), tracer_provider=sdk.tracer_provider)
+    wsgi_adapter.instrument_wsgi()
+    try:
+        client = Client(app)
+        assert client.get("/forbidden?token=QSECRET-2&page=2").status_code == 403
+        assert client.get("/ok").status_code == 200
+    finally:
+        wsgi_adapter.uninstrument_wsgi()
+    assert calls == ["/forbidden", "/ok"]
+    [denied] = [log.log_record for log in sdk.logs()]
+    assert denied.event_name == "authz.permission_denied"
+    spans = {span.context.span_id: span for span in sdk.spans()}
+    span = spans[denied.span_id]  # contrib's server span
+    assert [event.name for event in span.events] == ["authz.permission_denied"]
+    exported = str([dict(s.attributes or {}) for s in sdk.spans()])
+    assert "QSECRET-2" not in exported and "page=2" in exported
+    # after uninstrument it passes requests through
+    assert Client(app).get("/forbidden").status_code == 403
+    assert len(sdk.logs()) == 1
+
+
 def test_uninstrument_restores_contribs_wsgi_middleware(sdk: Any) -> None:
     pytest.importorskip("opentelemetry.instrumentation.wsgi")
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 
     wsgi_adapter.uninstrument_wsgi()  # whatever an earlier test left instrumented
-    original = OpenTelemetryMiddleware.__init__
+    original, original_call = OpenTelemetryMiddleware.__init__, OpenTelemetryMiddleware.__call__
     wsgi_adapter.instrument_wsgi()
     wrapped = OpenTelemetryMiddleware(make_app([]), tracer_provider=sdk.tracer_provider)
     assert isinstance(wrapped.wsgi, wsgi_adapter.SecAuditWSGIMiddleware)
@@ -156,6 +187,7 @@ def test_uninstrument_restores_contribs_wsgi_middleware(sdk: Any) -> None:
     assert len(sdk.logs()) == 1
     wsgi_adapter.uninstrument_wsgi()
     assert OpenTelemetryMiddleware.__init__ is original
+    assert OpenTelemetryMiddleware.__call__ is original_call
     assert not isinstance(OpenTelemetryMiddleware(make_app([])).wsgi, type(wrapped.wsgi))
     # the one it added before passes requests through now
     assert Client(wrapped).get("/forbidden").status_code == 403

@@ -245,15 +245,26 @@ def _settings_ready() -> bool:
 
 def _install_into_settings() -> None:
     """Put the middleware right after contrib's (or first) and the CSRF failure view in
-    place; idempotent, and repositions the middleware when contrib was inserted later."""
+    place; idempotent, and repositions the middleware when contrib was inserted later.
+
+    A ``MIDDLEWARE`` list is edited in place: code that holds the list (contrib's
+    instrumentor, which inserts and later removes its own entries in the list it read) keeps
+    editing the list Django reads. A tuple (Django allows one) cannot be, and becomes a list,
+    as contrib does."""
     from django.conf import settings
 
-    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
-    if MIDDLEWARE_PATH in middleware:
-        middleware.remove(MIDDLEWARE_PATH)
+    current = getattr(settings, "MIDDLEWARE", None)
+    middleware = current if isinstance(current, list) else list(current or [])
     position = middleware.index(CONTRIB_MIDDLEWARE) + 1 if CONTRIB_MIDDLEWARE in middleware else 0
-    middleware.insert(position, MIDDLEWARE_PATH)
-    settings.MIDDLEWARE = middleware
+    if position >= len(middleware) or middleware[position] != MIDDLEWARE_PATH:
+        while MIDDLEWARE_PATH in middleware:
+            middleware.remove(MIDDLEWARE_PATH)
+        position = (
+            middleware.index(CONTRIB_MIDDLEWARE) + 1 if CONTRIB_MIDDLEWARE in middleware else 0
+        )
+        middleware.insert(position, MIDDLEWARE_PATH)
+    if middleware is not current:
+        settings.MIDDLEWARE = middleware
     current = getattr(settings, "CSRF_FAILURE_VIEW", _DEFAULT_CSRF_VIEW)
     if current != CSRF_VIEW_PATH:
         _State.original_csrf_view = current
@@ -266,8 +277,11 @@ def _remove_from_settings() -> None:
     if not settings.configured:
         return
     middleware = getattr(settings, "MIDDLEWARE", None)
-    if middleware is not None and MIDDLEWARE_PATH in middleware:
-        settings.MIDDLEWARE = [item for item in middleware if item != MIDDLEWARE_PATH]
+    if isinstance(middleware, list):  # in place, like the insertion
+        while MIDDLEWARE_PATH in middleware:
+            middleware.remove(MIDDLEWARE_PATH)
+    elif middleware is not None and MIDDLEWARE_PATH in middleware:
+        settings.MIDDLEWARE = type(middleware)(i for i in middleware if i != MIDDLEWARE_PATH)
     if getattr(settings, "CSRF_FAILURE_VIEW", None) == CSRF_VIEW_PATH:
         settings.CSRF_FAILURE_VIEW = _State.original_csrf_view or _DEFAULT_CSRF_VIEW
 

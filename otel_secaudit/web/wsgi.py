@@ -279,14 +279,17 @@ class _ClosingIterable:
 # Inside contrib's OpenTelemetryMiddleware
 
 _original_init: Any = None
+_original_call: Any = None
 
 
 def instrument_wsgi() -> bool:
-    """Make every contrib ``OpenTelemetryMiddleware`` built from now on wrap its application
-    in :class:`SecAuditWSGIMiddleware` (inside its server span); also flush at process exit.
-    False (and nothing patched) when contrib's WSGI instrumentation is not installed. Never
-    raises."""
-    global _original_init
+    """Make every contrib ``OpenTelemetryMiddleware`` wrap its application in
+    :class:`SecAuditWSGIMiddleware` (inside its server span), whatever the order of setup
+    calls: one built from now on at construction, one built before (a module-level
+    ``application = OpenTelemetryMiddleware(app)`` imported before the instrumentor ran) at
+    its first request. Also flushes at process exit. False (and nothing patched) when
+    contrib's WSGI instrumentation is not installed. Never raises."""
+    global _original_init, _original_call
     try:
         from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
     except ImportError:
@@ -295,15 +298,28 @@ def instrument_wsgi() -> bool:
     if _original_init is not None:
         return True
     original = OpenTelemetryMiddleware.__init__
+    original_call = OpenTelemetryMiddleware.__call__
 
     def __init__(self: Any, wsgi: Any, *args: Any, **kwargs: Any) -> None:
-        if not isinstance(wsgi, SecAuditWSGIMiddleware):
-            wsgi = _InstrumentedWSGIMiddleware(wsgi)
-        original(self, wsgi, *args, **kwargs)
+        original(self, _secured(wsgi), *args, **kwargs)
 
-    _original_init = original
+    def __call__(self: Any, environ: Environ, start_response: StartResponse) -> Any:
+        try:
+            wsgi = getattr(self, "wsgi", None)
+            if wsgi is not None and not isinstance(wsgi, SecAuditWSGIMiddleware):
+                self.wsgi = _secured(wsgi)  # built before instrument_wsgi(): secured now
+        except Exception as exc:  # never stop the request
+            runtime.current().recorder.internal_error(exc, "wsgi.instrument")
+        return original_call(self, environ, start_response)
+
+    _original_init, _original_call = original, original_call
     OpenTelemetryMiddleware.__init__ = __init__  # type: ignore[method-assign]
+    OpenTelemetryMiddleware.__call__ = __call__  # type: ignore[method-assign]
     return True
+
+
+def _secured(wsgi: Any) -> Any:
+    return wsgi if isinstance(wsgi, SecAuditWSGIMiddleware) else _InstrumentedWSGIMiddleware(wsgi)
 
 
 class _InstrumentedWSGIMiddleware(SecAuditWSGIMiddleware):
@@ -319,7 +335,7 @@ class _InstrumentedWSGIMiddleware(SecAuditWSGIMiddleware):
 def uninstrument_wsgi() -> None:
     """Undo :func:`instrument_wsgi`: middlewares built from now on get no security middleware,
     and the ones it added to middlewares already built pass requests through."""
-    global _original_init
+    global _original_init, _original_call
     if _original_init is None:
         return
     try:
@@ -327,4 +343,5 @@ def uninstrument_wsgi() -> None:
     except ImportError:
         return
     OpenTelemetryMiddleware.__init__ = _original_init  # type: ignore[method-assign]
-    _original_init = None
+    OpenTelemetryMiddleware.__call__ = _original_call  # type: ignore[method-assign]
+    _original_init = _original_call = None
