@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness import RedisClusterServers, RedisServer
 from otel_secaudit.detection import AbuseDetector, RedisStore, build_store
 from otel_secaudit.detection.devices import DeviceHistory, SeenLogin
 from otel_secaudit.detection.failover import FailoverStore
@@ -19,7 +20,6 @@ from otel_secaudit.detection.stores.anomalies import SharedAnomalies
 from otel_secaudit.events import Login
 
 from .conftest import FakeClock
-from .servers import RedisClusterServers, RedisServer
 
 ADDRESS = "203.0.113.7"
 T0 = 1_700_000_000.0
