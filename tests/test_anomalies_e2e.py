@@ -50,7 +50,7 @@ def env_for(receiver: OTLPReceiver, **settings: str) -> dict[str, str]:
 
 @pytest.fixture
 def uvicorn_app(otlp_receiver: OTLPReceiver) -> Iterator[Served]:
-    served = serve_uvicorn("tests.apps.secapp:app", env_for(otlp_receiver))
+    served = serve_uvicorn(env_for(otlp_receiver), "tests.apps.secapp:app")
     yield served
     served.stop()
 
@@ -165,8 +165,8 @@ def test_two_instances_share_scans_and_devices_through_redis(
     client.flushdb()
     client.close()
     env = env_for(otlp_receiver, store=redis_server.url)
-    first = serve_uvicorn("tests.apps.secapp:app", env)
-    second = serve_uvicorn("tests.apps.secapp:app", env)
+    first = serve_uvicorn(env, "tests.apps.secapp:app")
+    second = serve_uvicorn(env, "tests.apps.secapp:app")
     try:
         apps: list[Any] = [first, second]
         for i in range(5):  # the scan alternates between the instances
