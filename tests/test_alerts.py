@@ -200,3 +200,25 @@ def test_example_webhook_receiver_prints_each_alert() -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_scans_attack_tools_and_new_devices_have_alerts_and_panels() -> None:
+    """Issue 22: the new events reach the on-call person (a rule each) and the dashboard."""
+    rules = _rules()
+    assert 'security_abuse_scope="scan"' in rules["SecurityScanDetected"]["expr"]
+    assert "request.attack_tool" in rules["SecurityAttackToolSeen"]["expr"]
+    assert "auth.login.new_device" in rules["SecurityNewDeviceLoginsSurge"]["expr"]
+    dashboard = json.loads(
+        (ROOT / "deploy" / "grafana" / "dashboards" / "otel-secaudit.json").read_text()
+    )
+    queries = " ".join(
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets") or []
+    )
+    for name in ("abuse[.]scan", "request[.]attack_tool", "auth.login.new_device"):
+        assert name in queries, name
+    inhibitions = yaml.safe_load(ALERTMANAGER.read_text())["inhibit_rules"]
+    assert any(
+        rule["source_matchers"] == ['alertname="SecurityScanDetected"']
+        and rule["equal"] == ["job", "security_abuse_scope"]
+        for rule in inhibitions
+    )
