@@ -219,8 +219,11 @@ def test_in_chromium_counts_evidence_links_and_hostile_values(page: Path, tmp_pa
 def test_chart_buckets(tmp_path: Path) -> None:
     _archive(tmp_path / "in")
     chart = violation_chart(load(tmp_path / "in"))
-    assert chart.bucket_s == 60 and chart.buckets == 30  # ten minutes, padded to thirty
-    assert chart.counts["auth.login.failed"][-10:] == [1] * 10
+    # ten violations a minute apart: 5 s buckets fill the width, the first and last bars hold
+    # the first and last violation (no fixed half hour with the incident at its right edge)
+    assert chart.bucket_s == 5 and 100 <= chart.buckets <= 120
+    logins = chart.counts["auth.login.failed"]
+    assert sum(logins) == 10 and logins[0] == 1 and logins[-1] == 1
     assert sum(chart.counts["authz.permission_denied"]) == 2
 
 
@@ -289,7 +292,7 @@ def test_fuzz_hostile_values_never_add_markup(tmp_path: Path, hostile: str) -> N
 
 
 def test_chart_widens_buckets_for_long_recordings(tmp_path: Path) -> None:
-    """Two days of violations: whole-minute buckets, at most 360 bars, nothing lost."""
+    """Two days of violations: half-hour buckets, at most 120 bars, nothing lost."""
     from otel_secaudit.demo.report import LogEntry, Recording
 
     recording = Recording()
@@ -308,8 +311,8 @@ def test_chart_widens_buckets_for_long_recordings(tmp_path: Path) -> None:
             )
         )
     chart = violation_chart(recording)
-    assert chart.bucket_s == 60 * 8  # 2,871 minutes from first to last: ceil(2871 / 360)
-    assert chart.buckets <= 360 and chart.total == two_days_s // 600
+    assert chart.bucket_s == 1800  # 2,870 minutes from first to last: 15-minute bars are 192
+    assert chart.buckets <= 120 and chart.total == two_days_s // 600
 
 
 def test_page_interactions_in_chromium(page: Path, tmp_path: Path) -> None:

@@ -318,11 +318,23 @@ def test_corrupt_lines_are_skipped_and_named(written: Any, capsys: Any) -> None:
     assert f"corrupt input: {logs}:2: not valid JSON" in err
 
 
-def test_trace_does_not_combine_with_html_or_json(written: Any, capsys: Any) -> None:
-    for extra in (["--html", str(written.folder / "x.html")], ["--json"]):
-        argv = ["report", str(written.folder), "--trace", written.trace_id, *extra]
-        assert "cannot go with --html or --json" in _error(capsys, argv)
-    assert not (written.folder / "x.html").exists()
+def test_trace_filters_the_json_and_html_report(written: Any, capsys: Any) -> None:
+    """With JSON or HTML output ``--trace`` is a filter: that trace's records and spans."""
+    page = written.folder / "x.html"
+    argv = [
+        "report",
+        str(written.folder),
+        "--trace",
+        written.trace_id,
+        "--json",
+        "--html",
+        str(page),
+    ]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["events"] == {"auth.login.failed": 2} and data["spans"] == 1
+    assert data["filters"] == {"trace": [written.trace_id]}
+    assert written.trace_id in page.read_text()
 
 
 def test_bad_trace_argument(written: Any, capsys: Any) -> None:
@@ -603,21 +615,27 @@ def test_malformed_line_is_skipped_with_file_and_line(
     assert summary.events["auth.login.failed"] == 3 and summary.skipped_lines == 1
 
 
-def test_values_no_calendar_holds_do_not_break_the_summary(tmp_path: Path) -> None:
-    record = _log(
+def test_values_no_calendar_holds_do_not_break_the_summary(tmp_path: Path, capsys: Any) -> None:
+    """A NaN block length reads as 0; a record whose time no calendar holds makes its line a
+    skipped, named line (text, JSON and HTML reports alike: it crashed ``--html``)."""
+    nan_block = _log(
         "abuse.block.started",
         {"security.event.outcome": "success", "security.block.seconds": "nan"},
     )
-    record["timeUnixNano"] = "9" * 30
-    (tmp_path / "x.jsonl").write_text(
-        json.dumps(
-            {
-                "resourceLogs": [
-                    {"scopeLogs": [{"scope": {"name": "otel_secaudit"}, "logRecords": [record]}]}
-                ]
-            }
-        )
-        + "\n"
-    )
-    summary = summarize(load(tmp_path))
-    assert summary.blocks[0].time == "-" and summary.blocks[0].block_s == 0
+    far = _log("auth.login.failed", {"security.event.outcome": "failure"})
+    far["timeUnixNano"] = "9" * 30
+
+    def line(record: Any) -> str:
+        scope_logs = [{"scope": {"name": "otel_secaudit"}, "logRecords": [record]}]
+        return json.dumps({"resourceLogs": [{"scopeLogs": scope_logs}]}) + "\n"
+
+    (tmp_path / "x.jsonl").write_text(line(nan_block) + line(far))
+    recording = load(tmp_path)
+    summary = summarize(recording)
+    assert summary.blocks[0].block_s == 0 and summary.events == {"abuse.block.started": 1}
+    assert recording.skipped_lines == 1
+    assert "x.jsonl:2: hostile timestamp: timeUnixNano out of range" in str(recording.problems[0])
+    for extra in ([], ["--format", "json"], ["--html", str(tmp_path / "page.html")]):
+        assert main(["report", str(tmp_path), *extra]) == 0
+        err = capsys.readouterr().err
+        assert "x.jsonl:2: hostile timestamp" in err and "Traceback" not in err

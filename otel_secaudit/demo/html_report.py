@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -29,6 +28,7 @@ from typing import Any, Final
 from urllib.parse import quote, urlsplit
 
 from .. import attributes as attr
+from .html_chart import ViolationChart, chart_svg, violation_chart
 from .report import (
     AbuseSignal,
     Recording,
@@ -37,7 +37,6 @@ from .report import (
     TimelineRow,
     format_time,
     printable,
-    security_logs,
     timeline,
 )
 
@@ -48,13 +47,6 @@ _HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 _DETECTOR_EVENTS: Final = frozenset(
     {"abuse.host", "abuse.user", "abuse.block.started", "abuse.block.ended"}
 )
-#: Colour-blind-safe palette (Okabe-Ito, then Tol's muted); an event keeps its colour by rank.
-_PALETTE: Final = (
-    "#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000",
-    "#332288", "#88CCEE", "#44AA99", "#117733", "#999933", "#DDCC77", "#CC6677", "#882255",
-)  # fmt: skip
-_MAX_BARS: Final = 360
-_MIN_BARS: Final = 30
 #: Evidence timelines rendered in full; past this, the trace ID and its links only.
 MAX_TIMELINES: Final = 300
 
@@ -126,107 +118,6 @@ def _link_list(links: Iterable[tuple[str, str]]) -> str:
         f'rel="noopener noreferrer">{html.escape(label)}</a>'
         for label, url in links
     )
-
-
-# -- the chart ------------------------------------------------------------------------------
-
-
-@dataclass
-class ViolationChart:
-    """Violations per bucket by event: ``counts[event][i]`` for the bucket starting at
-    ``start_s + i * bucket_s`` (UTC seconds)."""
-
-    start_s: int
-    bucket_s: int
-    buckets: int
-    counts: dict[str, list[int]]
-
-    @property
-    def total(self) -> int:
-        return sum(sum(series) for series in self.counts.values())
-
-
-def violation_chart(recording: Recording) -> ViolationChart:
-    """Per-minute buckets (wider ones, a whole number of minutes, when the recording spans more
-    than :data:`_MAX_BARS` minutes) of the violations in the security log records."""
-    times: list[tuple[int, str]] = []
-    for log in security_logs(recording):
-        outcome = log.attributes.get(attr.EVENT_OUTCOME)
-        if outcome == "failure" and log.event_name not in _DETECTOR_EVENTS and log.time_ns:
-            times.append((log.time_ns // 1_000_000_000, log.event_name))
-    if not times:
-        return ViolationChart(0, 60, 0, {})
-    first = min(t for t, _ in times) // 60 * 60
-    last = max(t for t, _ in times)
-    minutes = (last - first) // 60 + 1
-    bucket_s = 60 * max(1, math.ceil(minutes / _MAX_BARS))
-    buckets = (last - first) // bucket_s + 1
-    if buckets < _MIN_BARS:  # a short incident: show the quiet minutes before it too
-        first -= (_MIN_BARS - buckets) * bucket_s
-        buckets = _MIN_BARS
-    counts: dict[str, list[int]] = {}
-    for second, name in times:
-        counts.setdefault(name, [0] * buckets)[(second - first) // bucket_s] += 1
-    ranked = sorted(counts, key=lambda name: (-sum(counts[name]), name))
-    return ViolationChart(first, bucket_s, buckets, {name: counts[name] for name in ranked})
-
-
-def _clock(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%H:%M")
-
-
-def _chart_svg(chart: ViolationChart) -> str:
-    """Stacked bars, one colour per event, a ``<title>`` tooltip per bar segment."""
-    if not chart.buckets:
-        return '<p class="empty">No violations.</p>'
-    width, height, left, bottom, top = 960, 260, 44, 28, 10
-    plot_w, plot_h = width - left - 10, height - bottom - top
-    totals = [sum(series[i] for series in chart.counts.values()) for i in range(chart.buckets)]
-    peak = max(totals) or 1
-    bar_w = plot_w / chart.buckets
-    parts = [
-        f'<svg id="chart" role="img" viewBox="0 0 {width} {height}" width="100%" '
-        f'xmlns="http://www.w3.org/2000/svg" aria-label="violations per '
-        f'{chart.bucket_s // 60} minute(s) by event">'
-    ]
-    for tick in sorted({0, peak // 2, peak}):
-        y = top + plot_h - plot_h * tick / peak
-        parts.append(
-            f'<line x1="{left}" x2="{width - 10}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-            f'<text x="{left - 6}" y="{y + 4:.1f}" class="axis" text-anchor="end">{tick}</text>'
-        )
-    base = [0] * chart.buckets
-    for index, (name, series) in enumerate(chart.counts.items()):
-        colour = _PALETTE[index % len(_PALETTE)]
-        parts.append(f'<g class="series" data-series="{index}" fill="{colour}">')
-        for i, count in enumerate(series):
-            if not count:
-                continue
-            y = top + plot_h - plot_h * (base[i] + count) / peak
-            h = plot_h * count / peak
-            label = f"{_clock(chart.start_s + i * chart.bucket_s)} {name}: {count}"
-            parts.append(
-                f'<rect x="{left + i * bar_w + 0.5:.1f}" y="{y:.1f}" '
-                f'width="{max(bar_w - 1, 1):.1f}" height="{h:.1f}" data-count="{count}">'
-                f"<title>{_e(label)}</title></rect>"
-            )
-            base[i] += count
-        parts.append("</g>")
-    step = max(1, chart.buckets // 8)
-    for i in range(0, chart.buckets, step):
-        x = left + i * bar_w + bar_w / 2
-        parts.append(
-            f'<text x="{x:.1f}" y="{height - 8}" class="axis" text-anchor="middle">'
-            f"{_clock(chart.start_s + i * chart.bucket_s)}</text>"
-        )
-    parts.append("</svg>")
-    legend = "".join(
-        f'<label class="legend"><input type="checkbox" checked data-series="{i}">'
-        f'<span class="swatch" style="background:{_PALETTE[i % len(_PALETTE)]}"></span>'
-        f"{_e(name)} ({sum(series)})</label>"
-        for i, (name, series) in enumerate(chart.counts.items())
-    )
-    return "".join(parts) + f'<div id="legend">{legend}</div>'
 
 
 # -- sections -------------------------------------------------------------------------------
@@ -400,6 +291,24 @@ def _events(summary: Summary) -> str:
     return _table("events", ["event", "outcome", "log records", attr.METRIC_EVENTS], rows)
 
 
+def _filters(summary: Summary) -> str:
+    """The filters the page was made with, so a reader knows what it leaves out."""
+    if not summary.filters:
+        return '<p class="meta" id="filters">All records (no filters).</p>'
+    rows = "".join(
+        f"<tr><th>{_e(name)}</th><td>{_e(', '.join(map(str, values)), 2000)}</td></tr>"
+        if isinstance(values, list)
+        else f"<tr><th>{_e(name)}</th><td>{_e(values)}</td></tr>"
+        for name, values in summary.filters.items()
+    )
+    return (
+        '<section id="filters"><h2>Filters applied</h2><table id="filters-table">'
+        f'<tbody>{rows}</tbody></table><p class="meta">Only the security log records '
+        "matching every filter (and the spans of their traces) are counted below; counters "
+        "are not filtered and not shown.</p></section>"
+    )
+
+
 def _problems(recording: Recording) -> str:
     if not recording.skipped_lines:
         return ""
@@ -480,7 +389,6 @@ def render_html(
     moment = (generated_at or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M:%S UTC")
     evidence = _Evidence(recording, links, max_timelines)
     chart = violation_chart(recording)
-    unit = "minute" if chart.bucket_s == 60 else f"{chart.bucket_s // 60} minutes"
     files = ", ".join(summary.files[:5]) + (" …" if len(summary.files) > 5 else "")
     evidence_total = sum(len(signal.trace_ids) for signal in summary.abuse_signals)
     csp = (
@@ -496,9 +404,10 @@ def render_html(
 <body>
 <header><h1>{_e(title)}</h1>
 <p class="meta">Generated {moment} from {_e(files, 2000)}.</p></header>
+{_filters(summary)}
 <section id="summary"><h2>Summary</h2>{_cards(summary)}</section>
-<section id="timeline"><h2>Violations per {unit} by event ({chart.total})</h2>
-{_chart_svg(chart)}</section>
+<section id="timeline"><h2>Violations per {chart.unit} by event ({chart.total})</h2>
+{chart_svg(chart)}</section>
 <section id="signals"><h2>Abuse signals ({len(summary.abuse_signals)})</h2>
 <p class="tools"><button type="button" id="expand-all">Expand all evidence</button>
 <button type="button" id="collapse-all">Collapse all</button>

@@ -129,6 +129,12 @@ def render_summary(summary: Summary, console: Console) -> None:
         f"{summary.spans} spans, {summary.violations} violations, "
         f"{len(summary.abuse_signals)} abuse signals"
     )
+    if summary.filters:
+        shown = "; ".join(
+            f"{name}={', '.join(map(str, v)) if isinstance(v, list) else v}"
+            for name, v in summary.filters.items()
+        )
+        console.print(_t(f"filters: {shown} (counters are not filtered: not shown)", "bold"))
     if summary.skipped_lines:
         console.print(
             f"[yellow]warning:[/yellow] {summary.skipped_lines} corrupt line(s) skipped "
