@@ -30,6 +30,7 @@ from . import runtime
 from .config import ConfigError, Settings
 from .context import RequestContext, current_request, request_scope
 from .events import CATALOGUE, EventSpec, InvalidEventError, Violation, resolve_event
+from .operators import ReleasedBlock, release_block
 from .recorder import EventFields, SecAuditInputError, SecurityRecorder
 from .redaction import REDACTED
 from .version import __version__
@@ -45,6 +46,7 @@ __all__ = [
     "EventFields",
     "EventSpec",
     "InvalidEventError",
+    "ReleasedBlock",
     "RequestContext",
     "SecAuditInputError",
     "SecAuditInstrumentor",
@@ -57,6 +59,7 @@ __all__ = [
     "current_request",
     "get_recorder",
     "record",
+    "release_block",
     "request_scope",
     "resolve_event",
     "runtime",

@@ -20,8 +20,12 @@
     skipped with a warning naming file and line (``--strict``: fail instead)
     (:mod:`otel_secaudit.commands.report`).
 
+``otel-secaudit blocks list | release ADDRESS [--store URI]``
+    The active blocks of a shared store, and releasing one early
+    (:mod:`otel_secaudit.commands.blocks`).
+
 Exit codes: 0 success, 1 the demo's self-check failed (events recorded but missing from the
-files), 2 bad usage, bad path, unusable input (a one-line message, no
+files), 2 bad usage, bad path, unusable input or an unreachable store (a one-line message, no
 traceback).
 """
 
@@ -32,6 +36,7 @@ import sys
 from collections.abc import Sequence
 
 from .commands import DEMO_EXTRA_HINT, UsageProblem
+from .commands import blocks as blocks_command
 from .commands import demo as demo_command
 from .commands import report as report_command
 
@@ -41,17 +46,20 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-secaudit",
-        description="Security telemetry for OpenTelemetry: demo and report.",
+        description="Security telemetry for OpenTelemetry: demo, report and blocks.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_command.add_parser(commands)
     report_command.add_parser(commands)
+    blocks_command.add_parser(commands)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return demo_command.run(args)
+    if args.command == "blocks":
+        return blocks_command.run(args)
     return report_command.run(args)
 
 

@@ -58,10 +58,17 @@ class BlockTable:
             if self._until.get(key) == until:
                 del self._until[key]
 
-    def replace(self, active: dict[str, float]) -> None:
-        """The shared store's complete list of active blocks."""
+    def drop(self, key: str) -> None:
+        """A block released early (whichever block ``key`` had)."""
         with self._lock:
-            self._until = active
+            self._until.pop(key, None)
+
+    def replace(self, active: dict[str, float]) -> list[str]:
+        """The shared store's complete list of active blocks; returns the keys that left the
+        table (ended, or released by an operator)."""
+        with self._lock:
+            previous, self._until = self._until, active
+        return [key for key in previous if key not in active]
 
     def __len__(self) -> int:
         return len(self._until)

@@ -48,7 +48,7 @@ from .emission import AbuseEmitter
 from .failover import FailoverStore
 from .handoff import HandOff
 from .keys import HostKeys
-from .stores import MemoryStore, Store, build_store
+from .stores import BlockInfo, MemoryStore, Store, build_store
 from .stores.anomalies import shared_anomalies
 from .window import HOST, USER, Crossing, Hit, Policy
 
@@ -259,6 +259,19 @@ class AbuseDetector:
                 return crossing.block_seconds
         return 0.0
 
+    def release(self, key: str, forget: bool = False) -> BlockInfo:
+        """End the block of host ``key`` now (see :func:`otel_secaudit.release_block`): in
+        the store (a shared store: every instance drops it at its next refresh) and here at
+        once. Raises what a shared store raises (it is released locally first)."""
+        self.blocks.drop(key)
+        self._refusals.forget(key)
+        return self.store.release(key, self._clock(), self.policy.window_seconds, forget)
+
+    def list_blocks(self) -> list[BlockInfo]:
+        """The blocks running now, the longest-lasting first. Raises what a shared store
+        raises."""
+        return self.store.list_blocks(self._clock())
+
     # -- lifecycle ------------------------------------------------------------------------
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -341,7 +354,8 @@ class AbuseDetector:
             return
         result = self.store.housekeeping(self._clock())
         if result.active is not None:
-            self.blocks.replace(result.active)
+            for key in self.blocks.replace(result.active):
+                self._refusals.forget(key)  # ended, or released by an operator
         for key, until in result.expired:
             self._block_ended(key, until)
         if self._refusals.shared:

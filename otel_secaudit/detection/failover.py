@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from .stores.base import DEFAULT_MAX_BLOCKS, Housekeeping, Store
+from .stores.base import DEFAULT_MAX_BLOCKS, BlockInfo, Housekeeping, Store
 from .stores.memory import MemoryStore
 from .window import Crossing, Hit, Policy
 
@@ -133,6 +133,20 @@ class FailoverStore:
                 self._succeeded()
                 return granted
         return dict(claims)
+
+    def list_blocks(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> list[BlockInfo]:
+        """The shared store's running blocks and this instance's local ones (counted while
+        the shared store failed). Raises what the shared store raises."""
+        found = {info.key: info for info in self.local.list_blocks(now, limit)}
+        found.update((info.key, info) for info in self.store.list_blocks(now, limit))
+        return sorted(found.values(), key=lambda info: (-info.until, info.key))[:limit]
+
+    def release(self, key: str, now: float, window: float, forget: bool = False) -> BlockInfo:
+        """Release in the shared store and locally. Raises what the shared store raises
+        (after the local release)."""
+        local = self.local.release(key, now, window, forget)
+        shared = self.store.release(key, now, window, forget)
+        return shared if shared.until or not local.until else local
 
     def _succeeded(self) -> None:
         if self.fallback_active:

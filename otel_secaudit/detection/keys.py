@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from ..addresses import embedded_ipv4, is_local_use_nat64
 
-__all__ = ["HostKeys"]
+__all__ = ["HostKeys", "operator_key"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -86,3 +86,43 @@ class HostKeys:
             for allowed in self._allowlist
         )
         return key, blockable
+
+
+def operator_key(text: str, ipv6_prefix: int = 64) -> str:
+    """The host key an operator means by ``text`` (``otel-secaudit blocks release``,
+    :func:`otel_secaudit.release_block`): an address is keyed as a client's would be (an IPv6
+    address is its ``ipv6_prefix`` network); a network is taken as written, normalized
+    (``2001:DB8:1:2:0::/64`` is ``2001:db8:1:2::/64``).
+
+    Raises:
+        ValueError: not an IP address or network, or a network that is no host key (an IPv4
+            network wider than one address, an IPv6 network of another prefix than
+            ``ipv6_prefix``).
+    """
+    raw = text.strip() if isinstance(text, str) else ""
+    bare = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+    if not bare or len(bare) > 100 or "%" in bare:  # an IPv6 zone is no part of a key
+        raise ValueError(f"{text!r:.120} is not an IP address or network")
+    if "/" not in bare:
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise ValueError(
+                f"{bare!r:.120} is not an IP address (expected e.g. 203.0.113.7, 2001:db8::1 or "
+                "a network such as 2001:db8:1:2::/64)"
+            ) from None
+        return HostKeys(ipv6_prefix).key(bare)
+    try:
+        network = ipaddress.ip_network(bare, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{bare!r:.120} is not an IP network (expected e.g. 2001:db8:1:2::/64)"
+        ) from None
+    if network.num_addresses == 1:
+        return HostKeys(ipv6_prefix).key(str(network.network_address))
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen == ipv6_prefix:
+        return str(network)
+    raise ValueError(
+        f"{bare!r:.120}: blocks are per IPv4 address and per IPv6 /{ipv6_prefix} network "
+        "(OTEL_SECAUDIT_IPV6_PREFIX); give one of those"
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, Housekeeping, Store
+from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, BlockInfo, Housekeeping, Store
 from .memory import MemoryStore
 from .redis import RedisStore  # redis-py itself is imported only when a client is built
 from .redis_clients import SCHEMES, parse_redis_uri, redact_password
@@ -21,6 +21,7 @@ from .redis_clients import SCHEMES, parse_redis_uri, redact_password
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
     "DEFAULT_MAX_KEYS",
+    "BlockInfo",
     "Housekeeping",
     "MemoryStore",
     "RedisStore",

@@ -7,7 +7,7 @@ from typing import Final, NamedTuple, Protocol, runtime_checkable
 
 from ..window import Crossing, Hit, Policy
 
-__all__ = ["DEFAULT_MAX_BLOCKS", "DEFAULT_MAX_KEYS", "Housekeeping", "Store"]
+__all__ = ["DEFAULT_MAX_BLOCKS", "DEFAULT_MAX_KEYS", "BlockInfo", "Housekeeping", "Store"]
 
 #: Default cap of tracked keys per scope (OTEL_SECAUDIT_MAX_KEYS).
 DEFAULT_MAX_KEYS: Final = 20_000
@@ -25,6 +25,18 @@ class Housekeeping(NamedTuple):
     #: are enforced here too); None when the caller already learnt every block through
     #: :meth:`Store.apply` (in-process stores)
     active: dict[str, float] | None
+
+
+class BlockInfo(NamedTuple):
+    """One block as an operator sees it (``otel-secaudit blocks list``, a release)."""
+
+    #: the host key: an address, or an IPv6 network such as ``2001:db8:1:2::/64``
+    key: str
+    #: blocked until (epoch seconds); for a release, when the released block would have ended
+    until: float
+    #: blocks this key has had (its repeat-offender history: the next block doubles this many
+    #: times)
+    offences: int
 
 
 @runtime_checkable
@@ -50,6 +62,16 @@ class Store(Protocol):
     def housekeeping(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> Housekeeping:
         """End the blocks whose time has come; for shared stores also return up to ``limit``
         active blocks."""
+        ...
+
+    def list_blocks(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> list[BlockInfo]:
+        """The blocks running at ``now`` (up to ``limit``), the longest-lasting first."""
+        ...
+
+    def release(self, key: str, now: float, window: float, forget: bool = False) -> BlockInfo:
+        """End ``key``'s block now (every instance drops it at its next refresh), restart its
+        count, keep its repeat-offender history one ``window`` unless ``forget``; the block
+        released (``until`` 0.0 when none was running)."""
         ...
 
     def stats(self) -> dict[str, int]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..window import HOST, USER, Crossing, Hit, KeyWindow, Policy, crossing_of
-from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, Housekeeping
+from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, BlockInfo, Housekeeping
 
 __all__ = ["MemoryStore"]
 
@@ -171,6 +171,38 @@ class MemoryStore:
                     if len(out) >= limit:
                         break
             return out
+
+    def list_blocks(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> list[BlockInfo]:
+        """The blocks still running at ``now`` (up to ``limit``), the longest-lasting first."""
+        with self._lock:
+            found = [
+                BlockInfo(key, block.until, block.offences)
+                for key, block in self._blocks.items()
+                if block.active and block.until > now
+            ]
+        found.sort(key=lambda info: (-info.until, info.key))
+        return found[:limit]
+
+    def release(self, key: str, now: float, window: float, forget: bool = False) -> BlockInfo:
+        """End ``key``'s block now and restart its count; its repeat-offender history (the
+        offences that double its next block) is kept for one ``window``, or dropped with
+        ``forget``. Returns the block released (``until`` 0.0 when none was running)."""
+        with self._lock:
+            self._hosts.pop(key, None)
+            block = self._blocks.get(key)
+            if block is None:
+                return BlockInfo(key, 0.0, 0)
+            running = block.active and block.until > now
+            released = BlockInfo(key, block.until if running else 0.0, block.offences)
+            if forget:
+                del self._blocks[key]
+                return released
+            if running:
+                # no abuse.block.ended later: the release is the block's end record
+                block.active, block.until = False, now
+                block.forget_at = now + window
+                heapq.heappush(self._expiries, (block.forget_at, _FORGET, key))
+            return released
 
     def housekeeping(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> Housekeeping:
         """End the blocks whose time has come (each returned once) and forget offences one

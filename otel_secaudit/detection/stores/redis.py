@@ -4,7 +4,8 @@ Each batch is one ``EVALSHA`` of ``apply.lua`` per shard (atomic per shard; the 
 batch go out in one pipeline), so "signal once", "block once", repeat-offender doubling and the
 key cap hold across instances. Block expiry is ``housekeeping.lua``; the right to write a
 blocked key's ``request.blocked`` record, once per key per 60 s across instances, is
-``refusals.lua``. The scripts ship in the package and are read with :mod:`importlib.resources`.
+``refusals.lua``; an operator's early release (``otel-secaudit blocks release``) is
+``release.lua``. The scripts ship in the package and are read with :mod:`importlib.resources`.
 Time is always the caller's clock, never the server's.
 
 **Key layout** (what an operator's tool iterates; :attr:`RedisStore.prefixes` lists the
@@ -44,7 +45,7 @@ from importlib import resources
 from typing import Any, Final
 
 from ..window import HOST, USER, Crossing, Entry, Hit, Policy, crossing_of
-from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, Housekeeping
+from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, BlockInfo, Housekeeping
 from .redis_clients import CLUSTER, parse_redis_uri, redis_client
 
 __all__ = ["CLUSTER_SHARDS", "DEFAULT_PREFIX", "RedisStore", "shard_prefixes"]
@@ -145,6 +146,7 @@ class RedisStore:
         self._apply = self.client.register_script(_script("apply.lua")[0])
         self._housekeeping = self.client.register_script(_script("housekeeping.lua")[0])
         self._refusals = self.client.register_script(_script("refusals.lua")[0])
+        self._release = self.client.register_script(_script("release.lua")[0])
         #: violations applied
         self.violations = 0
 
@@ -249,6 +251,41 @@ class RedisStore:
             for i in range(0, len(flat) - 1, 2):
                 granted[_text(flat[i])] = int(flat[i + 1])
         return granted
+
+    def list_blocks(self, now: float, limit: int = DEFAULT_MAX_BLOCKS) -> list[BlockInfo]:
+        """The blocks still running at ``now`` (up to ``limit``), the longest-lasting first,
+        with each key's offences, from every shard: two pipelined round trips (each shard's
+        blocks, then one ``HGET`` per block)."""
+        pipe = self.client.pipeline(transaction=False)
+        for prefix in self.prefixes:
+            pipe.zrevrangebyscore(
+                prefix + "blocks", "+inf", f"({now!r}", start=0, num=limit, withscores=True
+            )
+        found = [(_text(member), float(score)) for rows in pipe.execute() for member, score in rows]
+        found.sort(key=lambda item: (-item[1], item[0]))
+        found = found[:limit]
+        if not found:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for key, _ in found:
+            pipe.hget(f"{self.prefix_of(key)}b:{key}", "offences")
+        offences = pipe.execute()
+        return [
+            BlockInfo(key, until, int(_text(count)) if count is not None else 0)
+            for (key, until), count in zip(found, offences, strict=True)
+        ]
+
+    def release(self, key: str, now: float, window: float, forget: bool = False) -> BlockInfo:
+        """End ``key``'s block now in every instance (they drop it at their next refresh) and
+        restart its count; its repeat-offender history is kept (``forget``: dropped). One
+        atomic script on the key's shard (``release.lua``). Returns the block released
+        (``until`` 0.0 when none was running)."""
+        prefix = self.prefix_of(key)
+        until, offences = self._release(
+            keys=[prefix + "blocks"],
+            args=[key, repr(now), "1" if forget else "0", prefix, max(1, int(window * 1000))],
+        )
+        return BlockInfo(key, float(_text(until)), int(_text(offences)))
 
     # -- plumbing
 
