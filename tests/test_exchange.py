@@ -85,15 +85,48 @@ def test_failed_application_is_a_500(make_sdk: Any) -> None:
 def test_login_protocol(make_sdk: Any) -> None:
     sdk = make_sdk(login_routes="POST /session")
     exchange = open_exchange(method="POST", path="/session", route="/session")
-    assert exchange.wants_login_body
+    assert exchange.login is not None
+    assert exchange.user_fields == ("username", "email", "login")
+    assert exchange.submitted_user_names() == ()  # no reader yet
+    exchange.read_user_names(lambda: ("Ann@Example.org",))
     with request_scope(exchange.request):
-        exchange.login_body("application/json", b'{"email": "Ann@Example.org", "password": "pw"}')
         exchange.respond(401)
     (record,) = security_logs(sdk)
     assert record.event_name == "auth.login.failed"
     assert record.attributes["security.reason"] == "http_401"
     assert "user.hash" in record.attributes
-    assert not open_exchange(method="POST", path="/other").wants_login_body
+    assert open_exchange(method="POST", path="/other").login is None
+
+
+def test_an_ambiguous_body_counts_a_failure_for_each_name_and_a_success_for_none(
+    make_sdk: Any,
+) -> None:
+    sdk = make_sdk(login_routes="POST /session")
+    for status in (401, 200):
+        exchange = open_exchange(method="POST", path="/session", route="/session")
+        exchange.read_user_names(lambda: ("decoy", "target@example.com"))
+        with request_scope(exchange.request):
+            exchange.respond(status)
+    *failures, success = security_logs(sdk)
+    assert [r.event_name for r in failures] == ["auth.login.failed"] * 2
+    assert len({r.attributes["user.hash"] for r in failures}) == 2
+    assert success.event_name == "auth.login.succeeded"
+    assert "user.hash" not in success.attributes
+
+
+def test_a_name_reader_that_raises_costs_the_names_only(make_sdk: Any) -> None:
+    sdk = make_sdk(login_routes="POST /session", strict=False)
+    exchange = open_exchange(method="POST", path="/session", route="/session")
+
+    def broken() -> tuple[str, ...]:
+        raise RuntimeError("framework quirk")
+
+    exchange.read_user_names(broken)
+    assert exchange.submitted_user_names() == ()
+    with request_scope(exchange.request):
+        exchange.respond(401)
+    (record,) = security_logs(sdk)
+    assert record.event_name == "auth.login.failed" and "user.hash" not in record.attributes
 
 
 def test_trusted_proxy_header_is_asked_for_by_name(make_sdk: Any) -> None:

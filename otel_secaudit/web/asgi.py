@@ -10,9 +10,11 @@ Starlette/FastAPI application, inside the server span. It can also be added by h
 
 For each HTTP request it opens an :class:`~otel_secaudit.web.exchange.Exchange` (client address
 through trusted proxies, request context for every ``record()``), answers 429 to blocked
-clients before the application runs, reads the body of login routes (at most 64 KiB, replayed
-untouched), records the status/login events at response start, and scrubs secret query values
-and captured secret headers from the current server span.
+clients before the application runs, reads the submitted user name(s) from the body chunks the
+application itself receives (as Starlette parses them, see
+:mod:`otel_secaudit.web.user_names`; nothing is read ahead or replayed), records the
+status/login events at response start, and scrubs secret query values and captured secret
+headers from the current server span.
 
 Lifespan: on shutdown the process-wide runtime is flushed (detector queue, SDK pipelines,
 spool) before ``lifespan.shutdown.complete`` goes out, because uvicorn re-raises SIGTERM after
@@ -32,8 +34,8 @@ from .. import runtime as _runtime
 from ..context import request_scope
 from .client import header_values
 from .exchange import Exchange
-from .rules import MAX_LOGIN_BODY_BYTES
 from .server_span import scrub_server_span
+from .user_names import BodyNames
 
 __all__ = ["SCOPE_MARKER", "SecAuditMiddleware", "UserIdResolver", "route_template"]
 
@@ -161,27 +163,34 @@ def _first_header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-# -- login bodies -----------------------------------------------------------------------------
+# -- user names -------------------------------------------------------------------------------
 
 
-async def _read_login_body(receive: Receive) -> tuple[list[Message], bytes | None]:
-    """Read a request body up to :data:`MAX_LOGIN_BODY_BYTES`: the messages read (to replay)
-    and the body, or None when it is larger (the rest is left for the application)."""
-    messages: list[Message] = []
-    size = 0
-    chunks: list[bytes] = []
-    while True:
+_BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def _user_names_tee(exchange: Exchange, scope: Scope, receive: Receive) -> Receive:
+    """A ``receive`` that also hands each body chunk the application reads to a
+    :class:`~otel_secaudit.web.user_names.BodyNames` (bounded memory, parsed only when the
+    names are asked for or the body is large), registered as the exchange's name reader.
+    ``receive`` itself when the request cannot name a user (no body method, not a form or
+    JSON, no user fields)."""
+    fields = exchange.user_fields
+    if not fields or scope.get("method") in _BODYLESS_METHODS:
+        return receive
+    reader = BodyNames(_first_header(scope, b"content-type"), fields)
+    if not reader.wanted:
+        return receive
+    exchange.read_user_names(reader.names)
+
+    async def tee() -> Message:
         message = await receive()
-        messages.append(message)
-        if message.get("type") != "http.request":
-            return messages, None  # disconnect
-        body = message.get("body") or b""
-        size += len(body)
-        if size > MAX_LOGIN_BODY_BYTES:
-            return messages, None
-        chunks.append(body)
-        if not message.get("more_body", False):
-            return messages, b"".join(chunks)
+        if message.get("type") == "http.request":
+            body = message.get("body") or b""
+            reader.feed(body, more=bool(message.get("more_body", False)))
+        return message
+
+    return tee
 
 
 def _route_path(scope: Scope) -> str | None:
@@ -192,18 +201,6 @@ def _route_path(scope: Scope) -> str | None:
     if isinstance(path, str) and isinstance(root, str) and root and path.startswith(root):
         return path[len(root) :] or "/"
     return None
-
-
-def _replaying(messages: list[Message], receive: Receive) -> Receive:
-    """A ``receive`` that hands out ``messages`` first, then reads on."""
-    pending = list(messages)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
 
 
 # -- the middleware ---------------------------------------------------------------------------
@@ -288,10 +285,10 @@ class SecAuditMiddleware:
             )
             await send({"type": "http.response.body", "body": refusal.body})
             return
-        if exchange.wants_login_body:
-            messages, body = await _read_login_body(receive)
-            exchange.login_body(_first_header(scope, b"content-type"), body)
-            receive = _replaying(messages, receive)
+        try:
+            receive = _user_names_tee(exchange, scope, receive)
+        except Exception as exc:  # security plumbing never breaks the request
+            exchange.runtime.recorder.internal_error(exc, "asgi.user_names")
         started = False
 
         async def send_wrapper(message: Message) -> None:

@@ -18,6 +18,17 @@ the ``otel_secaudit`` instrumentor calls :func:`instrument_django`, which
 * points ``CSRF_FAILURE_VIEW`` at :func:`csrf_failure`, which records
   ``request.csrf_mismatch`` with a reason code (``csrf_token_missing``, ``no_csrf_cookie``,
   ``bad_origin``...) and then calls the view that was configured.
+* observes ``django.contrib.auth.views.redirect_to_login`` (what ``login_required``,
+  ``permission_required``, ``user_passes_test``, the access mixins, ``LoginRequiredMiddleware``
+  and the admin call to send a visitor to a login page): a *signed-in* user redirected there is
+  ``authz.permission_denied`` (``security.reason`` ``login_redirect``, that user's ``user.id``),
+  a visitor who is not signed in is no violation. It is patched once Django's apps are loaded
+  (when Django builds its middleware chain); a module that imported the function by name
+  before that keeps the original, except ``django.contrib.auth.mixins`` and
+  ``django.contrib.auth.middleware``, which are patched too.
+
+The submitted user name of an authentication attempt is what Django parsed for the view, read
+after it: ``request.POST`` (the last of duplicate fields) or a JSON ``request.body``.
 
 ``http.route`` is the resolver match's ``route`` (``accounts/login/``, no leading slash, as
 contrib puts it on the span); rules written with or without a leading ``/`` match it. Events
@@ -29,13 +40,19 @@ built keeps the middleware object, which then passes requests through untouched.
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
+import sys
+from contextvars import ContextVar
 from typing import Any, Final
+
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import ObjectProxy, wrap_function_wrapper
 
 from .. import runtime
 from ..context import request_scope
 from .exchange import Exchange, Refusal
-from .rules import MAX_LOGIN_BODY_BYTES
+from .user_names import names_from_form, names_from_json_bytes
 from .wsgi import (
     ENVIRON_MARKER,
     capture_headers_enabled,
@@ -70,6 +87,20 @@ class _State:
     active = False
     original_csrf_view: str | None = None
     original_load_middleware: Any = None
+    #: Modules whose ``redirect_to_login`` is wrapped.
+    redirect_patched: list[str] = []
+
+
+#: Set by the middleware for each request: redirect_to_login calls note themselves in it.
+_login_redirects: ContextVar[list[bool] | None] = ContextVar(
+    "otel_secaudit_django_login_redirects", default=None
+)
+_REDIRECT_MODULES: Final = (
+    "django.contrib.auth.views",
+    "django.contrib.auth.mixins",
+    "django.contrib.auth.middleware",
+)
+_FORM_TYPES: Final = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,15 +129,26 @@ def _refusal_response(refusal: Refusal) -> Any:
     return response
 
 
-def _login_body(exchange: Exchange, request: Any) -> None:
-    """A login route's body (<= 64 KiB) for its user name; Django caches ``request.body``,
-    so the view still parses the form."""
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    body = request.body if 0 < length <= MAX_LOGIN_BODY_BYTES else None
-    exchange.login_body(request.META.get("CONTENT_TYPE"), body)
+def _user_names(request: Any, fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The submitted user names as the view read them: ``request.POST`` (parsed now when the
+    view did not) or the JSON ``request.body``."""
+    content_type = getattr(request, "content_type", None) or ""
+    if content_type in _FORM_TYPES:
+        return names_from_form(request.POST, fields)
+    if content_type.startswith("application/") and content_type.endswith("json"):
+        return names_from_json_bytes(request.body, fields)
+    return ()
+
+
+def _login_redirect(exchange: Exchange, request: Any, status: int, noted: list[bool]) -> None:
+    """A signed-in user sent to a login page (3xx from ``redirect_to_login``):
+    ``authz.permission_denied``, unless the request already recorded a violation."""
+    if not noted or not 300 <= status < 400 or exchange.request.failure_recorded:
+        return
+    if _user_id_of(request) is None:
+        return  # a visitor who is not signed in: the login page is the way in
+    exchange.request.status_code = status
+    record_signal("authz.permission_denied", reason="login_redirect")
 
 
 class SecAuditDjangoMiddleware:
@@ -137,15 +179,24 @@ class SecAuditDjangoMiddleware:
             refusal = exchange.refusal()
             if refusal is not None:
                 return _refusal_response(refusal)
-            if exchange.wants_login_body:
-                try:
-                    _login_body(exchange, request)
-                except Exception as exc:
-                    exchange.runtime.recorder.internal_error(exc, "django.login_body")
-            # Django turns a view's exception into a response (403 for PermissionDenied, 500)
-            # inside get_response, so the status is always known here.
-            response = self.get_response(request)
-            exchange.respond(int(getattr(response, "status_code", 500)))
+            if exchange.user_fields:
+                exchange.read_user_names(
+                    functools.partial(_user_names, request, exchange.user_fields)
+                )
+            noted: list[bool] = []
+            token = _login_redirects.set(noted)
+            try:
+                # Django turns a view's exception into a response (403 for PermissionDenied,
+                # 500) inside get_response, so the status is always known here.
+                response = self.get_response(request)
+            finally:
+                _login_redirects.reset(token)
+            status = int(getattr(response, "status_code", 500))
+            try:
+                _login_redirect(exchange, request, status, noted)
+            except Exception as exc:
+                exchange.runtime.recorder.internal_error(exc, "django.login_redirect")
+            exchange.respond(status)
             return response
 
 
@@ -219,6 +270,40 @@ def _on_logged_in(sender: Any, request: Any = None, user: Any = None, **kw: Any)
 def _on_logged_out(sender: Any, request: Any = None, user: Any = None, **kw: Any) -> None:
     pk = getattr(user, "pk", None)
     record_signal("auth.logout", **({"user_id": str(pk)} if pk is not None else {}))
+
+
+# --------------------------------------------------------------------------------------------
+# Redirects to a login page
+
+
+def _noting_redirect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    response = wrapped(*args, **kwargs)
+    noted = _login_redirects.get()
+    if noted is not None:
+        noted.append(True)
+    return response
+
+
+def _patch_redirect_to_login() -> None:
+    """Wrap ``redirect_to_login`` where Django defines it and where it was imported by name
+    (needs Django's apps loaded); idempotent."""
+    importlib.import_module(_REDIRECT_MODULES[0])
+    for name in _REDIRECT_MODULES:
+        module = sys.modules.get(name)
+        if module is None or name in _State.redirect_patched:
+            continue
+        if isinstance(getattr(module, "redirect_to_login", None), ObjectProxy):
+            continue  # imported from the wrapped definition
+        wrap_function_wrapper(module, "redirect_to_login", _noting_redirect)
+        _State.redirect_patched.append(name)
+
+
+def _unpatch_redirect_to_login() -> None:
+    for name in _State.redirect_patched:
+        module = sys.modules.get(name)
+        if module is not None:
+            unwrap(module, "redirect_to_login")
+    _State.redirect_patched = []
 
 
 def _signals() -> list[tuple[Any, Any]]:
@@ -300,7 +385,13 @@ def _patch_load_middleware() -> None:
                 _install_into_settings()
             except Exception:
                 _log.exception("otel_secaudit: could not add the Django middleware")
-        return original(self, *args, **kwargs)
+        result = original(self, *args, **kwargs)
+        if _State.active:  # Django's apps are loaded now: its auth views can be imported
+            try:
+                _patch_redirect_to_login()
+            except Exception:
+                _log.exception("otel_secaudit: could not observe Django's redirect_to_login")
+        return result
 
     _State.original_load_middleware = original
     BaseHandler.load_middleware = load_middleware  # type: ignore[method-assign]
@@ -319,6 +410,10 @@ def instrument_django() -> bool:
         for signal, receiver in _signals():
             signal.connect(receiver, weak=False, dispatch_uid=_DISPATCH_UID)
         _patch_load_middleware()
+        from django.apps import apps
+
+        if apps.ready:  # instrumented after django.setup(): nothing else will patch it
+            _patch_redirect_to_login()
         if _settings_ready():
             try:
                 _install_into_settings()
@@ -344,6 +439,7 @@ def uninstrument_django() -> None:
 
             BaseHandler.load_middleware = _State.original_load_middleware  # type: ignore
             _State.original_load_middleware = None
+        _unpatch_redirect_to_login()
         _remove_from_settings()
     except Exception:
         _log.exception("otel_secaudit: could not fully undo the Django instrumentation")

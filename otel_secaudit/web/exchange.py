@@ -9,8 +9,7 @@ An adapter turns its framework's request into an :class:`Exchange` and acts on i
         refusal = exchange.refusal()                # blocked client: answer it, app not called
         if refusal is not None:
             return respond(refusal.status, refusal.headers(), refusal.body)
-        if exchange.wants_login_body:               # a login route: give it the body (<= 64 KiB)
-            exchange.login_body(content_type, body_or_None_when_oversized)
+        exchange.read_user_names(names)             # how the framework reads the user name(s)
         ...run the application...
         exchange.respond(status)                    # at response start: status/login events
         # or exchange.failed() when the application raised before answering (500)
@@ -23,8 +22,9 @@ What it decides, once per request:
 * **login routes** (OTEL_SECAUDIT_LOGIN_ROUTES): 2xx/3xx -> ``auth.login.succeeded`` (and
   ``auth.login.succeeded_after_failures`` when the user key had violations in the window),
   4xx other than 429 -> ``auth.login.failed`` with ``security.reason`` ``http_<status>``, with
-  ``user.hash`` of the submitted user name. On a login route these take the place of the status
-  rules.
+  ``user.hash`` of the submitted user name (:meth:`Exchange.submitted_user_names`, read as the
+  framework reads the body; an ambiguous body records a failure for each of its names and a
+  success for none of them). On a login route these take the place of the status rules.
 * **status rules** (OTEL_SECAUDIT_STATUS_EVENTS): the most specific rule's event.
 * **attack tools**: a User-Agent naming a known scanner or brute-forcer records
   ``request.attack_tool`` (the request's violation, :mod:`otel_secaudit.detection.attack_tools`);
@@ -54,7 +54,8 @@ from ..detection.attack_tools import attack_tool_matcher
 from ..detection.scans import is_probe_status
 from ..redaction import hash_identity, scrub_path
 from .client import normalize_ip, resolve_client_address
-from .rules import LoginRoute, StatusRule, login_user_name
+from .rules import LoginRoute, StatusRule
+from .user_names import NameSource
 
 __all__ = ["Exchange", "Refusal", "WebRequest", "record_after_failures", "user_violations"]
 
@@ -158,7 +159,7 @@ class Exchange:
     documentation. Every method is defensive: an internal error is counted and the request
     proceeds (security plumbing never breaks the application)."""
 
-    __slots__ = ("runtime", "request", "login", "_user_name", "_answered")
+    __slots__ = ("runtime", "request", "login", "_names", "_answered")
 
     def __init__(
         self, runtime: _runtime.Runtime, request: WebRequest, login: LoginRoute | None
@@ -167,7 +168,7 @@ class Exchange:
         self.request = request
         #: The login route this request goes to, if any.
         self.login = login
-        self._user_name: str | None = None
+        self._names: NameSource | None = None
         self._answered = False
 
     @classmethod
@@ -249,23 +250,28 @@ class Exchange:
             return None
 
     @property
-    def wants_login_body(self) -> bool:
-        """True on a login route: the adapter reads the body (at most
-        :data:`~otel_secaudit.web.rules.MAX_LOGIN_BODY_BYTES`), hands it to
-        :meth:`login_body` and replays it untouched to the application."""
-        return self.login is not None and bool(self.runtime.settings.login_user_fields)
+    def user_fields(self) -> tuple[str, ...]:
+        """The form or JSON fields that hold a user name (OTEL_SECAUDIT_LOGIN_USER_FIELDS)."""
+        return self.runtime.settings.login_user_fields
 
-    def login_body(self, content_type: str | None, body: bytes | None) -> None:
-        """The body of a login request (None when oversized or unreadable): only the user name
-        is kept, to be hashed into ``user.hash``."""
-        if body is None:
-            return
+    def read_user_names(self, names: NameSource) -> None:
+        """How the adapter reads this request's submitted user names: ``names()`` returns the
+        candidates (:mod:`otel_secaudit.web.user_names`) the way the application's framework
+        reads the body, called only when an authentication attempt needs them."""
+        self._names = names
+
+    def submitted_user_names(self) -> tuple[str, ...]:
+        """Every distinct user name the request's body submits in one of the user fields, read
+        as the framework reads it: one name, several (an ambiguous body: a failure counts for
+        each, a success is attributed to none), or none. Never raises."""
+        names = self._names
+        if names is None:
+            return ()
         try:
-            self._user_name = login_user_name(
-                content_type, body, self.runtime.settings.login_user_fields
-            )
+            return tuple(name for name in names() if isinstance(name, str))
         except Exception as exc:
-            self.runtime.recorder.internal_error(exc, "web.login_body")
+            self.runtime.recorder.internal_error(exc, "web.user_names")
+            return ()
 
     # -- after the application ----------------------------------------------------------------
 
@@ -312,7 +318,9 @@ class Exchange:
     def _login_answered(self, status: int) -> bool:
         """Record the login route's outcome; False when the status is not the login rule's
         (429, 5xx, 1xx): the status rules apply then."""
-        name = self._user_name
+        names = self.submitted_user_names()
+        # A success is attributed to a submitted name only when the body named one user.
+        name = names[0] if len(names) == 1 else None
         fields: dict[str, Any] = {"user_name": name} if name else {}
         if 200 <= status < 400:
             if self.request.failure_recorded:
@@ -327,7 +335,9 @@ class Exchange:
             return True
         if 400 <= status < 500 and status != 429:
             if not self.request.failure_recorded and not self._already(LOGIN_FAILED):
-                self._record(LOGIN_FAILED, reason=f"http_{status}", **fields)
+                for candidate in names or (None,):  # an ambiguous body: each candidate's failure
+                    named = {"user_name": candidate} if candidate else {}
+                    self._record(LOGIN_FAILED, reason=f"http_{status}", **named)
             return True
         return False
 

@@ -11,13 +11,16 @@ before contrib's closes the span. Inside the span they:
 
 * refuse a blocked client with 429 and ``Retry-After`` before any view or app hook runs;
 * record the status and login rules' events (``http.route`` = the URL rule, ``/items/<id>``,
-  as contrib puts it on the span); a login route's user name is read from the body (<= 64 KiB,
-  cached by Werkzeug, so the view still reads it);
+  as contrib puts it on the span); the submitted user name is what Werkzeug parsed for the
+  view, read after it (``request.form``: the first of duplicate fields; ``get_json()``: the
+  last of duplicate keys), chunked and large bodies included;
 * scrub secret query values and captured secret headers from the span.
 
 When Flask-Login is installed, ``user_logged_in`` -> ``auth.login.succeeded`` (``user.id`` =
 ``get_id()``), ``user_logged_out`` -> ``auth.logout`` and ``user_unauthorized`` ->
-``auth.unauthenticated``; events of a request carry ``current_user``'s id when authenticated.
+``auth.unauthenticated``. Events of a request carry the signed-in user's id: Flask-Login's
+``current_user`` when the app uses Flask-Login, else ``g.user`` (its ``id``) or
+``session["user_id"]`` (Flask's tutorial style), else ``g.user_id``.
 Flask-WTF's ``CSRFError`` becomes ``request.csrf_mismatch`` with a reason code.
 :func:`uninstrument_flask` removes the hooks and the signal receivers.
 """
@@ -26,15 +29,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 import weakref
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
 from .. import runtime
 from ..context import request_scope
-from .exchange import Exchange
-from .rules import MAX_LOGIN_BODY_BYTES
+from .user_names import names_from_form, names_from_json
 from .wsgi import (
     ENVIRON_MARKER,
     capture_headers_enabled,
@@ -81,28 +83,54 @@ def csrf_reason_code(description: str | None) -> str:
 # Request hooks
 
 
+def _id_text(value: object) -> str | None:
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+        return str(value)
+    return None
+
+
+def _id_of(user: object) -> str | None:
+    """``g.user``'s id: a mapping's (a database row) ``id``, else its ``id`` attribute."""
+    if isinstance(user, Mapping):
+        return _id_text(user.get("id"))
+    try:
+        return _id_text(user["id"])  # type: ignore[index]  # sqlite3.Row and the like
+    except Exception:
+        return _id_text(getattr(user, "id", None))
+
+
 def _user_id() -> str | None:
-    """The authenticated user's id, without loading a user the app did not load: Flask-Login's
+    """The signed-in user's id, without loading a user the app did not load: Flask-Login's
     user of this request when the app touched ``current_user``, else the id Flask-Login keeps
-    in the (signed) session, else ``g.user_id``."""
+    in the (signed) session; else ``g.user``'s id, ``session["user_id"]``, ``g.user_id``.
+    Flask-Login merely being importable changes nothing."""
     import flask
 
     user = flask.g.get("_login_user")
     if user is not None:
         if getattr(user, "is_authenticated", False) is not True:
             return None
-        value = user.get_id()
-    elif "flask_login" in sys.modules:
-        value = flask.session.get("_user_id")
-    else:
-        value = flask.g.get("user_id")
-    return None if value is None else str(value)
+        return _id_text(user.get_id())
+    session = flask.session
+    found = _id_text(session.get("_user_id"))  # Flask-Login's session key
+    if found is None:
+        g_user = flask.g.get("user")
+        found = _id_of(g_user) if g_user is not None else None
+    if found is None:
+        found = _id_text(session.get("user_id"))
+    if found is None:
+        found = _id_text(flask.g.get("user_id"))
+    return found
 
 
-def _login_body(exchange: Exchange, request: Any) -> None:
-    length = request.content_length
-    body = request.get_data(cache=True) if length and length <= MAX_LOGIN_BODY_BYTES else None
-    exchange.login_body(request.content_type, body)
+def _user_names(request: Any, fields: tuple[str, ...]) -> tuple[str, ...]:
+    """The submitted user names as the view read them: Werkzeug's parsed form (parsed now, from
+    the cached or unread stream, when the view did not) or JSON document."""
+    if request.is_json:
+        return names_from_json(request.get_json(silent=True), fields)
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return names_from_form(request.form, fields)
+    return ()
 
 
 def _before_request() -> Any:
@@ -130,11 +158,8 @@ def _before_request() -> Any:
     if refusal is not None:
         return flask.Response(refusal.body, status=refusal.status, headers=refusal.headers())
     environ[_EXCHANGE_KEY] = exchange
-    if exchange.wants_login_body:
-        try:
-            _login_body(exchange, request)
-        except Exception as exc:
-            exchange.runtime.recorder.internal_error(exc, "flask.login_body")
+    if exchange.user_fields:
+        exchange.read_user_names(functools.partial(_user_names, request, exchange.user_fields))
     return None
 
 

@@ -15,38 +15,32 @@ compared with the route template the framework matched; when none matched (a 404
 compared with the request path, ``{param}`` segments matching one path segment.
 
 A **login route** is ``METHOD ROUTE`` (``POST /auth/jwt/login``). It is matched against the
-request *path* before the application runs (the body must be read before routing), with the
-same template syntax.
+request *path* when the request starts, with the same template syntax. The submitted user name
+is read by :mod:`otel_secaudit.web.user_names`.
 
 Nothing here records anything or knows about a web framework.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
-from urllib.parse import parse_qsl
 
 from ..events import FAILURE, SUCCESS, InvalidEventError, resolve_event
 
 __all__ = [
-    "MAX_LOGIN_BODY_BYTES",
     "LoginRoute",
     "LoginRoutes",
     "RouteTemplate",
     "RuleError",
     "StatusRule",
     "StatusRules",
-    "login_user_name",
     "parse_login_routes",
     "parse_status_rules",
 ]
 
-#: Login bodies larger than this are not parsed (the attempt is still recorded, without user.hash).
-MAX_LOGIN_BODY_BYTES: Final = 64 * 1024
 _HTTP_METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "QUERY"}
 )
@@ -369,54 +363,3 @@ def parse_login_routes(raw: str | Iterable[str]) -> LoginRoutes:
     if problems:
         raise RuleProblems(problems, parsed if routes else None)
     return parsed
-
-
-def _first_text(values: Mapping[str, object], fields: Sequence[str]) -> str | None:
-    for name in fields:
-        value = values.get(name)
-        if isinstance(value, str) and value.strip():
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-    return None
-
-
-def login_user_name(content_type: str | None, body: bytes, fields: Sequence[str]) -> str | None:
-    """The submitted user name of a login body (form or JSON), or None when the body is not
-    one of those, is malformed, or names no user in ``fields``. Nothing else is kept."""
-    if not fields or not body or len(body) > MAX_LOGIN_BODY_BYTES:
-        return None
-    kind = (content_type or "").split(";", 1)[0].strip().lower()
-    try:
-        if kind == "application/x-www-form-urlencoded":
-            text = body.decode("utf-8")
-            wanted = set(fields)
-            pairs = [(k, v) for k, v in parse_qsl(text, keep_blank_values=True) if k in wanted]
-            return _first_text(dict(reversed(pairs)), fields)
-        if kind == "application/json" or kind.endswith("+json"):
-            document = json.loads(body)
-            return _first_text(document, fields) if isinstance(document, dict) else None
-        if kind == "multipart/form-data":
-            return _multipart_field(content_type or "", body, fields)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return None
-
-
-_BOUNDARY: Final = re.compile(r'boundary="?([^";]{1,200})"?', re.I)
-_PART_NAME: Final = re.compile(rb'name="([^"]{1,200})"')
-
-
-def _multipart_field(content_type: str, body: bytes, fields: Sequence[str]) -> str | None:
-    """A simple (non-file) field of a multipart form; enough for login forms."""
-    found = _BOUNDARY.search(content_type)
-    if found is None:
-        return None
-    values: dict[str, object] = {}
-    for part in body.split(b"--" + found.group(1).encode("latin-1")):
-        head, sep, value = part.partition(b"\r\n\r\n")
-        name = _PART_NAME.search(head) if sep else None
-        if name is not None and b"filename=" not in head:
-            key = name.group(1).decode("utf-8")
-            values.setdefault(key, value.removesuffix(b"\r\n").decode("utf-8"))
-    return _first_text(values, fields)

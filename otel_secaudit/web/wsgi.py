@@ -11,12 +11,14 @@ server span that middleware opens). By hand::
     application = OpenTelemetryMiddleware(SecAuditWSGIMiddleware(application))
 
 For each request it resolves the client address through the trusted proxies, refuses a blocked
-client with 429 and ``Retry-After`` before the application runs, reads the user name of a login
-route's body (at most 64 KiB, replayed untouched to the application), records the status and
-login rules' events at ``start_response``, and scrubs secret query values and captured secret
-headers from the server span. The Django and Flask adapters use the same functions
-(:func:`open_exchange`, :func:`scrub_span`, :func:`read_login_body`), so there is one WSGI
-reading of a request.
+client with 429 and ``Retry-After`` before the application runs, reads the submitted user
+name(s) from the body bytes the application itself reads from ``wsgi.input`` (nothing read ahead;
+url-encoded, multipart and JSON bodies, the last of duplicate fields, see
+:mod:`otel_secaudit.web.user_names`), records the status and login rules' events at
+``start_response``, and scrubs secret query values and captured secret headers from the server
+span. The Django and Flask adapters use the same functions (:func:`open_exchange`,
+:func:`scrub_span`) and read the user names from what their framework parsed, so there is one
+WSGI reading of a request.
 
 Shutdown: :func:`register_exit_flush` flushes the runtime (detector queue, SDK pipelines,
 spool) when a process exits normally, which is how a gunicorn worker ends (``sys.exit`` after
@@ -27,7 +29,6 @@ forked worker.
 from __future__ import annotations
 
 import atexit
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final
@@ -37,8 +38,8 @@ from opentelemetry import trace
 from .. import runtime
 from ..context import current_request, request_scope
 from .exchange import LOGIN_SUCCEEDED, Exchange, record_after_failures
-from .rules import MAX_LOGIN_BODY_BYTES
 from .server_span import scrub_server_span
+from .user_names import BodyNames
 
 __all__ = [
     "ENVIRON_MARKER",
@@ -47,7 +48,7 @@ __all__ = [
     "environ_header",
     "instrument_wsgi",
     "open_exchange",
-    "read_login_body",
+    "read_user_names",
     "record_login_success",
     "record_signal",
     "register_exit_flush",
@@ -108,24 +109,54 @@ def scrub_span(environ: Environ, *, headers: bool | None = None) -> None:
         scrub_server_span(trace.get_current_span(), query, headers=capture)
 
 
-def read_login_body(exchange: Exchange, environ: Environ) -> None:
-    """On a login route, give the exchange the body (<= 64 KiB; larger or chunked bodies are
-    not read) and put an identical stream back into ``environ`` for the application."""
-    if not exchange.wants_login_body:
+class _NamesInput:
+    """``wsgi.input`` as the application reads it, each chunk also handed to a
+    :class:`~otel_secaudit.web.user_names.BodyNames`."""
+
+    def __init__(self, stream: Any, reader: BodyNames, length: int | None) -> None:
+        self._stream = stream
+        self._reader = reader
+        self._left = length
+
+    def _seen(self, data: bytes) -> bytes:
+        if self._left is not None:
+            self._left -= len(data)
+        self._reader.feed(data, more=bool(data) and (self._left is None or self._left > 0))
+        return data
+
+    def read(self, *args: Any) -> bytes:
+        return self._seen(self._stream.read(*args))
+
+    def readline(self, *args: Any) -> bytes:
+        return self._seen(self._stream.readline(*args))
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        return [self._seen(line) for line in self._stream.readlines(*args)]
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._stream:
+            yield self._seen(line)
+
+    def __getattr__(self, name: str) -> Any:  # close(), and what a server adds
+        return getattr(self._stream, name)
+
+
+def read_user_names(exchange: Exchange, environ: Environ) -> None:
+    """Give the exchange the submitted user names of a plain WSGI application's request: the
+    body is read as the application reads ``wsgi.input`` (chunked bodies too), nothing ahead."""
+    fields = exchange.user_fields
+    stream = environ.get("wsgi.input")
+    if not fields or stream is None or environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+        return
+    reader = BodyNames(environ.get("CONTENT_TYPE"), fields)
+    if not reader.wanted:
         return
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        length: int | None = int(environ.get("CONTENT_LENGTH") or "")
     except ValueError:
-        length = 0
-    if length <= 0 or length > MAX_LOGIN_BODY_BYTES:
-        exchange.login_body(None, None)
-        return
-    stream = environ.get("wsgi.input")
-    if stream is None:
-        return
-    body = stream.read(length)
-    environ["wsgi.input"] = io.BytesIO(body)
-    exchange.login_body(environ.get("CONTENT_TYPE"), body)
+        length = None  # chunked: the body ends where the stream ends
+    environ["wsgi.input"] = _NamesInput(stream, reader, length)
+    exchange.read_user_names(reader.names)
 
 
 def record_signal(name: str, **fields: Any) -> None:
@@ -218,9 +249,9 @@ class SecAuditWSGIMiddleware:
                 start_response("429 Too Many Requests", refusal.headers())
                 return [refusal.body]
             try:
-                read_login_body(exchange, environ)
+                read_user_names(exchange, environ)
             except Exception as exc:
-                exchange.runtime.recorder.internal_error(exc, "wsgi.login_body")
+                exchange.runtime.recorder.internal_error(exc, "wsgi.user_names")
 
             def start(status: str, headers: Any, exc_info: Any = None) -> Any:
                 # Also called while the body is iterated, outside the ``with`` below.

@@ -6,7 +6,8 @@ a right one stores ``session["user_id"]`` and redirects (**302**). Each request 
 ``g.user`` (a mapping with ``id`` and ``username``) from the session, as Flask's tutorial app
 does. ``POST /api/login`` is a JSON login
 by e-mail address (``{"email": ..., "password": ...}``; 401 / 200). ``/admin`` answers 403 to a
-signed-in account that is not an administrator, 401 to a visitor.
+signed-in account that is not an administrator, 401 to a visitor. ``POST /auth/token`` checks
+the same form fields for scripts and answers 401 or 200.
 
 Nothing in it mentions otel_secaudit. The field names are read as Werkzeug reads them:
 ``request.form["username"]`` is the *first* of duplicate fields.
@@ -68,6 +69,14 @@ def create_app() -> Flask:
             session["user_id"] = _ACCOUNTS[name][0]
             return redirect("/")
         return render_template_string(_FORM, error="Incorrect user name or password.", name=name)
+
+    @app.post("/auth/token")
+    def token() -> Any:
+        """The same form fields for a script: 401 or 200, no page."""
+        name = request.form.get("username", "")
+        if not _password_ok(name, request.form.get("password", "")):
+            return {"error": "bad credentials"}, 401
+        return {"token_type": "session", "user_id": _ACCOUNTS[name][0]}
 
     @app.post("/api/login")
     def api_login() -> Any:

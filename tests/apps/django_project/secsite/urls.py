@@ -21,4 +21,5 @@ urlpatterns = [
     path("calls/", views.calls, name="calls"),
     path("api/login/", views.api_login, name="api_login"),
     path("api/email-login/", views.api_email_login, name="api_email_login"),
+    path("api/form-login/", views.form_login, name="form_login"),
 ]

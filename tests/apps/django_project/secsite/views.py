@@ -87,3 +87,19 @@ def api_email_login(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": "bad credentials"}, status=401)
     login(request, user)
     return JsonResponse({"ok": True})
+
+
+@csrf_exempt
+def form_login(request: HttpRequest) -> JsonResponse:
+    """A form login for scripts: ``request.POST`` (the last of duplicate fields); 400 without
+    a password, 401 on bad credentials, 200 and a session on success."""
+    CALLS["form_login"] += 1
+    if not request.POST.get("password"):
+        return JsonResponse({"error": "password required"}, status=400)
+    user = authenticate(
+        request, username=request.POST.get("username"), password=request.POST.get("password")
+    )
+    if user is None:
+        return JsonResponse({"error": "bad credentials"}, status=401)
+    login(request, user)
+    return JsonResponse({"ok": True})

@@ -1,0 +1,262 @@
+"""The submitted user names of a body, read as the framework reads them
+(otel_secaudit/web/user_names.py): the streaming reader agrees with Starlette's own form parsers
+and with ``json.loads`` on every body, however it is cut into chunks, never raises, and keeps no
+more than the user fields whatever the body's size."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tracemalloc
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from otel_secaudit.web.user_names import (
+    MAX_NAME_CHARS,
+    BodyNames,
+    candidates,
+    names_from_form,
+    names_from_json,
+    names_from_json_bytes,
+)
+
+FIELDS = ("username", "email", "login")
+FORM = "application/x-www-form-urlencoded"
+BOUNDARY = "b0undary-7f3"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def read(content_type: str | None, body: bytes, cuts: tuple[int, ...] = ()) -> tuple[str, ...]:
+    reader = BodyNames(content_type, FIELDS)
+    points = sorted({0, *(cut % (len(body) + 1) for cut in cuts), len(body)})
+    pieces = [body[a:b] for a, b in zip(points, points[1:])] or [b""]
+    for number, piece in enumerate(pieces):
+        reader.feed(piece, more=number < len(pieces) - 1)
+    return reader.names()
+
+
+def starlette_names(content_type: str, body: bytes) -> tuple[str, ...]:
+    """What a Starlette/FastAPI view's ``(await request.form()).get(field)`` gives."""
+    from starlette.requests import Request
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "headers": [(b"content-type", content_type.encode("latin-1"))],
+    }
+
+    async def parse() -> tuple[str, ...]:
+        try:
+            form = await Request(scope, receive).form()
+        except Exception:
+            return ()
+        return names_from_form(form, FIELDS)
+
+    return asyncio.run(parse())
+
+
+def json_names(body: bytes) -> tuple[str, ...]:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return ()
+    return names_from_json(document, FIELDS)
+
+
+def part(name: bytes, value: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"--" + BOUNDARY.encode() + b"\r\n"
+        b"Content-Disposition: form-data; " + extra + b'name="' + name + b'"\r\n\r\n'
+        + value + b"\r\n"
+    )  # fmt: skip
+
+
+def multipart(*parts: bytes) -> bytes:
+    return b"".join(parts) + b"--" + BOUNDARY.encode() + b"--\r\n"
+
+
+# -- the duplicate-field class ------------------------------------------------------------------
+
+DIFFERENTIALS = [
+    (FORM, b"username=decoy&password=x&username=target"),
+    (FORM, b"username=decoy&username=target&email="),
+    (FORM, b"username=%C3%A9ve&username=t%E9rget"),  # a non-UTF-8 escape: replaced, as Starlette
+    (FORM, b"username=\xe9ve+x"),  # a raw non-UTF-8 byte: latin-1, as Starlette
+    (MULTIPART, multipart(part(b"username", b"decoy"), part(b"username", b"target"))),
+    (MULTIPART, multipart(part(b"note", b"decoy", b'x-name="username"; '), part(b"x", b"y"))),
+    (MULTIPART, multipart(part(b"username", b"decoy"), part(b"username", b"t", b'filename="a"; '))),
+    (MULTIPART + "; charset=latin-1", multipart(part(b"username", b"\xe9ve"))),
+    (MULTIPART, multipart(part(b"username", b"\xe9ve"))),  # not UTF-8: latin-1, as Starlette
+    (MULTIPART, multipart(part(b"username", b"target"), part(b"email", b"decoy@example.com"))),
+]
+
+
+@pytest.mark.parametrize(("content_type", "body"), DIFFERENTIALS)
+def test_forms_are_read_as_starlette_reads_them(content_type: str, body: bytes) -> None:
+    expected = starlette_names(content_type, body)
+    assert read(content_type, body) == expected
+    assert read(content_type, body, tuple(range(1, len(body), 3))) == expected  # tiny chunks
+
+
+def test_the_last_duplicate_wins_and_every_user_field_is_a_candidate() -> None:
+    assert read(FORM, b"username=decoy&username=target") == ("target",)
+    body = json.dumps({"username": "decoy", "email": "target@example.com"}).encode()
+    assert read("application/json", body) == ("decoy", "target@example.com")
+    assert read("application/json", b'{"username": "decoy", "username": "target"}') == ("target",)
+    # one name in two fields, or differing in case only, is one candidate
+    assert read(FORM, b"username=Alice&email=alice") == ("Alice",)
+    assert candidates(["bob", 42, True, None, " ", {"x": 1}, "x" * (MAX_NAME_CHARS + 1)]) == (
+        "bob",
+        "42",
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"username": "decoy", "username": {"id": "target"}}',  # the app gets an object
+        b'{"username": "decoy", "username": "' + b"a" * (MAX_NAME_CHARS * 13) + b'"}',
+        b'{"username": "decoy", "username": 12345678901234567890123456789012345678901234567890'
+        b"123456789012345678901234567890}",
+    ],
+)
+def test_a_last_value_that_is_no_name_hides_the_earlier_one(body: bytes) -> None:
+    assert read("application/json", body) == ()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"username": "bob"',  # truncated
+        b'{"username": "bob",}',
+        b'{"username": "bob"} x',
+        b'["username", "bob"]',
+        b'{"username": "b\x01ob"}',  # a raw control character
+        b'{"username": "b\xffob"}',  # not UTF-8
+        b'{"username": 1 "x"}',
+        b"[" * 5000 + b"]" * 5000,
+    ],
+)
+def test_json_documents_json_loads_refuses_name_no_user(body: bytes) -> None:
+    assert json_names(body) == ()
+    assert read("application/json", body) == ()
+
+
+def test_json_encodings_are_detected_as_json_loads_detects_them() -> None:
+    document = {"email": "zoë@example.com", "username": "zoë"}
+    for encoding in ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32-be"):
+        body = json.dumps(document, ensure_ascii=False).encode(encoding)
+        assert read("application/json", body) == json_names(body) == ("zoë", "zoë@example.com")
+    assert names_from_json_bytes(b'{"login": 7}', FIELDS) == ("7",)
+
+
+def test_bodies_larger_than_64_kib_and_in_many_chunks_are_read() -> None:
+    padding = b"x" * 300_000
+    form = b"note=" + padding + b"&username=decoy&username=target"
+    assert read(FORM, form, tuple(range(0, len(form), 4096))) == ("target",)
+    document = b'{"note": "' + padding + b'", "items": [{"username": "nested"}], "username": "t"}'
+    assert read("application/json", document, (70_000, 70_001, 200_000)) == ("t",)
+    big = multipart(part(b"note", padding), part(b"username", b"target"))
+    assert read(MULTIPART, big, tuple(range(0, len(big), 65_536))) == ("target",)
+
+
+def test_other_bodies_and_no_fields_name_no_user() -> None:
+    assert read("text/plain", b"username=bob") == ()
+    assert BodyNames(FORM, ()).names() == ()
+    assert read(MULTIPART.split(";")[0], multipart(part(b"username", b"bob"))) == ()  # no boundary
+    assert read(None, b'{"username": "bob"}') == ("bob",)  # FastAPI reads a body without type
+
+
+def test_memory_stays_bounded_whatever_the_body() -> None:
+    chunk = b"username=" + b"a" * 65_536
+    reader = BodyNames(FORM, FIELDS)
+    reader.feed(chunk)
+    tracemalloc.start()
+    try:
+        for _ in range(200):  # 13 MB of one user field's value
+            reader.feed(b"a" * 65_536)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 600_000
+    reader.feed(b"", more=False)
+    assert reader.names() == ()  # too long to be a name
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+_names = st.sampled_from([*FIELDS, "password", "note", "user%6Eame", "user+name", "Username"])
+_values = st.text(max_size=12) | st.sampled_from(["bob", "Bob ", "%ZZ", "a+b", "%e9", "\u00e9"])
+
+
+@st.composite
+def form_bodies(draw: st.DrawFn) -> bytes:
+    pairs = draw(st.lists(st.tuples(_names, _values), max_size=6))
+    text = "&".join(f"{name}={value}" for name, value in pairs)
+    if draw(st.booleans()):
+        return text.encode("utf-8", "surrogatepass")
+    return draw(st.binary(max_size=40)) + text.encode("latin-1", "replace")
+
+
+@st.composite
+def json_bodies(draw: st.DrawFn) -> bytes:
+    scalar = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+    value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+    pairs = draw(st.lists(st.tuples(_names, value), max_size=6))
+    text = "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}"
+    if draw(st.booleans()):  # damage it
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from(['"', ",", "}", "{", "\\", "\x01", ""])) + text[at:]
+    return text.encode()
+
+
+_cuts = st.lists(st.integers(0, 400), max_size=5).map(tuple)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=form_bodies(), cuts=_cuts)
+def test_property_url_encoded_forms_match_starlette(body: bytes, cuts: tuple[int, ...]) -> None:
+    assert read(FORM, body, cuts) == starlette_names(FORM, body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=json_bodies(), cuts=_cuts)
+def test_property_json_bodies_match_json_loads(body: bytes, cuts: tuple[int, ...]) -> None:
+    assert read("application/json", body, cuts) == json_names(body)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    parts=st.lists(st.tuples(_names, st.binary(max_size=10), st.booleans()), max_size=4),
+    cuts=_cuts,
+)
+def test_property_multipart_forms_match_starlette(
+    parts: list[tuple[str, bytes, bool]], cuts: tuple[int, ...]
+) -> None:
+    body = multipart(
+        *(
+            part(name.encode(), value.replace(b"\r", b""), b'filename="f"; ' if file else b"")
+            for name, value, file in parts
+        )
+    )
+    assert read(MULTIPART, body, cuts) == starlette_names(MULTIPART, body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content_type=st.sampled_from([FORM, MULTIPART, "application/json", None, "text/x"]),
+    body=st.binary(max_size=300),
+    cuts=_cuts,
+)
+def test_property_any_body_never_raises(
+    content_type: str | None, body: bytes, cuts: tuple[int, ...]
+) -> None:
+    names = read(content_type, body, cuts)
+    assert isinstance(names, tuple) and all(isinstance(name, str) for name in names)
