@@ -32,7 +32,7 @@ MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 def read(content_type: str | None, body: bytes, cuts: tuple[int, ...] = ()) -> tuple[str, ...]:
     reader = BodyNames(content_type, FIELDS)
     points = sorted({0, *(cut % (len(body) + 1) for cut in cuts), len(body)})
-    pieces = [body[a:b] for a, b in zip(points, points[1:])] or [b""]
+    pieces = [body[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
     for number, piece in enumerate(pieces):
         reader.feed(piece, more=number < len(pieces) - 1)
     return reader.names()
