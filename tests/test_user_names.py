@@ -14,6 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from otel_secaudit.web.json_names import JsonParser
+from otel_secaudit.web.name_parsers import Picker
 from otel_secaudit.web.user_names import (
     MAX_NAME_CHARS,
     BodyNames,
@@ -36,6 +38,19 @@ def read(content_type: str | None, body: bytes, cuts: tuple[int, ...] = ()) -> t
     for number, piece in enumerate(pieces):
         reader.feed(piece, more=number < len(pieces) - 1)
     return reader.names()
+
+
+def stream_json(body: bytes, cuts: tuple[int, ...] = ()) -> tuple[str, ...]:
+    """The streaming JSON scanner alone (BodyNames uses it past 64 KiB)."""
+    parser = JsonParser(Picker(FIELDS))
+    points = sorted({0, *(cut % (len(body) + 1) for cut in cuts), len(body)})
+    try:
+        for a, b in zip(points, points[1:], strict=False):
+            parser.write(body[a:b])
+        parser.finish()
+    except (ValueError, RecursionError):
+        return ()  # BodyNames turns these into "no names"
+    return parser.names()
 
 
 def starlette_names(content_type: str, body: bytes) -> tuple[str, ...]:
@@ -123,12 +138,12 @@ def test_the_last_duplicate_wins_and_every_user_field_is_a_candidate() -> None:
     [
         b'{"username": "decoy", "username": {"id": "target"}}',  # the app gets an object
         b'{"username": "decoy", "username": "' + b"a" * (MAX_NAME_CHARS * 13) + b'"}',
-        b'{"username": "decoy", "username": 12345678901234567890123456789012345678901234567890'
-        b"123456789012345678901234567890}",
+        b'{"username": "decoy", "username": ' + b"7" * (MAX_NAME_CHARS + 100) + b"}",
     ],
 )
 def test_a_last_value_that_is_no_name_hides_the_earlier_one(body: bytes) -> None:
     assert read("application/json", body) == ()
+    assert stream_json(body, (20,)) == ()
 
 
 @pytest.mark.parametrize(
@@ -147,6 +162,16 @@ def test_a_last_value_that_is_no_name_hides_the_earlier_one(body: bytes) -> None
 def test_json_documents_json_loads_refuses_name_no_user(body: bytes) -> None:
     assert json_names(body) == ()
     assert read("application/json", body) == ()
+    assert stream_json(body, (3, 9)) == ()
+
+
+def test_below_the_top_level_the_stream_checks_brackets_and_strings_only() -> None:
+    """The documented leniency of JSON bodies over 64 KiB: json.loads refuses these, the
+    scanner reads their top-level names (the application refused the body: nobody was
+    authenticated)."""
+    assert stream_json(b'{"username": "u", "x": [1,,2]}') == ("u",)
+    assert stream_json(b'{"username": "u", "x": [1, 2}') == ()  # brackets are matched
+    assert stream_json(b'{"username": "u", "x": ["\\q"]}') == ()  # strings are checked
 
 
 def test_json_encodings_are_detected_as_json_loads_detects_them() -> None:
@@ -154,6 +179,7 @@ def test_json_encodings_are_detected_as_json_loads_detects_them() -> None:
     for encoding in ("utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32-be"):
         body = json.dumps(document, ensure_ascii=False).encode(encoding)
         assert read("application/json", body) == json_names(body) == ("zoë", "zoë@example.com")
+        assert stream_json(body, (1, 2, 5)) == ("zoë", "zoë@example.com")
     assert names_from_json_bytes(b'{"login": 7}', FIELDS) == ("7",)
 
 
@@ -172,6 +198,22 @@ def test_other_bodies_and_no_fields_name_no_user() -> None:
     assert BodyNames(FORM, ()).names() == ()
     assert read(MULTIPART.split(";")[0], multipart(part(b"username", b"bob"))) == ()  # no boundary
     assert read(None, b'{"username": "bob"}') == ("bob",)  # FastAPI reads a body without type
+
+
+def test_a_large_json_body_waits_on_disk_and_is_read_only_when_asked(tmp_path: Any) -> None:
+    reader = BodyNames("application/json", FIELDS)
+    reader.feed(b'{"pad": "')
+    tracemalloc.start()
+    try:
+        for _ in range(160):  # 10 MB
+            reader.feed(b"a" * 65_536)
+        reader.feed(b'", "username": "late"}', more=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 400_000
+    assert reader.names() == ("late",)
+    assert reader.names() == ("late",)  # asked twice: read once
 
 
 def test_memory_stays_bounded_whatever_the_body() -> None:
@@ -205,16 +247,28 @@ def form_bodies(draw: st.DrawFn) -> bytes:
     return draw(st.binary(max_size=40)) + text.encode("latin-1", "replace")
 
 
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+
+
 @st.composite
-def json_bodies(draw: st.DrawFn) -> bytes:
-    scalar = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
-    value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=3), max_leaves=6)
+def json_bodies(draw: st.DrawFn, nested: bool) -> bytes:
+    value = (
+        st.recursive(
+            _scalars,
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_names, inner, max_size=3),
+            max_leaves=6,
+        )
+        if nested
+        else _scalars
+    )
     pairs = draw(st.lists(st.tuples(_names, value), max_size=6))
     text = "{" + ", ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in pairs) + "}"
-    if draw(st.booleans()):  # damage it
+    if not nested and draw(st.booleans()):  # damage it (at the top level: no new nesting)
         at = draw(st.integers(0, len(text)))
-        text = text[:at] + draw(st.sampled_from(['"', ",", "}", "{", "\\", "\x01", ""])) + text[at:]
-    return text.encode()
+        cut = draw(st.integers(0, 2))
+        extra = draw(st.sampled_from(['"', ",", ":", "}", "]", "\\", "\x01", " 1", "", "\\u12"]))
+        text = text[:at] + extra + text[at + cut :]
+    return text.encode("utf-8", "surrogatepass")
 
 
 _cuts = st.lists(st.integers(0, 400), max_size=5).map(tuple)
@@ -226,10 +280,18 @@ def test_property_url_encoded_forms_match_starlette(body: bytes, cuts: tuple[int
     assert read(FORM, body, cuts) == starlette_names(FORM, body)
 
 
+@settings(max_examples=400, deadline=None)
+@given(body=json_bodies(nested=False), cuts=_cuts)
+def test_property_streamed_flat_json_matches_json_loads(body: bytes, cuts: tuple[int, ...]) -> None:
+    assert stream_json(body, cuts) == json_names(body) == read("application/json", body, cuts)
+
+
 @settings(max_examples=300, deadline=None)
-@given(body=json_bodies(), cuts=_cuts)
-def test_property_json_bodies_match_json_loads(body: bytes, cuts: tuple[int, ...]) -> None:
-    assert read("application/json", body, cuts) == json_names(body)
+@given(body=json_bodies(nested=True), cuts=_cuts)
+def test_property_streamed_nested_json_matches_json_loads(
+    body: bytes, cuts: tuple[int, ...]
+) -> None:
+    assert stream_json(body, cuts) == json_names(body)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -260,3 +322,7 @@ def test_property_any_body_never_raises(
 ) -> None:
     names = read(content_type, body, cuts)
     assert isinstance(names, tuple) and all(isinstance(name, str) for name in names)
+    streamed = BodyNames(content_type, FIELDS)
+    streamed.feed(b" " * 70_000)  # past 64 KiB: the streaming parsers
+    streamed.feed(body, more=False)
+    assert isinstance(streamed.names(), tuple)

@@ -9,7 +9,7 @@ import re
 import sys
 from typing import Final
 
-from .name_parsers import MAX_RAW, UNUSABLE, NameParser, Picker
+from .name_parsers import MAX_NAME_CHARS, MAX_RAW, UNUSABLE, NameParser, Picker
 
 __all__ = ["JsonParser"]
 
@@ -18,9 +18,16 @@ MAX_JSON_DEPTH: Final = 1000
 _STRING_BODY: Final = re.compile(r'[^"\\]*')
 _OUTSIDE: Final = re.compile(r'[^"{}\[\]:,]*')
 _CONTROL: Final = re.compile(r"[\x00-\x1f]")
+#: Inside a nested value: anything but brackets and backslashes, and whole valid strings.
+_SKIM: Final = re.compile(
+    r'(?:[^"\\{}\[\]]|"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")*'
+)
 _ESCAPES: Final = frozenset('"\\/bfnrtu')
 _NUMBER_PIECE: Final = re.compile(r"[0-9eE.+\-]*\s*")
-_SHORT_LITERAL: Final = 64
+#: Literals up to this long are decoded by json.loads (an integer id longer than
+#: MAX_NAME_CHARS digits is no name anyway).
+_SHORT_LITERAL: Final = MAX_NAME_CHARS + 16
+_CLOSERS: Final = {"{": "}", "[": "]"}
 
 
 class JsonParser(NameParser):
@@ -33,7 +40,8 @@ class JsonParser(NameParser):
         super().__init__(picker)
         self._head = b""
         self._decoder: codecs.IncrementalDecoder | None = None
-        self._stack: list[str] = []  # "o" object, "a" array
+        self._stack: list[str] = []  # ["o"] once inside the top-level object
+        self._skim: list[str] = []  # the open brackets of a nested value
         # value (a value is due), afirst (an array's first value or "]"), key (a key or "}"),
         # next (a key after ","), colon, comma (after a value), literal (in one), done
         self._state = "value"
@@ -90,7 +98,12 @@ class JsonParser(NameParser):
     def _scan(self, text: str) -> None:
         i, n = 0, len(text)
         while i < n and not self._bad:
-            i = self._in_str(text, i, n) if self._in_string else self._outside(text, i, n)
+            if self._in_string:
+                i = self._in_str(text, i, n)
+            elif self._skim:
+                i = self._skimming(text, i, n)
+            else:
+                i = self._outside(text, i, n)
 
     def _keep(self, piece: str) -> None:
         if _CONTROL.search(piece):
@@ -129,6 +142,9 @@ class JsonParser(NameParser):
         self._capture, self._captured = [], 0
 
     def _end_string(self) -> None:
+        if self._skim:  # a nested string that spanned chunks: checked, nothing else
+            self._capture = None
+            return
         text: str | None = None
         if self._capture is not None:
             text = json.loads('"' + "".join(self._capture) + '"')  # escapes, as json.loads
@@ -221,12 +237,35 @@ class JsonParser(NameParser):
         if state not in ("value", "afirst") or (not self._stack and char != "{"):
             self._bad = True  # names come from an object only
             return
-        if len(self._stack) == 1 and self._key is not None:
+        if not self._stack:
+            self._stack.append("o")
+            self._state = "key"
+            return
+        if self._key is not None:
             self.picker.put(self._key, UNUSABLE)  # an object or array is no name
-        self._stack.append("o" if char == "{" else "a")
-        self._state = "key" if char == "{" else "afirst"
-        if len(self._stack) > MAX_JSON_DEPTH:
+        self._skim.append(char)  # a nested value: skimmed to its end
+
+    def _skimming(self, text: str, i: int, n: int) -> int:
+        """Inside a nested value nothing is kept: brackets must match and strings be valid
+        (commas, colons and literals down there are not checked)."""
+        j = _SKIM.match(text, i).end()  # type: ignore[union-attr]
+        if j >= n:
+            return n
+        char = text[j]
+        if char in "{[":
+            self._skim.append(char)
+            self._bad = len(self._skim) + 1 > MAX_JSON_DEPTH
+        elif char in "}]":
+            opened = self._skim.pop()
+            self._bad = _CLOSERS[opened] != char
+            if not self._skim:
+                self._value_done()
+        elif char == '"':  # a string that ends in a later chunk, or an invalid one
+            self._in_string = True
+            self._capture = None
+        else:  # a backslash outside a string
             self._bad = True
+        return j + 1
 
     def _close(self, char: str, state: str) -> None:
         kind = "o" if char == "}" else "a"

@@ -16,9 +16,13 @@ differently from the framework, every failure of a brute force on *target* would
 * JSON, everywhere: the last of duplicate keys, as ``json.loads``; the body's encoding is
   detected as ``json.loads`` detects it.
 
-Memory is bounded whatever the body's size: streaming parsers keep only the values of the
-OTEL_SECAUDIT_LOGIN_USER_FIELDS (each capped at :data:`MAX_NAME_CHARS`; a longer value is no
-name, and as the framework's choice it hides the earlier ones). Nothing else of a body is kept.
+Memory is bounded whatever the body's size: up to 64 KiB is kept as received (and a JSON body
+that size is decoded by ``json.loads`` itself); past that, forms are parsed as they stream and
+JSON is written to an unlinked temporary file, scanned only when its names are asked for (the
+top-level object exactly; below it, brackets and strings are checked, commas, colons and
+literals are not). Streaming parsers keep only the values of the OTEL_SECAUDIT_LOGIN_USER_FIELDS
+(each capped at :data:`MAX_NAME_CHARS`; a longer value is no name, and as the framework's
+choice it hides the earlier ones). Nothing else of a body is kept.
 
 When several user fields hold different names (``{"username": decoy, "email": target}``), every
 one is a *candidate*: the exchange counts a failure for each and attributes a success to none.
@@ -26,8 +30,10 @@ one is a *candidate*: the exchange counts a failure for each and attributes a su
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from .json_names import JsonParser
 from .name_parsers import (
@@ -83,26 +89,23 @@ def names_from_json_bytes(body: bytes, fields: Sequence[str]) -> tuple[str, ...]
 # Streaming: the body chunks an ASGI application reads
 
 
-def _kind(content_type: str | None) -> tuple[str, dict[bytes, bytes]]:
+def _kind(content_type: str | None) -> tuple[str, Mapping[bytes, bytes]]:
     """``(kind, params)`` of a Content-Type, as Starlette parses it (python-multipart's
-    ``parse_options_header``). No Content-Type is JSON, as FastAPI reads a body then."""
+    ``parse_options_header``, whose media type is the part before ``;``, stripped and
+    lower-cased; only multipart needs the parameters). No Content-Type is JSON, as FastAPI
+    reads a body then."""
     if not content_type:
         return "json", {}
-    try:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime == "application/x-www-form-urlencoded":
+        return "urlencoded", {}
+    if mime == "multipart/form-data":
         from python_multipart.multipart import parse_options_header
-    except ImportError:  # no form parsing in Starlette either; JSON still works
-        mime = content_type.split(";", 1)[0].strip().lower().encode("latin-1", "replace")
-        params: dict[bytes, bytes] = {}
-    else:
-        mime, params = parse_options_header(content_type)
-    text = mime.decode("latin-1")
-    if text == "application/x-www-form-urlencoded":
-        return "urlencoded", params
-    if text == "multipart/form-data":
-        return "multipart", params
-    if text.startswith("application/") and (text.endswith("/json") or text.endswith("+json")):
-        return "json", params
-    return "", params
+
+        return "multipart", parse_options_header(content_type)[1]
+    if mime.startswith("application/") and (mime.endswith("/json") or mime.endswith("+json")):
+        return "json", {}
+    return "", {}
 
 
 class BodyNames:
@@ -115,7 +118,7 @@ class BodyNames:
         fields: the user fields (OTEL_SECAUDIT_LOGIN_USER_FIELDS).
     """
 
-    __slots__ = ("_kind", "_params", "_fields", "_pending", "_size", "_parser",
+    __slots__ = ("_kind", "_params", "_fields", "_pending", "_size", "_parser", "_spool",
                  "_complete", "_failed")  # fmt: skip
 
     def __init__(self, content_type: str | None, fields: Sequence[str]) -> None:
@@ -127,6 +130,7 @@ class BodyNames:
         self._pending: list[bytes] = []
         self._size = 0
         self._parser: NameParser | None = None
+        self._spool: IO[bytes] | None = None
         self._complete = False
         self._failed = not self._fields or not self._kind
 
@@ -141,22 +145,44 @@ class BodyNames:
             return
         self._complete = not more
         try:
-            if self._parser is None:
-                if chunk:
-                    self._pending.append(bytes(chunk))
-                    self._size += len(chunk)
-                if self._size > _LAZY_BYTES:
-                    self._start()
-            elif chunk:
+            if not chunk:
+                return
+            if self._spool is not None:
+                self._spool.write(chunk)
+            elif self._parser is not None:
                 self._parser.write(bytes(chunk))
+            else:
+                self._pending.append(bytes(chunk))
+                self._size += len(chunk)
+                if self._size > _LAZY_BYTES:
+                    self._overflow()
         except Exception:  # a body the framework could not parse either
             self._fail()
+
+    def _overflow(self) -> None:
+        """Past :data:`_LAZY_BYTES`: forms are parsed as they stream (python-multipart skips
+        what it does not keep at memory speed); JSON goes to an unlinked temporary file and
+        is scanned only if its names are asked for (scanning JSON costs more)."""
+        if self._kind != "json":
+            self._start()
+            return
+        spool = tempfile.TemporaryFile(prefix="otel-secaudit-")
+        pending, self._pending = self._pending, []
+        for piece in pending:
+            spool.write(piece)
+        self._spool = spool
 
     def names(self) -> tuple[str, ...]:
         """The candidates read so far (all of them once the body is complete)."""
         if self._failed:
             return ()
         try:
+            if self._parser is None and self._kind == "json":
+                if not self._complete:
+                    return ()
+                if self._spool is None:  # <= 64 KiB, in memory: json.loads itself decides
+                    return names_from_json(json.loads(b"".join(self._pending)), self._fields)
+                self._scan_spool()
             if self._parser is None:
                 self._start()
             assert self._parser is not None
@@ -181,10 +207,25 @@ class BodyNames:
         for chunk in pending:
             parser.write(chunk)
 
+    def _scan_spool(self) -> None:
+        spool, self._spool = self._spool, None
+        assert spool is not None
+        try:
+            self._start()
+            assert self._parser is not None
+            spool.seek(0)
+            while block := spool.read(_LAZY_BYTES):
+                self._parser.write(block)
+        finally:
+            spool.close()
+
     def _fail(self) -> None:
         self._failed = True
         self._parser = None
         self._pending = []
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
 
 
 #: ``names() -> candidates``: how an adapter lends the exchange its framework's reading.
