@@ -21,8 +21,8 @@ Sampling and foreign providers never hide a violation: a violation recorded wher
 a processor is recording (no span, an unsampled span, a span of another TracerProvider) is not
 marked; the recorder hands it to the detector directly. A processor tells its own spans from
 ``on_start``: it remembers the :class:`~opentelemetry.sdk.resources.Resource` object of the
-spans it sees start (one per provider; a span carries its provider's resource object), so
-a span made by a provider without this processor is never held.
+first span it sees start (a span carries its provider's resource object), so a span made by a
+provider without this processor is never held.
 
 Long-lived spans (WebSocket, server-sent events, a span that never ends): a violation on a
 span older than ``long_span_seconds`` (5 s) goes to the detector at once, and a mark older
@@ -90,7 +90,6 @@ class SecAuditSpanProcessor(SpanProcessor):
         self._long_ns = int(long_span_seconds * 1e9)
         self._sweep_interval = min(1.0, long_span_seconds / 4)
         self._max_pending = max_pending
-        self._resource_ids: set[int] = set()
         self._pending: dict[int, _Held] = {}
         self._lock = threading.Lock()
         self._next_sweep = 0.0
@@ -99,13 +98,15 @@ class SecAuditSpanProcessor(SpanProcessor):
     # -- SpanProcessor ----------------------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        """Learn the provider this processor serves from the span's resource (once)."""
+        """Learn the provider this processor serves from its first span's resource; from then
+        on ``on_start`` is a no-op (see :meth:`serve`)."""
         try:
-            resource = span.resource
-            if id(resource) not in self._resource_ids:
-                self.serve(resource)
+            self.serve(span.resource)
         except Exception:  # noqa: S110 - never raise into the application's span
             pass
+
+    def _started(self, span: Span, parent_context: Context | None = None) -> None:
+        """``on_start`` once the provider is known: nothing to do."""
 
     def on_end(self, span: ReadableSpan) -> None:
         """Hand the span's violations (if any) to the detector."""
@@ -137,13 +138,16 @@ class SecAuditSpanProcessor(SpanProcessor):
     # -- used by the recorder and the instrumentor -------------------------------------------
 
     def serve(self, resource: Any) -> None:
-        """Claim the spans that carry ``resource`` (the resource object of a provider this
-        processor is added to). ``on_start`` calls it; the instrumentor calls it when it adds
-        the processor, so the first span is already covered."""
+        """Claim the spans that carry ``resource``, the resource object of the provider this
+        processor is added to: the instrumentor calls it when it adds the processor, else the
+        first ``on_start`` does. One provider per processor: after this ``on_start`` costs a
+        span nothing (the spans of a second provider the same instance was added to are not
+        claimed, so their violations go to the detector directly; give each provider its own
+        processor)."""
         with _registry_lock:
-            self._resource_ids.add(id(resource))
             if id(resource) not in _by_resource and not self._closed:
                 _by_resource[id(resource)] = (resource, weakref.ref(self))
+        self.on_start = self._started  # type: ignore[method-assign]
 
     def hold(self, span: Any, violation: Violation, sink: Sink) -> bool:
         """Mark ``violation`` on ``span`` for hand-off to ``sink`` when the span ends; False
