@@ -163,7 +163,7 @@ class OTLPReceiver:
 
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
-        routes = {
+        routes: dict[str, tuple[Any, str, Any]] = {
             "/v1/logs": (
                 logs_service_pb2.ExportLogsServiceRequest,
                 "log_requests",
