@@ -118,6 +118,7 @@ class Accounts:
         self.library = FastAPIUsers[Member, int](self.rules, [self.bearer])
 
     async def create_tables(self) -> None:
+        """Create the member table if the database has none (at startup)."""
         async with self.engine.begin() as connection:
             await connection.run_sync(Table.metadata.create_all)
 
@@ -127,6 +128,7 @@ class Accounts:
             yield MemberRules(SQLAlchemyUserDatabase(session, Member))
 
     def token_strategy(self) -> JWTStrategy[Member, int]:
+        """How access tokens are made and read: JWTs signed with :data:`SIGNING_KEY`."""
         return JWTStrategy(secret=SIGNING_KEY, lifetime_seconds=ACCESS_TOKEN_SECONDS)
 
 
