@@ -79,13 +79,26 @@ class OTLPReceiver:
     """An in-process OTLP receiver on loopback: gRPC on ``grpc_port``, HTTP on ``http_port``.
 
     Fault injection: set :attr:`delay` (seconds before answering), :attr:`fail_next` (answer the
-    next N export calls with UNAVAILABLE / HTTP 503), or :meth:`stop` and :meth:`start` again
-    (same ports). Everything accepted is kept: parsed requests and the raw request bytes.
+    next N export calls with UNAVAILABLE / HTTP 503), :attr:`reject_log_records` (the next log
+    export answers a partial success rejecting that many records, which are not kept), or
+    :meth:`stop` and :meth:`start` again (same ports). Everything accepted is kept: parsed
+    requests and the raw request bytes.
+
+    Size limits, as a collector has them: ``max_receive_bytes`` is the gRPC server's
+    ``grpc.max_receive_message_length`` (gRPC's default is 4 MiB; a larger message gets
+    RESOURCE_EXHAUSTED before any handler runs), ``max_http_body`` answers HTTP 413 to a larger
+    body (counted in :attr:`too_large`).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, max_receive_bytes: int | None = None, max_http_body: int | None = None
+    ) -> None:
         self.grpc_port = free_port()
         self.http_port = free_port()
+        self.max_receive_bytes = max_receive_bytes
+        self.max_http_body = max_http_body
+        self.too_large = 0
+        self.reject_log_records = 0
         self.delay = 0.0
         self.fail_next = 0
         self.lock = threading.Lock()
@@ -108,13 +121,15 @@ class OTLPReceiver:
     # -- lifecycle
 
     def start(self) -> OTLPReceiver:
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+        options = []
+        if self.max_receive_bytes is not None:
+            options.append(("grpc.max_receive_message_length", self.max_receive_bytes))
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=options)
         receiver = self
 
         class Logs(logs_service_pb2_grpc.LogsServiceServicer):
             def Export(self, request, context):  # noqa: N802 - gRPC method name
-                receiver._accept(request, receiver.log_requests, context)
-                return logs_service_pb2.ExportLogsServiceResponse()
+                return receiver._accept_logs(request, context)
 
         class Traces(trace_service_pb2_grpc.TraceServiceServicer):
             def Export(self, request, context):  # noqa: N802
@@ -161,6 +176,24 @@ class OTLPReceiver:
             self.raw.append(request.SerializeToString())
         return True
 
+    def _accept_logs(
+        self, request: Any, context: Any = None
+    ) -> logs_service_pb2.ExportLogsServiceResponse | None:
+        """Keep a log export request; the response (None: refused with a failure)."""
+        with self.lock:
+            rejected, self.reject_log_records = self.reject_log_records, 0
+        response = logs_service_pb2.ExportLogsServiceResponse()
+        if rejected:
+            kept = logs_service_pb2.ExportLogsServiceRequest()
+            kept.CopyFrom(request)
+            count = drop_log_records(kept, rejected)
+            response.partial_success.rejected_log_records = count
+            response.partial_success.error_message = f"injected: {count} records rejected"
+            request = kept
+        if not self._accept(request, self.log_requests, context):
+            return None
+        return response
+
     def _http_handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
         routes: dict[str, tuple[Any, str, Any]] = {
@@ -194,6 +227,11 @@ class OTLPReceiver:
                 if route is None:
                     self._reply(404, b"")
                     return
+                if receiver.max_http_body is not None and length > receiver.max_http_body:
+                    with receiver.lock:
+                        receiver.too_large += 1
+                    self._reply(413, b"")
+                    return
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
                 if encoding == "gzip":
                     payload = gzip.decompress(payload)
@@ -202,10 +240,16 @@ class OTLPReceiver:
                 message_type, bucket, response_type = route
                 request = message_type()
                 request.ParseFromString(payload)
-                if receiver._accept(request, getattr(receiver, bucket)):
-                    self._reply(200, response_type().SerializeToString())
+                if bucket == "log_requests":
+                    response = receiver._accept_logs(request)
+                elif receiver._accept(request, getattr(receiver, bucket)):
+                    response = response_type()
                 else:
+                    response = None
+                if response is None:
                     self._reply(503, b"")
+                else:
+                    self._reply(200, response.SerializeToString())
 
             def _reply(self, status: int, body: bytes) -> None:
                 self.send_response(status)
@@ -301,6 +345,18 @@ class OTLPReceiver:
                                 )
                             )
         return out
+
+
+def drop_log_records(request: Any, count: int) -> int:
+    """Remove up to ``count`` log records from an ExportLogsServiceRequest (the last ones);
+    how many were removed."""
+    removed = 0
+    for resource_logs in reversed(request.resource_logs):
+        for scope_logs in reversed(resource_logs.scope_logs):
+            while scope_logs.log_records and removed < count:
+                del scope_logs.log_records[-1]
+                removed += 1
+    return removed
 
 
 def iter_strings(data: bytes, minimum: int = 4) -> Iterator[str]:

@@ -273,14 +273,26 @@ def run(args: argparse.Namespace) -> int:
     if args.trace and output == "text" and alone and args.html is None:
         _timeline(args)
         return 0
-    show(
-        args.path,
-        strict=args.strict,
-        top=args.top,
-        output=output,
-        html=args.html,
-        link_set=links(args),
-        query=query,
-        progress=not args.no_progress and sys.stderr.isatty(),
-    )
+    try:
+        show(
+            args.path,
+            strict=args.strict,
+            top=args.top,
+            output=output,
+            html=args.html,
+            link_set=links(args),
+            query=query,
+            progress=not args.no_progress and sys.stderr.isatty(),
+        )
+    finally:
+        print_dead_letter()
     return 0
+
+
+def print_dead_letter() -> None:
+    """Records the spool of ``OTEL_SECAUDIT_SPOOL_DIR`` could never deliver (to stderr, so a
+    JSON report stays one document)."""
+    from ..delivery.deadletter import dead_letter_lines
+
+    for line in dead_letter_lines(os.environ.get("OTEL_SECAUDIT_SPOOL_DIR")):
+        print(line, file=sys.stderr)

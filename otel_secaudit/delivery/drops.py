@@ -22,14 +22,20 @@ import threading
 from collections.abc import Sequence
 from typing import Final
 
-from opentelemetry.metrics import MeterProvider, get_meter
+from opentelemetry.metrics import Counter, MeterProvider, get_meter
 from opentelemetry.sdk._logs import ReadableLogRecord
 from opentelemetry.sdk._logs.export import LogRecordExporter, LogRecordExportResult
 
 from .. import attributes as attr
 from ..version import __version__
 
-__all__ = ["METRIC_LOGS_DROPPED", "DropCountingLogExporter", "DropStats", "export_succeeded"]
+__all__ = [
+    "METRIC_LOGS_DROPPED",
+    "DropCountingLogExporter",
+    "DropStats",
+    "drop_counter",
+    "export_succeeded",
+]
 
 #: Internal health counter (not in the contract).
 METRIC_LOGS_DROPPED: Final = "otel_secaudit.logs.dropped"
@@ -52,6 +58,18 @@ class DropStats:
         """All counted drops."""
         with self._lock:
             return sum(self.by_reason.values())
+
+
+def drop_counter(meter_provider: MeterProvider | None = None) -> Counter:
+    """The ``otel_secaudit.logs.dropped`` counter (``error.type`` says why: ``export_failed``
+    without the spool; with it ``rejected_by_collector`` for a collector's partial success and
+    ``dead_letter`` for a record moved to the dead letter)."""
+    meter = get_meter(attr.SCOPE_NAME, __version__, meter_provider=meter_provider)
+    return meter.create_counter(
+        METRIC_LOGS_DROPPED,
+        unit="{log_record}",
+        description="otel_secaudit log records that were not delivered (error.type says why)",
+    )
 
 
 def export_succeeded(result: object) -> bool:
@@ -85,12 +103,7 @@ class DropCountingLogExporter(LogRecordExporter):
         self.inner = inner
         #: Counted drops of this exporter.
         self.drops = DropStats()
-        meter = get_meter(attr.SCOPE_NAME, __version__, meter_provider=meter_provider)
-        self._counter = meter.create_counter(
-            METRIC_LOGS_DROPPED,
-            unit="{log_record}",
-            description="otel_secaudit log records the OpenTelemetry SDK dropped (not spooled)",
-        )
+        self._counter = drop_counter(meter_provider)
 
     def _count(self, batch: Sequence[ReadableLogRecord]) -> None:
         count = _ours(batch)

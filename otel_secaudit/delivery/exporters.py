@@ -83,7 +83,7 @@ def otlp_protocol(signal: Signal, environ: Mapping[str, str] | None = None) -> s
     return _DEFAULT_PROTOCOL
 
 
-def _exporter(signal: Signal) -> Any:
+def _exporter(signal: Signal, reconnect_backoff_max_s: float | None = None) -> Any:
     protocol = otlp_protocol(signal)
     module_name, class_name = _CLASSES[(protocol, signal)]
     try:
@@ -93,7 +93,20 @@ def _exporter(signal: Signal) -> Any:
             f"the OTLP {protocol} exporter is not installed ({exc}); "
             "pip install 'otel-secaudit[spool]'"
         ) from exc
-    return getattr(module, class_name)()
+    exporter_class = getattr(module, class_name)
+    if protocol == "grpc" and reconnect_backoff_max_s is not None:
+        # gRPC backs off reconnecting up to 120 s by default: after a long outage, records
+        # would wait that long once the collector is back.
+        backoff_ms = max(100, int(reconnect_backoff_max_s * 1000))
+        options = (  # integer channel arguments (gRPC ignores them as strings)
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+            ("grpc.initial_reconnect_backoff_ms", min(1000, backoff_ms)),
+        )
+        try:
+            return exporter_class(channel_options=options)
+        except TypeError:  # an SDK release without channel_options
+            pass
+    return exporter_class()
 
 
 def otlp_span_exporter() -> SpanExporter:
@@ -109,7 +122,10 @@ def otlp_metric_exporter() -> MetricExporter:
 
 
 def otlp_log_exporter(
-    *, count_drops: bool = False, meter_provider: MeterProvider | None = None
+    *,
+    count_drops: bool = False,
+    meter_provider: MeterProvider | None = None,
+    reconnect_backoff_max_s: float | None = None,
 ) -> LogRecordExporter:
     """An OTLP log record exporter (protocol from the environment).
 
@@ -118,8 +134,10 @@ def otlp_log_exporter(
             otel_secaudit records in batches it fails to deliver are counted in
             ``otel_secaudit.logs.dropped``.
         meter_provider: for that counter (default: the global one).
+        reconnect_backoff_max_s: with gRPC, the longest wait between reconnection attempts
+            of its channel (gRPC's default is 120 s).
     """
-    exporter: LogRecordExporter = _exporter("logs")
+    exporter: LogRecordExporter = _exporter("logs", reconnect_backoff_max_s)
     if count_drops:
         from .drops import DropCountingLogExporter
 

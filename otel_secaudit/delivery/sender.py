@@ -5,12 +5,21 @@
 (:mod:`.codec`) and appends it to the :class:`~.spool.Spool` before ``record()`` returns. A
 sender thread reads batches from the committed cursor, exports them (instrumentation suppressed,
 so the exporter's own HTTP/gRPC calls are not traced), and advances the cursor only after the
-exporter returned SUCCESS. While the collector is down it retries the same batch with
+collector took the batch. While the collector is down it retries the same batch with
 exponential backoff. Delivery is at-least-once; ``log.record.uid`` deduplicates.
+
+No batch can stall delivery (:mod:`.wire`): a batch is at most ``max_batch`` records and
+``max_batch_bytes`` encoded (3 MiB, under gRPC's default 4 MiB receive limit); one the
+collector refuses for its size (``RESOURCE_EXHAUSTED``, HTTP 413) is split in halves and sent
+again at once; a record that is refused alone goes to the dead letter (:mod:`.deadletter`),
+counted, and the queue goes on behind it. Records the collector reports in
+``partial_success.rejected_log_records`` are counted and warned about once per batch, never
+retried (OTLP specification).
 
 Internal metric names (not in the contract): ``otel_secaudit.spool.depth`` {record},
 ``otel_secaudit.spool.refused`` {record}, ``otel_secaudit.spool.exported`` {record},
-``otel_secaudit.spool.export_failures`` {batch}.
+``otel_secaudit.spool.export_failures`` {batch}, and ``otel_secaudit.logs.dropped``
+{log_record} with ``error.type`` ``rejected_by_collector`` or ``dead_letter``.
 """
 
 from __future__ import annotations
@@ -31,11 +40,14 @@ from opentelemetry.sdk._logs import LogRecordProcessor, ReadableLogRecord, ReadW
 from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.resources import Resource
 
+from .. import attributes as attr
 from ..version import __version__
 from .codec import decode_record, encode_record, new_record_uid
-from .drops import export_succeeded
+from .deadletter import DeadLetter
+from .drops import drop_counter
 from .exporters import otlp_log_exporter
 from .spool import DEFAULT_MAX_BYTES, Spool, SpoolWriteError
+from .wire import DEFAULT_MAX_REQUEST_BYTES, Outcome, SendResult, log_sender
 
 __all__ = ["SpoolingLogRecordProcessor", "create_spool_logger_provider"]
 
@@ -52,7 +64,8 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
         exporter: the exporter (default: :func:`~.exporters.otlp_log_exporter`).
         resource: the Resource of replayed records (default: the global SDK provider's).
         meter_provider: for the spool metrics (default: the global one).
-        max_batch: records per export call.
+        max_batch: records per export call, at most.
+        max_batch_bytes: encoded bytes per export call, at most (a larger batch is split).
         on_error: called with (exception, where) for internal errors (the recorder counts them).
         backoff_initial_s, backoff_max_s: retry delays while the collector is unreachable.
         linger_s: how long the sender waits for a full batch before sending a partial one
@@ -67,15 +80,26 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
         resource: Resource | None = None,
         meter_provider: MeterProvider | None = None,
         max_batch: int = 512,
+        max_batch_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         on_error: ErrorHandler | None = None,
         backoff_initial_s: float = 0.1,
         backoff_max_s: float = 5.0,
         linger_s: float = 0.2,
     ) -> None:
         self.spool = spool
-        self.exporter = exporter if exporter is not None else otlp_log_exporter()
+        self.exporter = (
+            exporter
+            if exporter is not None
+            else otlp_log_exporter(reconnect_backoff_max_s=backoff_max_s)
+        )
         self.resource = resource if resource is not None else global_resource()
         self.max_batch = max_batch
+        self.max_batch_bytes = max_batch_bytes
+        self._sender_of_batches = log_sender(self.exporter, max_batch_bytes)
+        #: records per batch now: halved when the collector refuses a batch for its size,
+        #: doubled back (up to max_batch) after each delivered one
+        self._batch_limit = max_batch
+        self._catching_up = False
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.linger_s = linger_s
@@ -103,6 +127,7 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
             unit="{batch}",
             description="Failed export attempts of spooled records (retried)",
         )
+        self._dropped = drop_counter(meter_provider)
         self._start_sender()
 
     def _start_sender(self) -> None:
@@ -185,7 +210,11 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
     def _send_loop(self) -> None:
         backoff = self.backoff_initial_s
         while not self._stop.is_set():
-            if self.spool.depth < self.max_batch and not self._flushing.is_set():
+            if (
+                self.spool.depth < self.max_batch
+                and not self._flushing.is_set()
+                and not self._catching_up
+            ):
                 # Linger for a full batch (on_emit wakes us at max_batch): one export call per
                 # batch, not one per trickle, keeps the sender's share of the GIL small.
                 self._wake.wait(self.linger_s)
@@ -208,21 +237,69 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
                     self._idle.notify_all()
 
     def _send_one_batch(self) -> int | None:
-        """Export one batch; the number delivered, 0 when idle, None when the export failed."""
-        payloads, position = self.spool.read(self.max_batch)
+        """Export one batch; the number of records taken off the spool (delivered, rejected
+        by the collector or dead-lettered), 0 when idle, None when the export failed."""
+        limit = self._batch_limit
+        payloads, position = self.spool.read(limit, max_bytes=self.max_batch_bytes)
+        # A split, a dead letter or a batch cut by a limit leaves work queued: no lingering.
+        self._catching_up = len(payloads) >= limit or (
+            sum(map(len, payloads)) >= self.max_batch_bytes // 2
+        )
         if not payloads:
             if position != self.spool.cursor:  # skipped a torn region / empty segment
                 self.spool.commit(position, 0)
             return 0
         records = self._decode(payloads)
-        if records and not self._export(records):
+        result = self._export(records) if records else SendResult(Outcome.DELIVERED)
+        if result.outcome is Outcome.RETRY:
             self.spool.stats.export_failures += 1
             self._failures.add(1)
             return None
+        if result.outcome is Outcome.TOO_LARGE:
+            self._catching_up = True
+            if len(payloads) > 1:  # split: the first half goes again at once
+                self._batch_limit = max(1, len(payloads) // 2)
+                self.spool.stats.splits += 1
+                return len(payloads)  # "progress": no backoff
+            self._dead_letter(payloads[0], result.detail)
+        else:
+            self._delivered(len(records), result)
         self.spool.commit(position, len(payloads))
-        self.spool.stats.exported += len(records)
-        self._exported.add(len(records))
+        self._batch_limit = min(self.max_batch, self._batch_limit * 2)
         return len(payloads)
+
+    def _delivered(self, count: int, result: SendResult) -> None:
+        rejected = min(count, result.rejected)
+        self.spool.stats.exported += count - rejected
+        self._exported.add(count - rejected)
+        if rejected:
+            self.spool.stats.rejected += rejected
+            self._dropped.add(rejected, {attr.ERROR_TYPE: "rejected_by_collector"})
+            _log.warning(
+                "otel_secaudit: the collector rejected %d of %d security log records of a batch "
+                "(partial success: %s); counted in otel_secaudit.logs.dropped, not retried",
+                rejected,
+                count,
+                result.detail,
+            )
+
+    def _dead_letter(self, payload: bytes, reason: str) -> None:
+        """Move a record the collector refuses even alone out of the queue (kept on disk)."""
+        self.spool.stats.dead_lettered += 1
+        self._dropped.add(1, {attr.ERROR_TYPE: "dead_letter"})
+        try:
+            kept = DeadLetter(self.spool.dir_fd).add(payload, reason)
+        except OSError as exc:
+            kept = False
+            self._error(exc, "spool.dead_letter")
+        _log.warning(
+            "otel_secaudit: a security log record of %d bytes cannot be delivered (%s); %s, "
+            "counted in otel_secaudit.logs.dropped (error.type=dead_letter), and delivery goes "
+            "on with the next record",
+            len(payload),
+            reason,
+            f"kept in {self.spool.path}/dead-letter" if kept else "dead letter full: dropped",
+        )
 
     def _decode(self, payloads: list[bytes]) -> list[ReadableLogRecord]:
         records = []
@@ -234,14 +311,13 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
                 self._error(exc, "spool.decode")
         return records
 
-    def _export(self, records: Sequence[ReadableLogRecord]) -> bool:
+    def _export(self, records: Sequence[ReadableLogRecord]) -> SendResult:
         try:
             with suppress_instrumentation():
-                result = self.exporter.export(records)
+                return self._sender_of_batches.send(records)
         except Exception as exc:
             self._error(exc, "spool.export")
-            return False
-        return export_succeeded(result)
+            return SendResult(Outcome.RETRY, detail=str(exc))
 
     def _observe_depth(self, _options: CallbackOptions) -> Sequence[Observation]:
         return [Observation(self.spool.depth)]
@@ -260,6 +336,15 @@ def global_resource() -> Resource:
     if isinstance(resource, Resource):
         return resource
     return Resource.create()
+
+
+_PROCESSOR_OPTIONS = (
+    "backoff_initial_s",
+    "backoff_max_s",
+    "linger_s",
+    "max_batch",
+    "max_batch_bytes",
+)
 
 
 def create_spool_logger_provider(
@@ -283,9 +368,7 @@ def create_spool_logger_provider(
         OSError, ValueError, ImportError: it cannot be opened, a bad OTLP protocol, no exporter.
     """
     processor_options = {
-        key: spool_options.pop(key)
-        for key in ("backoff_initial_s", "backoff_max_s", "linger_s", "max_batch")
-        if key in spool_options
+        key: spool_options.pop(key) for key in _PROCESSOR_OPTIONS if key in spool_options
     }
     spool = Spool(directory, max_bytes=max_bytes, **spool_options)
     resource = global_resource()

@@ -35,10 +35,8 @@ import contextlib
 import errno
 import logging
 import os
-import stat
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -51,6 +49,16 @@ from .codec import (
     iter_legacy_frames,
 )
 from .directory import NEW_FILE_FLAGS, SpoolDirectoryError, claim_free_worker_dir, lock_dir
+from .segments import (
+    Position,
+    SegmentFile,
+    SpoolStats,
+    SpoolWriteError,
+    list_segments,
+    load_cursor,
+    segment_name,
+    write_cursor,
+)
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -67,52 +75,7 @@ _log = logging.getLogger("otel_secaudit")
 
 DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
 DEFAULT_SEGMENT_BYTES: Final = 4 * 1024 * 1024
-_SEGMENT_SUFFIX: Final = ".seg"
 _READ_CHUNK: Final = 256 * 1024
-
-Position = tuple[int, int]  # (segment index, byte offset)
-
-
-class SpoolWriteError(OSError):
-    """A record could not be written (disk full, I/O error); it was refused and counted."""
-
-
-@dataclass
-class SpoolStats:
-    """Plain counts (tests, benchmark, health); the same numbers go to the metrics."""
-
-    appended: int = 0
-    refused: int = 0
-    write_errors: int = 0
-    exported: int = 0
-    export_failures: int = 0
-    torn_regions: int = 0
-    torn_bytes: int = 0
-    undecodable: int = 0
-
-
-class SegmentFile:
-    """The active segment, open for appending. A seam for fault injection: tests substitute a
-    subclass whose ``write`` fails like a full disk."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def write(self, data: bytes) -> int:
-        """Append ``data``; the number of bytes written (may be short)."""
-        return os.write(self.fd, data)
-
-    def truncate(self, size: int) -> None:
-        """Cut the file back to ``size`` bytes."""
-        os.ftruncate(self.fd, size)
-
-    def sync(self) -> None:
-        """fsync the file."""
-        os.fsync(self.fd)
-
-    def close(self) -> None:
-        """Close the descriptor."""
-        os.close(self.fd)
 
 
 class Spool:
@@ -179,13 +142,15 @@ class Spool:
         self._syncer.start()
 
     def _start(self) -> None:
-        self._cursor: Position = self._load_cursor()
-        self._segments: dict[int, int] = dict(self._list_segments())  # index -> size
+        self._cursor: Position = load_cursor(self._dir_fd, self.path)
+        # index -> size
+        self._segments: dict[int, int] = dict(list_segments(self._dir_fd, self.path))
         self._bytes = sum(self._segments.values())
         # Segments wholly before the committed cursor were acknowledged already.
         for index in [i for i in self._segments if i < self._cursor[0]]:
             self._unlink(index)
         self._reader: tuple[int, int] | None = None  # (segment, descriptor)
+        self._budget = -1  # bytes left in the current read (-1: no limit)
         self._legacy: dict[int, bool] = {}
         self._torn_seen: set[Position] = set()
         self._active = -1  # no active segment while counting what is pending
@@ -289,7 +254,7 @@ class Spool:
 
     def _open_segment(self, index: int) -> SegmentFile:
         fd = os.open(
-            _segment_name(index),
+            segment_name(index),
             os.O_WRONLY | os.O_APPEND | NEW_FILE_FLAGS,
             0o600,
             dir_fd=self._dir_fd,
@@ -321,6 +286,12 @@ class Spool:
     # -- reading and committing (sender thread) ------------------------------------------------
 
     @property
+    def dir_fd(self) -> int:
+        """The worker directory's descriptor (files next to the segments, e.g. the dead
+        letter, are opened relative to it)."""
+        return self._dir_fd
+
+    @property
     def depth(self) -> int:
         """Records written and not yet acknowledged."""
         return self._depth
@@ -336,12 +307,14 @@ class Spool:
         return self._cursor
 
     def read(
-        self, max_records: int, *, start: Position | None = None
+        self, max_records: int, *, start: Position | None = None, max_bytes: int | None = None
     ) -> tuple[list[bytes], Position]:
         """Up to ``max_records`` payloads from the committed cursor (or ``start``), and the
-        position after them (pass it to :meth:`commit` once they were acknowledged)."""
+        position after them (pass it to :meth:`commit` once they were acknowledged). With
+        ``max_bytes``, payloads of at most that many bytes in all (but always at least one)."""
         segment, offset = self._cursor if start is None else start
         payloads: list[bytes] = []
+        self._budget = max_bytes if max_bytes is not None else -1
         while len(payloads) < max_records:
             with self._lock:
                 active, active_end = self._active, self._segments.get(self._active, 0)
@@ -375,6 +348,8 @@ class Spool:
             final = limit is None and offset + len(data) >= end
             moved = False
             for frame in self._frames(segment, data, offset, final):
+                if frame.payload is not None and self._over_budget(frame.payload, out):
+                    return offset, False
                 offset, moved = frame.end, True
                 if frame.payload is None:
                     self._torn(segment, frame)
@@ -387,6 +362,16 @@ class Spool:
                     return offset, False  # a frame still being written
                 chunk *= 2  # a frame longer than the chunk
         return offset, False
+
+    def _over_budget(self, payload: bytes, out: list[bytes]) -> bool:
+        """True when ``payload`` does not fit the byte budget of this :meth:`read` (the first
+        payload always fits); else it is charged to the budget."""
+        if self._budget < 0:
+            return False
+        if out and len(payload) > self._budget:
+            return True
+        self._budget = max(0, self._budget - len(payload))
+        return False
 
     def _frames(self, segment: int, data: bytes, offset: int, final: bool) -> Iterator[Frame]:
         if segment not in self._legacy:
@@ -428,7 +413,7 @@ class Spool:
             return self._reader[1]
         self._close_reader()
         fd = os.open(
-            _segment_name(segment),
+            segment_name(segment),
             os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC,
             dir_fd=self._dir_fd,
         )
@@ -444,7 +429,7 @@ class Spool:
     def commit(self, position: Position, count: int) -> None:
         """The ``count`` records before ``position`` were acknowledged: persist the cursor and
         delete segments that are now wholly acknowledged."""
-        self._write_cursor(position)
+        write_cursor(self._dir_fd, position)
         with self._lock:
             self._cursor = position
             self._depth = max(0, self._depth - count)
@@ -456,54 +441,12 @@ class Spool:
 
     def _unlink(self, index: int) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(_segment_name(index), dir_fd=self._dir_fd)
+            os.unlink(segment_name(index), dir_fd=self._dir_fd)
         with self._lock:
             self._bytes -= self._segments.pop(index, 0)
             self._legacy.pop(index, None)
 
     # -- cursor and directory ------------------------------------------------------------------
-
-    def _load_cursor(self) -> Position:
-        try:
-            fd = os.open("cursor", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
-        except FileNotFoundError:
-            return 0, 0
-        except OSError as exc:  # a symlink planted as "cursor": replay everything instead
-            _log.warning("otel_secaudit: spool cursor in %s unusable (%s)", self.path, exc)
-            return 0, 0
-        try:
-            text = os.read(fd, 64).decode("ascii", "replace").split()
-            return int(text[0]), int(text[1])
-        except (IndexError, ValueError):
-            return 0, 0
-        finally:
-            os.close(fd)
-
-    def _write_cursor(self, position: Position) -> None:
-        # Atomic replace; not fsynced: losing a cursor update re-sends (at-least-once). The
-        # temporary file is created afresh (O_EXCL | O_NOFOLLOW): whatever was planted under
-        # its name is unlinked, never written through.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink("cursor.tmp", dir_fd=self._dir_fd)
-        fd = os.open("cursor.tmp", os.O_WRONLY | NEW_FILE_FLAGS, 0o600, dir_fd=self._dir_fd)
-        try:
-            os.write(fd, f"{position[0]} {position[1]}\n".encode("ascii"))
-        finally:
-            os.close(fd)
-        os.replace("cursor.tmp", "cursor", src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
-
-    def _list_segments(self) -> Iterator[tuple[int, int]]:
-        for name in os.listdir(self._dir_fd):
-            stem = name[: -len(_SEGMENT_SUFFIX)]
-            if not (name.endswith(_SEGMENT_SUFFIX) and stem.isdigit()):
-                continue
-            info = os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False)
-            if not stat.S_ISREG(info.st_mode):
-                _log.warning(
-                    "otel_secaudit: %s in %s is not a regular file; ignored", name, self.path
-                )
-                continue
-            yield int(stem), info.st_size
 
     def _count_pending(self) -> int:
         """Valid frames from the committed cursor to the end (start-up only)."""
@@ -545,7 +488,3 @@ class Spool:
         for fd in (self._lock_fd, self._dir_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _segment_name(index: int) -> str:
-    return f"{index:020d}{_SEGMENT_SUFFIX}"
