@@ -27,14 +27,24 @@ class MissingBinary(RuntimeError):
     """A program the harness needs is not installed (the message says how to get it)."""
 
 
+#: The Debian package that ships a program, where the names differ (.ci/run installs them).
+PACKAGE_OF = {
+    "amtool": "prometheus-alertmanager",
+    "promtool": "prometheus",
+    "redis-cli": "redis-tools",
+}
+
+
 def require_binary(name: str) -> str:
-    """The path of the program ``name``; :class:`MissingBinary` when it is not installed."""
+    """The path of the program ``name``; :class:`MissingBinary` when it is not installed (the
+    message names the Debian package that ships it)."""
     path = shutil.which(name) or (
         f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
     )
     if path is None:
+        package = PACKAGE_OF.get(name, name)
         raise MissingBinary(
-            f"{name} is not installed (.ci/run installs it: apt-get install -y {name})"
+            f"{name} is not installed (.ci/run installs it: apt-get install -y {package})"
         )
     return path
 

@@ -222,3 +222,24 @@ def test_scans_attack_tools_and_new_devices_have_alerts_and_panels() -> None:
         and rule["equal"] == ["job", "security_abuse_scope"]
         for rule in inhibitions
     )
+
+
+def test_a_missing_tool_names_the_debian_package_that_ships_it(monkeypatch: Any) -> None:
+    """amtool ships in prometheus-alertmanager and promtool in prometheus (there is no
+    ``amtool`` package): the skip message says what to install."""
+    import harness.processes as processes
+
+    monkeypatch.setattr(processes.shutil, "which", lambda name: None)
+    monkeypatch.setattr(processes.os.path, "exists", lambda path: False)
+    for program, package in (
+        ("amtool", "prometheus-alertmanager"),
+        ("promtool", "prometheus"),
+        ("prometheus-alertmanager", "prometheus-alertmanager"),
+        ("redis-server", "redis-server"),
+    ):
+        try:
+            processes.require_binary(program)
+        except processes.MissingBinary as missing:
+            assert str(missing).endswith(f"apt-get install -y {package})"), str(missing)
+        else:
+            raise AssertionError(f"{program} was found")
