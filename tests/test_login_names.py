@@ -283,15 +283,21 @@ def test_django_reads_names_as_request_post_does(
     }  # fmt: skip
     # an unknown address is refused before authenticate(): both user fields are candidates
     by_email = {"username": "decoy", "email": "nobody@example.com", "password": WRONG}
+    # over DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB): Django refuses it, so it names nobody
+    too_big = b"username=huge&note=" + b"n" * 3_000_000
     with httpx.Client(base_url=django_site.base_url) as http:
         for client, (path, body, headers, _) in cases.items():
             assert send(http, path, client, body, headers) == 400, client
         assert send(http, "/api/email-login/", "10.0.2.6", json.dumps(by_email), JSON) == 401
+        assert send(http, "/api/form-login/", "10.0.2.7", too_big, FORM) == 400
     expected = {client: case[-1] for client, case in cases.items()}
     expected["10.0.2.6"] = sorted([user_hash("decoy"), user_hash("nobody@example.com")])
+    expected["10.0.2.7"] = [None]
     found = failures_by_client(otlp_receiver, set(expected))
     for client, hashes in expected.items():
         assert sorted(found[client]) == hashes, client  # type: ignore[type-var]
+    django_site.stop()  # the worker flushes its metrics at exit
+    assert otlp_receiver.metric_points("otel_secaudit.internal.errors") == []
     assert_no_secret(otlp_receiver)
 
 

@@ -28,7 +28,8 @@ the ``otel_secaudit`` instrumentor calls :func:`instrument_django`, which
   ``django.contrib.auth.middleware``, which are patched too.
 
 The submitted user name of an authentication attempt is what Django parsed for the view, read
-after it: ``request.POST`` (the last of duplicate fields) or a JSON ``request.body``.
+after it: ``request.POST`` (the last of duplicate fields) or a JSON ``request.body`` decoded by
+``json.loads`` (the last of duplicate keys).
 
 ``http.route`` is the resolver match's ``route`` (``accounts/login/``, no leading slash, as
 contrib puts it on the span); rules written with or without a leading ``/`` match it. Events
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import logging
 import sys
 from contextvars import ContextVar
@@ -52,7 +54,7 @@ from wrapt import ObjectProxy, wrap_function_wrapper
 from .. import runtime
 from ..context import request_scope
 from .exchange import Exchange, Refusal
-from .user_names import names_from_form, names_from_json_bytes
+from .user_names import names_from_form, names_from_json
 from .wsgi import (
     ENVIRON_MARKER,
     capture_headers_enabled,
@@ -131,12 +133,30 @@ def _refusal_response(refusal: Refusal) -> Any:
 
 def _user_names(request: Any, fields: tuple[str, ...]) -> tuple[str, ...]:
     """The submitted user names as the view read them: ``request.POST`` (parsed now when the
-    view did not) or the JSON ``request.body``."""
+    view did not) or the JSON ``request.body``. A body Django refuses (too large, too many
+    fields, a stream the view consumed itself) names no user."""
+    from django.core.exceptions import BadRequest, RequestDataTooBig, TooManyFieldsSent
+    from django.http.multipartparser import MultiPartParserError
+    from django.http.request import RawPostDataException
+
     content_type = getattr(request, "content_type", None) or ""
-    if content_type in _FORM_TYPES:
-        return names_from_form(request.POST, fields)
-    if content_type.startswith("application/") and content_type.endswith("json"):
-        return names_from_json_bytes(request.body, fields)
+    try:
+        if content_type in _FORM_TYPES:
+            return names_from_form(request.POST, fields)
+        if content_type.startswith("application/") and content_type.endswith("json"):
+            # Django holds the whole body (DATA_UPLOAD_MAX_MEMORY_SIZE): decoded as the view
+            # decodes it, json.loads
+            return names_from_json(json.loads(request.body), fields)
+    except (
+        ValueError,
+        RecursionError,
+        BadRequest,
+        RequestDataTooBig,
+        TooManyFieldsSent,
+        MultiPartParserError,
+        RawPostDataException,
+    ):
+        return ()
     return ()
 
 

@@ -126,10 +126,15 @@ def _user_id() -> str | None:
 def _user_names(request: Any, fields: tuple[str, ...]) -> tuple[str, ...]:
     """The submitted user names as the view read them: Werkzeug's parsed form (parsed now, from
     the cached or unread stream, when the view did not) or JSON document."""
+    from werkzeug.exceptions import HTTPException
+
     if request.is_json:
         return names_from_json(request.get_json(silent=True), fields)
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        return names_from_form(request.form, fields)
+        try:
+            return names_from_form(request.form, fields)
+        except HTTPException:  # a form Werkzeug refuses (413, 400) names no user
+            return ()
     return ()
 
 
