@@ -49,8 +49,11 @@ def prepare_django_db(directory: str | None = None) -> str:
     return path
 
 
-def telemetry_env(endpoint: str | None, **settings: str) -> dict[str, str]:
-    """The environment of an instrumented app: OTLP/HTTP to ``endpoint`` (None: no export),
+def telemetry_env(
+    endpoint: str | None, *, protocol: str = "http/protobuf", **settings: str
+) -> dict[str, str]:
+    """The environment of an instrumented app: OTLP to ``endpoint`` over ``protocol``
+    (``http/protobuf``, or ``grpc`` for an ASGI app that no server forks; None: no export),
     short export intervals, and ``OTEL_SECAUDIT_<NAME>`` for each of ``settings``."""
     env = {
         **os.environ,
@@ -71,8 +74,10 @@ def telemetry_env(endpoint: str | None, **settings: str) -> dict[str, str]:
             OTEL_METRICS_EXPORTER="otlp",
             OTEL_LOGS_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-            OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+            OTEL_EXPORTER_OTLP_PROTOCOL=protocol,
         )
+        if protocol == "grpc":
+            env["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
     env.update({f"OTEL_SECAUDIT_{key.upper()}": value for key, value in settings.items()})
     return env
 

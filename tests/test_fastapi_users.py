@@ -12,7 +12,6 @@ not mix. Blocks and windows are seconds long (env), the whole module runs in wel
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import OTLPReceiver, Served, serve_uvicorn, wait_for
+from harness import OTLPReceiver, Served, serve_uvicorn, telemetry_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -116,18 +115,9 @@ class App:
 def serve_members(receiver: OTLPReceiver, db_dir: str, *uvicorn_args: str) -> Served:
     """The app under ``opentelemetry-instrument uvicorn``, configured by env only."""
     env = {
-        **os.environ,
+        **telemetry_env(receiver.grpc_endpoint, protocol="grpc"),
         "OTEL_SERVICE_NAME": "fastapi-members",
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_METRICS_EXPORTER": "otlp",
-        "OTEL_LOGS_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-        "OTEL_BLRP_SCHEDULE_DELAY": "100",
-        "OTEL_METRIC_EXPORT_INTERVAL": "300",
-        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "",
         # an operator who also captures request headers: the Authorization header included
         "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_REQUEST": "authorization,user-agent",
         "MEMBERS_DB_DIR": db_dir,

@@ -4,7 +4,6 @@ processes. Nothing in the app mentions the middleware: the entry point does it a
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import OTLPReceiver, RedisServer, Served, serve_uvicorn, wait_for
+from harness import OTLPReceiver, RedisServer, Served, serve_uvicorn, telemetry_env, wait_for
 
 from .apps.secapp import GOOD_PASSWORD, VALID_TOKEN
 
@@ -26,20 +25,9 @@ def start_app(
     **settings: str,
 ) -> Served:
     env = {
-        **os.environ,
+        **telemetry_env(receiver.grpc_endpoint, protocol="grpc", **settings),
         "OTEL_SERVICE_NAME": "secaudit-e2e",
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_METRICS_EXPORTER": "otlp",
-        "OTEL_LOGS_EXPORTER": "otlp",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.grpc_endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-        "OTEL_BLRP_SCHEDULE_DELAY": "100",
-        "OTEL_METRIC_EXPORT_INTERVAL": "300",
-        "OTEL_TRACES_SAMPLER": "always_on",
         "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "",
-        **{f"OTEL_SECAUDIT_{key.upper()}": value for key, value in settings.items()},
         **(extra_env or {}),
     }
     return serve_uvicorn(env, app)
