@@ -98,6 +98,8 @@ class OTLPReceiver:
         self.max_receive_bytes = max_receive_bytes
         self.max_http_body = max_http_body
         self.too_large = 0
+        #: Content-Type of every HTTP request taken (a collector wants application/x-protobuf)
+        self.content_types: list[str] = []
         self.reject_log_records = 0
         self.delay = 0.0
         self.fail_next = 0
@@ -232,6 +234,8 @@ class OTLPReceiver:
                         receiver.too_large += 1
                     self._reply(413, b"")
                     return
+                with receiver.lock:
+                    receiver.content_types.append(self.headers.get("Content-Type") or "")
                 encoding = (self.headers.get("Content-Encoding") or "").lower()
                 if encoding == "gzip":
                     payload = gzip.decompress(payload)

@@ -129,6 +129,8 @@ def test_700_large_records_spooled_during_an_outage_are_all_delivered(
     assert stats.exported == 700 and stats.dead_lettered == 0 and stats.rejected == 0
     # Every request the collector took fits its limit.
     assert max(len(raw) for raw in receiver.raw) < 4 * MIB
+    if protocol == "http/protobuf":
+        assert set(receiver.content_types) == {"application/x-protobuf"}
     assert len(receiver.log_requests) >= 2
 
 

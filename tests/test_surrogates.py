@@ -167,3 +167,46 @@ def test_user_hash_of_a_name_with_surrogates_never_raises(name: str) -> None:
     digest = hash_identity(b"k" * 32, name)
     assert re.fullmatch("[0-9a-f]{64}", digest)
     assert digest == hash_identity(b"k" * 32, name)  # stable
+
+
+def test_a_request_path_with_lone_surrogates_is_exported_escaped(surrogate_sdk: SDK) -> None:
+    """A server that decodes the path with ``surrogateescape`` hands the app lone surrogates:
+    the plugin's own ``url.path`` (and the status event) still reach the wire."""
+    import asyncio
+
+    from .test_fuzz import fuzz_app
+
+    surrogate_sdk.log_exporter.clear()
+    surrogate_sdk.span_exporter.clear()
+    raw = b"/items/caf\xe9\xff"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": raw.decode("utf-8", "surrogateescape"),
+        "raw_path": raw,
+        "query_string": b"status=403",
+        "root_path": "",
+        "headers": [(b"user-agent", b"probe")],
+        "client": ("203.0.113.9", 1),
+        "server": ("test", 80),
+    }
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    with surrogate_sdk.tracer.start_as_current_span("server"):
+        asyncio.run(fuzz_app()(scope, receive, send))
+    assert statuses == [403]
+    logs, _ = wire(surrogate_sdk)
+    [exported] = record_attributes(logs)
+    assert exported["url.path"].startswith("/items/caf\\udce9\\udcff")
+    for text in strings(exported):
+        assert not SURROGATE.search(text)
