@@ -267,3 +267,31 @@ def test_private_sdk_exporter_attributes_are_used_in_wire_only() -> None:
         if private.search(path.read_text())
     )
     assert users == ["delivery/wire.py"]
+
+
+def test_dead_letter_never_follows_a_planted_link_or_fifo(tmp_path: Path) -> None:
+    from otel_secaudit.delivery import Spool
+    from otel_secaudit.delivery.deadletter import DeadLetter
+
+    spool = Spool(tmp_path / "spool")
+    try:
+        victim = tmp_path / "victim"
+        victim.write_text("keep me")
+        os.symlink(victim, spool.path / "dead-letter")
+        with pytest.raises(OSError):
+            DeadLetter(spool.dir_fd).add(b'{"e":"x"}', "test")
+        assert victim.read_text() == "keep me"
+        os.unlink(spool.path / "dead-letter")
+        os.mkfifo(spool.path / "dead-letter")
+        with pytest.raises(OSError):  # no reader: refused at once, never blocks
+            DeadLetter(spool.dir_fd).add(b'{"e":"x"}', "test")
+        assert dead_letter_summary(tmp_path / "spool").records == 0  # the report never hangs
+        os.unlink(spool.path / "dead-letter")
+        dead = DeadLetter(spool.dir_fd, max_bytes=300)
+        assert dead.add(b'{"e":"auth.login.failed"}', "gRPC RESOURCE_EXHAUSTED", "too big")
+        assert not dead.add(b'{"e":"auth.login.failed"}' + b" " * 300, "HTTP 413")  # full
+        summary = dead_letter_summary(tmp_path / "spool")
+        assert summary.records == 1 and summary.reasons == {"gRPC RESOURCE_EXHAUSTED": 1}
+        assert stat.S_IMODE((spool.path / "dead-letter").stat().st_mode) == 0o600
+    finally:
+        spool.close()

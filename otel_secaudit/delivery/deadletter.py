@@ -5,9 +5,10 @@ A record alone in a batch that the collector still refuses for its size (gRPC
 retried forever in front of the queue. It is moved here instead: appended to ``dead-letter``
 in the worker directory of the spool (created ``0600`` with ``O_NOFOLLOW``, relative to the
 directory's descriptor, like every spool file), in the spool's frame format (:mod:`.codec`),
-each frame a JSON object ``{"reason": ..., "at": <unix ns>, "bytes": ..., "record": <the spool
-payload>}``. The records were redacted before they were spooled: the file holds nothing the
-collector would not have received. The spool then goes on with the next record.
+each frame a JSON object ``{"reason": ..., "detail": ..., "at": <unix ns>, "bytes": ...,
+"record": <the spool payload>}``. The records were redacted before they were spooled: the file
+holds nothing the collector would not have received. The spool then goes on with the next
+record.
 
 ``otel-secaudit report`` prints how many records sit in the dead letters of
 ``OTEL_SECAUDIT_SPOOL_DIR`` (:func:`dead_letter_summary`, :func:`dead_letter_lines`); the file
@@ -41,8 +42,11 @@ __all__ = [
 
 DEAD_LETTER_FILE: Final = "dead-letter"
 DEFAULT_MAX_DEAD_LETTER_BYTES: Final = 64 * 1024 * 1024
-_OPEN_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted under the name must not hang the sender (or the report).
+_OPEN_FLAGS: Final = (
+    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+)
+_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _MAX_READ_BYTES: Final = 256 * 1024 * 1024
 
 
@@ -58,15 +62,18 @@ class DeadLetter:
         self._dir_fd = dir_fd
         self.max_bytes = max_bytes
 
-    def add(self, payload: bytes, reason: str) -> bool:
-        """Keep ``payload`` (a spool payload) with ``reason``; False when the file is full.
+    def add(self, payload: bytes, reason: str, detail: str = "") -> bool:
+        """Keep ``payload`` (a spool payload) with ``reason`` (a few stable words: who refused
+        it) and ``detail`` (the collector's message); False when the file is full.
 
         Raises:
             OSError: the file cannot be written (the caller counts and logs it).
         """
         entry = (
             b'{"reason":'
-            + json.dumps(reason[:300]).encode("ascii")
+            + json.dumps(reason[:100]).encode("ascii")
+            + b',"detail":'
+            + json.dumps(detail[:300]).encode("ascii")
             + b',"at":'
             + str(time.time_ns()).encode("ascii")
             + b',"bytes":'
@@ -174,7 +181,7 @@ def dead_letter_lines(spool_dir: str | os.PathLike[str] | None) -> list[str]:
     lines = [f"dead letter: cannot read {problem}" for problem in summary.problems]
     if not summary.records:
         return lines
-    reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(summary.reasons.items()))
+    reasons = ", ".join(f"{reason} x{count}" for reason, count in sorted(summary.reasons.items()))
     events = ", ".join(f"{name} x{count}" for name, count in sorted(summary.events.items()))
     lines.append(
         f"Undeliverable: {summary.records} security log records in the dead letter "

@@ -261,7 +261,7 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
                 self._batch_limit = max(1, len(payloads) // 2)
                 self.spool.stats.splits += 1
                 return len(payloads)  # "progress": no backoff
-            self._dead_letter(payloads[0], result.detail)
+            self._dead_letter(payloads[0], result)
         else:
             self._delivered(len(records), result)
         self.spool.commit(position, len(payloads))
@@ -283,12 +283,12 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
                 result.detail,
             )
 
-    def _dead_letter(self, payload: bytes, reason: str) -> None:
+    def _dead_letter(self, payload: bytes, result: SendResult) -> None:
         """Move a record the collector refuses even alone out of the queue (kept on disk)."""
         self.spool.stats.dead_lettered += 1
         self._dropped.add(1, {attr.ERROR_TYPE: "dead_letter"})
         try:
-            kept = DeadLetter(self.spool.dir_fd).add(payload, reason)
+            kept = DeadLetter(self.spool.dir_fd).add(payload, result.reason, result.detail)
         except OSError as exc:
             kept = False
             self._error(exc, "spool.dead_letter")
@@ -297,7 +297,7 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
             "counted in otel_secaudit.logs.dropped (error.type=dead_letter), and delivery goes "
             "on with the next record",
             len(payload),
-            reason,
+            result.detail,
             f"kept in {self.spool.path}/dead-letter" if kept else "dead letter full: dropped",
         )
 

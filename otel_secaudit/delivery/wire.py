@@ -72,6 +72,8 @@ class SendResult:
     rejected: int = 0
     #: the collector's error message or status, for the log line
     detail: str = ""
+    #: for TOO_LARGE, who refused it, in a few stable words (grouped in the report)
+    reason: str = ""
 
 
 DELIVERED: Final = SendResult(Outcome.DELIVERED)
@@ -150,8 +152,13 @@ class _EncodingSender:
         size = request.ByteSize()
         limit = self.limit()
         if size > limit:
+            learned = limit < self.max_request_bytes
             return SendResult(
-                Outcome.TOO_LARGE, detail=f"{size} bytes encoded, over the limit of {limit}"
+                Outcome.TOO_LARGE,
+                detail=f"{size} bytes encoded, over the limit of {limit}",
+                reason="over a size the collector refused"
+                if learned
+                else f"over the request limit ({self.max_request_bytes} bytes)",
             )
         result = self._send(request)
         if result.outcome is Outcome.TOO_LARGE:
@@ -182,7 +189,9 @@ class GrpcSender(_EncodingSender):
             details = error.details() if callable(getattr(error, "details", None)) else ""  # type: ignore[attr-defined]
             name = getattr(code, "name", str(code))
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not _has_retry_info(error):
-                return SendResult(Outcome.TOO_LARGE, detail=f"{name}: {details}"[:300])
+                return SendResult(
+                    Outcome.TOO_LARGE, detail=f"{name}: {details}"[:300], reason=f"gRPC {name}"
+                )
             return SendResult(Outcome.RETRY, detail=f"{name}: {details}"[:300])
         return _partial_success(response)
 
@@ -215,7 +224,9 @@ class HttpSender(_EncodingSender):
         if status is None:
             return SendResult(Outcome.RETRY, detail=problem[:300])
         if status == 413:
-            return SendResult(Outcome.TOO_LARGE, detail=f"HTTP 413 {problem}"[:300])
+            return SendResult(
+                Outcome.TOO_LARGE, detail=f"HTTP 413 {problem}"[:300], reason="HTTP 413"
+            )
         if not 200 <= status < 300:
             return SendResult(Outcome.RETRY, detail=f"HTTP {status} {problem}"[:300])
         if not body:
