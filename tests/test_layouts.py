@@ -283,3 +283,28 @@ def test_blocked_request_keeps_its_included_router_route(blocking_sdk: SDK) -> N
     assert request(app, "/v2/people/me").status_code == 429
     (blocked,) = security_logs(blocking_sdk, "request.blocked")
     assert blocked.attributes["http.route"] == "/v2/people/me"
+
+
+@pytest.mark.parametrize("record_user_name", [False, True])
+def test_email_addresses_leave_no_url_attribute(make_sdk: Any, record_user_name: bool) -> None:
+    """CONTRACT: e-mail addresses in URL paths and query values are personal data: they become
+    [REDACTED] in the plugin's url.path and in contrib's URL attributes (http.route untouched),
+    unless OTEL_SECAUDIT_RECORD_USER_NAME=true; the other query values are kept as contrib
+    wrote them."""
+    sdk = make_sdk(record_user_name=record_user_name)
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    app = starlette.applications.Starlette(routes=[Route("/password-recovery/{email}", denied)])
+    app = OpenTelemetryMiddleware(app, tracer_provider=sdk.tracer_provider)
+    path = "/password-recovery/alice@example.com?notify=bob%40example.org&q=juniper%20lumen"
+    assert request(app, path).status_code == 403
+    (span,) = server_spans(sdk)
+    (record,) = security_logs(sdk, "authz.permission_denied")
+    assert record.attributes["http.route"] == "/password-recovery/{email}"
+    exported = repr(dict(span.attributes)) + repr(dict(record.attributes))
+    if record_user_name:
+        assert "alice@example.com" in exported and "bob@example.org" in exported
+        return
+    assert "alice" not in exported and "bob" not in exported, exported
+    assert record.attributes["url.path"] == "/password-recovery/[REDACTED]"
+    url = span.attributes.get("http.url") or span.attributes.get("url.full")
+    assert url.endswith("/password-recovery/[REDACTED]?notify=[REDACTED]&q=juniper lumen"), url

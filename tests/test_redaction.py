@@ -39,7 +39,12 @@ from otel_secaudit.redaction import (
     scrub_url,
 )
 from otel_secaudit.redaction.pipeline import escape_and_cap
-from otel_secaudit.redaction.urls import percent_decode
+from otel_secaudit.redaction.urls import (
+    contains_email,
+    percent_decode,
+    scrub_path_emails,
+    scrub_url_path,
+)
 
 from .conftest import SDK
 
@@ -701,15 +706,105 @@ def test_non_utf8_raw_query() -> None:
     assert count == 1
 
 
-def test_scrub_url_rebuilds_from_the_raw_query() -> None:
-    # contrib's http.url: the query percent-decoded, so %23 became '#'.
-    url = "http://test/items?next=/home#top&token=SECRET"
-    raw = b"next=%2Fhome%23top&token=SECRET"
-    assert scrub_url(url, raw) == "http://test/items?next=%2Fhome%23top&token=[REDACTED]"
+def test_scrub_url_changes_only_the_secret_values_in_the_attributes_form() -> None:
+    # contrib's http.url: the query percent-decoded, so %23 became '#' and %20 a space; the
+    # secret is found in the raw query and replaced where it is, nothing else re-encoded
+    url = "http://test/items?q=juniper lumen&next=/a#b&token=SECRET&page=2"
+    raw = b"q=juniper%20lumen&next=%2Fa%23b&token=SECRET&page=2"
+    assert (
+        scrub_url(url, raw) == "http://test/items?q=juniper lumen&next=/a#b&token=[REDACTED]&page=2"
+    )
     assert scrub_url(url, raw, scrubbed=scrub_query(raw)) == scrub_url(url, raw)
+    # a raw rendering (http.target) stays raw
+    target = "/items?" + raw.decode()
+    assert (
+        scrub_url(target, raw) == "/items?q=juniper%20lumen&next=%2Fa%23b&token=[REDACTED]&page=2"
+    )
+    # '&' and '=' hidden in a decoded value: the walk follows the raw pairs, not the text
+    raw = b"next=%2Fa%26b%3Dx&password=a%26b%3Dc&q=z"
+    url = "http://test/p?next=/a&b=x&password=a&b=c&q=z"
+    assert scrub_url(url, raw) == "http://test/p?next=/a&b=x&password=[REDACTED]&q=z"
+    # a decoded path that holds a '?': the query is found at the end
+    url = "http://test/what?/items?q=a b&token=SECRET"
+    assert (
+        scrub_url(url, b"q=a%20b&token=SECRET") == "http://test/what?/items?q=a b&token=[REDACTED]"
+    )
     clean = "http://test/items?q=caf\u00e9"
     assert scrub_url(clean, b"q=caf%C3%A9") is clean  # no secret: untouched, not re-encoded
     assert scrub_url("http://test/items", b"") == "http://test/items"
+
+
+def test_scrub_url_falls_back_to_the_raw_query_when_the_attribute_was_reordered() -> None:
+    # contrib's redact_url re-encodes (and groups) the query when it redacts a name of its
+    # own: no walk possible, so the raw query, scrubbed, replaces it: no secret survives
+    raw = b"token=SECRET&sig=abc&q=a%20b"
+    url = "http://test/x?sig=REDACTED&token=SECRET&q=a+b"
+    cleaned = scrub_url(url, raw)
+    assert "SECRET" not in cleaned and cleaned.startswith("http://test/x?")
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("email=alice%40example.com&page=2", "email=[REDACTED]&page=2"),
+        ("to=alice@example.com", "to=[REDACTED]"),
+        ("q=a%20b%20bob.smith%2Btag%40mail.example.org", "q=[REDACTED]"),
+        ("q=hello@&page=@home", "q=hello@&page=@home"),
+        ("v=1.2@3.4", "v=1.2@3.4"),
+    ],
+)
+def test_email_addresses_in_query_values_are_redacted(query: str, expected: str) -> None:
+    assert scrub_query(query.encode())[0] == expected
+    assert (
+        scrub_query(query.encode(), emails=False)[0] == query
+        if "@" in query or "%40" in query
+        else True
+    )
+
+
+def test_email_addresses_in_paths_are_redacted_and_routes_untouched() -> None:
+    path = "/password-recovery/alice@example.com"
+    assert scrub_path("/password-recovery/{email}", path) == ("/password-recovery/[REDACTED]", 1)
+    assert scrub_path(None, "/u/bob%40example.org/x") == ("/u/[REDACTED]/x", 1)
+    assert scrub_path("/password-recovery/{email}", path, emails=False) == (path, 0)
+    assert scrub_path_emails("/a/carol@example.net/b") == ("/a/[REDACTED]/b", 1)
+    assert scrub_path_emails("/a/b") == ("/a/b", 0)
+    assert scrub_url_path("http://user@host:8000/r/alice@example.com?x=1") == (
+        "http://user@host:8000/r/[REDACTED]?x=1"
+    )
+    assert scrub_url_path("/r/alice%40example.com") == "/r/[REDACTED]"
+    assert scrub_url_path("http://host/r/@home") == "http://host/r/@home"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(
+            st.sampled_from(["q", "next", "page", "filter", "redirect"]),
+            # < 8 characters: nothing that short is shaped like a secret
+            st.text(string.ascii_letters + string.digits + " /#?&=%+é:", max_size=7),
+        ),
+        max_size=8,
+    ),
+    secret_at=st.integers(min_value=0, max_value=8),
+    secret=st.text(_ALNUM, min_size=1, max_size=20),
+)
+def test_scrub_url_keeps_contribs_decoded_form_byte_for_byte(
+    pairs: list[tuple[str, str]], secret_at: int, secret: str
+) -> None:
+    """Property: contrib's http.url (the raw query percent-decoded) comes back exactly as
+    contrib wrote it, but for the secret value."""
+    from urllib.parse import unquote
+
+    at = min(secret_at, len(pairs))
+    encoded = [(n, quote(v, safe="")) for n, v in pairs]
+    encoded.insert(at, ("token", secret))
+    raw = "&".join(f"{n}={v}" for n, v in encoded)
+    url = "http://h/p?" + unquote(raw)
+    expected_pairs = [
+        f"{n}={REDACTED if i == at else unquote(v)}" for i, (n, v) in enumerate(encoded)
+    ]
+    assert scrub_url(url, raw.encode()) == "http://h/p?" + "&".join(expected_pairs)
 
 
 @pytest.mark.parametrize(
@@ -807,6 +902,22 @@ def test_hostile_inputs_cost_linear_time(hostile: str) -> None:
     assert _cpu(lambda: redactor.identifier(hostile, Sanitized())) < 0.05
     assert _cpu(lambda: scrub_query(hostile.encode())) < 0.05
     assert _cpu(lambda: scrub_path("/a/{token}", "/a/" + hostile)) < 0.25
+    assert _cpu(lambda: scrub_url("http://h/p?" + hostile, hostile.encode())) < 0.1
+    assert _cpu(lambda: scrub_url_path("http://h/" + hostile)) < 0.1
+    assert _cpu(lambda: contains_email(hostile)) < 0.05
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["a@" * 50_000, "a@b." * 25_000, "@" * 100_000, "a@b.c" * 20_000, "x.y@" + "b." * 50_000,
+     "a%40" * 25_000, "q=a@b.c&" * 12_500],
+    ids=lambda h: repr(h[:12]),
+)  # fmt: skip
+def test_email_detection_is_linear(hostile: str) -> None:
+    assert _cpu(lambda: contains_email(hostile)) < 0.05
+    assert _cpu(lambda: scrub_query(hostile.encode())) < 0.05
+    assert _cpu(lambda: scrub_path_emails("/" + hostile)) < 0.1
+    assert _cpu(lambda: scrub_url("http://h/?" + hostile, hostile.encode())) < 0.1
 
 
 def test_hostile_16_kib_query_scrubs_in_about_a_millisecond() -> None:

@@ -174,6 +174,18 @@ def test_middleware_built_before_instrument_gets_the_security_layer(make_sdk: An
     assert len(sdk.logs()) == 1
 
 
+def test_email_in_the_path_leaves_no_wsgi_url_attribute(make_sdk: Any, contrib_wsgi: Any) -> None:
+    sdk = make_sdk()
+    app = contrib_wsgi(make_app([]), tracer_provider=sdk.tracer_provider)
+    response = Client(app).get("/password-recovery/alice%40example.com?q=juniper%20lumen")
+    assert response.status_code == 200 and response.data == b"hi"
+    response.close()
+    (span,) = sdk.spans()
+    exported = repr(dict(span.attributes or {}))
+    assert "alice" not in exported, exported
+    assert "[REDACTED]" in exported and "juniper" in exported
+
+
 def test_uninstrument_restores_contribs_wsgi_middleware(sdk: Any) -> None:
     pytest.importorskip("opentelemetry.instrumentation.wsgi")
     from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware

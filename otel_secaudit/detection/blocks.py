@@ -17,17 +17,23 @@ store (:meth:`RefusalTally.demand`), which gives the key's record right for the 
 one instance, with the count of refusals every instance made since the key's last record
 (:meth:`RefusalTally.grant`); that instance's next refusal of the key writes the record. A
 right that no refusal used within :data:`GRANT_GRACE` seconds (the client stopped) is handed
-back by :meth:`RefusalTally.unused`, for the worker to write the record itself (no request
-context then). The first record of a block so comes one worker tick (0.3 s) late.
+back by :meth:`RefusalTally.unused`, for the worker to write the record itself, in the
+context of the last refused request of the key it counted (its request attributes and trace;
+the server span has ended, so no span event then). The first record of a block so comes one
+worker tick (0.3 s) late.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
-__all__ = ["GRANT_GRACE", "BlockTable", "Refusal", "RefusalTally"]
+from opentelemetry import trace
+
+from ..context import RequestContext, current_request
+
+__all__ = ["GRANT_GRACE", "BlockTable", "Refusal", "RefusalTally", "RefusedRequest"]
 
 #: Seconds a granted record right waits for a refusal before the worker writes the record.
 GRANT_GRACE: Final = 1.0
@@ -90,6 +96,36 @@ class Refusal:
     record_count: int
 
 
+@dataclass(frozen=True, slots=True)
+class RefusedRequest:
+    """The context of a refused request that wrote no record (for a record written later)."""
+
+    #: the request (its attributes), when refused inside a request scope
+    request: RequestContext | None
+    #: the span context of the request's span (its trace), or None
+    span_context: Any = None
+
+
+def _refused_request() -> RefusedRequest:
+    span_context = trace.get_current_span().get_span_context()
+    return RefusedRequest(current_request(), span_context if span_context.is_valid else None)
+
+
+@dataclass(slots=True)
+class _Right:
+    """Shared mode: one blocked key's record right as this instance sees it."""
+
+    #: this instance holds the key's record right until then (0 = does not)
+    held_until: float = 0.0
+    #: > 0: a granted right not used yet, with this count from the store
+    granted: int = 0
+    granted_at: float = 0.0
+    #: refusals not yet in a record nor handed to the store
+    pending: int = 0
+    #: the last refused request that wrote no record
+    last: RefusedRequest | None = field(default=None)
+
+
 class RefusalTally:
     """Per blocked key: when the last ``request.blocked`` record was written and how many
     refusals happened since (see the module docstring for ``shared``). Bounded by the number
@@ -101,9 +137,8 @@ class RefusalTally:
         self._lock = threading.Lock()
         #: key -> [time of the last record, refusals not yet in a record]
         self._keys: dict[str, list[float]] = {}
-        #: shared: key -> [right held until, granted count (0 = none unused), granted at,
-        #: refusals not yet in a record nor handed to the store]
-        self._rights: dict[str, list[float]] = {}
+        #: shared: key -> its record right
+        self._rights: dict[str, _Right] = {}
 
     def refused(self, key: str, now: float) -> int:
         """Count one refusal of ``key``; the ``security.block.count`` to record now, or 0."""
@@ -123,16 +158,17 @@ class RefusalTally:
 
     def _refused_shared(self, key: str, now: float) -> int:
         with self._lock:
-            state = self._rights.get(key)
-            if state is None:
-                self._rights[key] = [0.0, 0, 0.0, 1]
-                return 0
-            if state[1] and now < state[0]:  # a granted right: this refusal writes the record
-                count = int(state[1] + state[3]) + 1
-                state[1], state[3] = 0, 0
+            right = self._rights.get(key)
+            if right is None:
+                right = self._rights[key] = _Right()
+            if right.granted and now < right.held_until:  # this refusal writes the record
+                count = right.granted + right.pending + 1
+                right.granted, right.pending, right.last = 0, 0, None
                 return count
-            state[3] += 1
-            return 0
+            right.pending += 1
+        last = _refused_request()  # outside the lock: two context lookups
+        right.last = last
+        return 0
 
     def demand(self, now: float) -> list[tuple[str, int]]:
         """Shared: (key, refusals) of the keys refused here without a record whose right this
@@ -140,10 +176,10 @@ class RefusalTally:
         count), so they are zeroed here."""
         out = []
         with self._lock:
-            for key, state in self._rights.items():
-                if state[3] and now >= state[0]:
-                    out.append((key, int(state[3])))
-                    state[3] = 0
+            for key, right in self._rights.items():
+                if right.pending and now >= right.held_until:
+                    out.append((key, right.pending))
+                    right.pending = 0
         return out
 
     def grant(self, granted: dict[str, int], now: float) -> None:
@@ -152,18 +188,25 @@ class RefusalTally:
         record."""
         with self._lock:
             for key, count in granted.items():
-                state = self._rights.setdefault(key, [0.0, 0, 0.0, 0])
-                state[0], state[1], state[2] = now + self.interval, max(1, count), now
+                right = self._rights.setdefault(key, _Right())
+                right.held_until, right.granted, right.granted_at = (
+                    now + self.interval,
+                    max(1, count),
+                    now,
+                )
 
-    def unused(self, now: float, grace: float = GRANT_GRACE) -> list[tuple[str, int]]:
-        """Shared: (key, count) of the rights granted more than ``grace`` seconds ago that no
-        refusal used: the worker writes those records itself. The right stays held."""
+    def unused(
+        self, now: float, grace: float = GRANT_GRACE
+    ) -> list[tuple[str, int, RefusedRequest | None]]:
+        """Shared: (key, count, last refused request) of the rights granted more than
+        ``grace`` seconds ago that no refusal used: the worker writes those records itself.
+        The right stays held."""
         out = []
         with self._lock:
-            for key, state in self._rights.items():
-                if state[1] and now - state[2] >= grace:
-                    out.append((key, int(state[1] + state[3])))
-                    state[1], state[3] = 0, 0
+            for key, right in self._rights.items():
+                if right.granted and now - right.granted_at >= grace:
+                    out.append((key, right.granted + right.pending, right.last))
+                    right.granted, right.pending, right.last = 0, 0, None
         return out
 
     def forget(self, key: str) -> None:

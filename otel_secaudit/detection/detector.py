@@ -370,8 +370,8 @@ class AbuseDetector:
             claim = getattr(self.store, "claim_refusal_records", None)
             granted = claim(claims, now) if claim is not None else dict(claims)
             self._refusals.grant(granted, now)
-        for key, count in self._refusals.unused(now):
-            self._emitter.refusals(key, count)
+        for key, count, last in self._refusals.unused(now):
+            self._emitter.refusals(key, count, last)
 
     def _block_ended(self, key: str, until: float) -> None:
         self.blocks.end(key, until)

@@ -19,7 +19,9 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from .. import attributes as attr
+from ..context import request_scope
 from ..recorder import SecurityRecorder
+from .blocks import RefusedRequest
 from .scans import SCAN, SCAN_WINDOW_SECONDS, ScanCrossing
 from .window import HOST, Crossing
 
@@ -48,18 +50,34 @@ class AbuseEmitter:
         """``abuse.block.ended`` (emitted once per block across instances by the caller)."""
         contextvars.Context().run(self._block_ended, key)
 
-    def refusals(self, key: str, count: int) -> None:
+    def refusals(self, key: str, count: int, last: RefusedRequest | None = None) -> None:
         """``request.blocked`` written by the detector's worker: a shared store gave this
         instance the key's record right and no refused request of the key came to use it (see
-        :mod:`.blocks`); there is no request to take the context from."""
-        contextvars.Context().run(self._refusals, key, count)
+        :mod:`.blocks`): in the context of ``last``, the key's last refused request that wrote
+        no record (its request attributes and trace; no span event, its span has ended)."""
+        contextvars.Context().run(self._refusals, key, count, last)
 
-    def _refusals(self, key: str, count: int) -> None:
+    def _refusals(self, key: str, count: int, last: RefusedRequest | None) -> None:
         try:
-            internal: dict[str, Any] = {attr.ABUSE_KEY: key, attr.BLOCK_COUNT: count}
+            internal: dict[str, Any] = {attr.BLOCK_COUNT: count}
+            context = None
+            if last is not None and last.span_context is not None:
+                context = trace.set_span_in_context(NonRecordingSpan(last.span_context))
+            if last is not None and last.request is not None:
+                with request_scope(last.request):
+                    self.recorder.emit(
+                        "request.blocked",
+                        {"reason": "blocked"},
+                        context=context,
+                        internal_attributes=internal,
+                    )
+                return
             _set_client(internal, key)
             self.recorder.emit(
-                "request.blocked", {"reason": "blocked"}, internal_attributes=internal
+                "request.blocked",
+                {"reason": "blocked"},
+                context=context,
+                internal_attributes=internal,
             )
         except Exception as exc:
             self.recorder.internal_error(exc, "detection.report")

@@ -5,14 +5,18 @@ Everything works from the **raw** query string (the bytes of the ASGI scope / WS
 the ``%23`` is data, not a fragment, and in ``?password=a%26b%3Dx`` the ``%26`` is part of the
 password. Only secret values change, to ``[REDACTED]``; every other byte of the query is kept
 as it came (nothing is re-encoded, and a value contrib already replaced with ``REDACTED`` stays
-as it is). Queries longer than :data:`MAX_QUERY_LENGTH` are cut before any scan. Time is linear
-in the input.
+as it is). In a URL attribute another instrumentation wrote (contrib's ``http.url`` carries the
+query percent-decoded), the secret values are located from the raw query and exactly they are
+replaced, in the form the attribute has (:func:`scrub_url`). E-mail addresses in query values
+and path segments are personal data and are redacted too (``emails=False`` when
+OTEL_SECAUDIT_RECORD_USER_NAME=true). Queries longer than :data:`MAX_QUERY_LENGTH` are cut
+before any scan. Time is linear in the input.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, NamedTuple
 
 from .pipeline import (
     MAX_VALUE_LENGTH,
@@ -26,10 +30,15 @@ from .rules import DEFAULT_KEY_RULES, MAX_KEY_LENGTH, KeyRules
 
 __all__ = [
     "MAX_QUERY_LENGTH",
+    "QueryScan",
+    "scan_query",
+    "contains_email",
     "is_secret_header",
     "scrub_path",
+    "scrub_path_emails",
     "scrub_query",
     "scrub_url",
+    "scrub_url_path",
 ]
 
 #: Characters of a query string that are scanned and kept; a longer query is cut at the last
@@ -40,6 +49,35 @@ _LONE_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _MARKERS: Final = frozenset({"REDACTED", REDACTED, "%5BREDACTED%5D", "%5bREDACTED%5d"})
 #: Path parameter names that are identifiers: checked against known secret formats only.
 _ID_SUFFIXES: Final = ("id", "pk", "uuid", "slug")
+#: The domain after an ``@``: a run of these (``@`` is not one, so runs never overlap).
+_DOMAIN: Final = re.compile(r"[\w.-]+")
+_LOCAL_CHARS: Final = frozenset("!#$%&'*+-/=?^_`{|}~.")
+
+
+def contains_email(text: str) -> bool:
+    """True when ``text`` holds an e-mail address (``local@domain.tld``): a local-part
+    character before an ``@``, a domain of at least two non-empty labels whose last is two or
+    more letters after it. Linear time: each ``@`` scans only the domain run after it."""
+    at = text.find("@")
+    while at != -1:
+        if at > 0 and (text[at - 1].isalnum() or text[at - 1] in _LOCAL_CHARS):
+            match = _DOMAIN.match(text, at + 1)
+            if match is not None:
+                labels = match.group().rstrip(".").split(".")
+                if len(labels) >= 2 and all(labels) and len(labels[-1]) >= 2:
+                    if labels[-1].isalpha():
+                        return True
+        at = text.find("@", at + 1)
+    return False
+
+
+def _has_email(component: str) -> bool:
+    """:func:`contains_email` of a URL component, percent-decoded when it may hide an ``@``."""
+    if "@" in component:
+        return contains_email(percent_decode(component, plus=False))
+    if "%40" in component:
+        return contains_email(percent_decode(component, plus=False))
+    return False
 
 
 def _text(raw: bytes | str) -> str:
@@ -69,7 +107,7 @@ def percent_decode(component: str, *, plus: bool = True) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _pair_is_secret(name: str, value: str, rules: KeyRules) -> bool:
+def _pair_is_secret(name: str, value: str, rules: KeyRules, emails: bool = True) -> bool:
     # Cheapest checks first: most pairs are short, with plain names (decoded only if encoded).
     if "%" in name or "+" in name:
         name = percent_decode(name[: 3 * MAX_KEY_LENGTH])
@@ -77,6 +115,8 @@ def _pair_is_secret(name: str, value: str, rules: KeyRules) -> bool:
         return True
     # Decoding never lengthens a value, and nothing shorter than 8 is shaped like a secret.
     if len(value) >= 8 and looks_like_secret(percent_decode(value)):
+        return True
+    if emails and len(value) >= 6 and _has_email(value):
         return True
     return len(name) >= 16 and looks_like_secret(name)
 
@@ -88,7 +128,52 @@ def _cut(query: str) -> tuple[str, bool]:
     return (query[:end] if end > 0 else ""), True
 
 
-def scrub_query(raw: bytes | str, rules: KeyRules = DEFAULT_KEY_RULES) -> tuple[str, int]:
+class QueryScan(NamedTuple):
+    """One scan of a raw query (:func:`scan_query`), shared by the attributes of a span."""
+
+    #: the raw query's ``&``-separated pairs, after the cut
+    parts: list[str]
+    #: indexes of the secret pairs (a bare secret-shaped parameter is a pair without ``=``)
+    secret: list[int]
+    #: the query was longer than :data:`MAX_QUERY_LENGTH` and cut
+    truncated: bool
+
+
+def scan_query(
+    raw: bytes | str, rules: KeyRules = DEFAULT_KEY_RULES, *, emails: bool = True
+) -> QueryScan:
+    """Find the secret pairs of a raw query (see :func:`scrub_query` for what is secret)."""
+    return QueryScan(*_secret_pairs(raw, rules, emails))
+
+
+def _secret_pairs(
+    raw: bytes | str, rules: KeyRules, emails: bool
+) -> tuple[list[str], list[int], bool]:
+    query, truncated = _cut(_text(raw))
+    if not query:
+        return [], [], truncated
+    parts = query.split("&")
+    secret = []
+    for index, pair in enumerate(parts):
+        name, eq, value = pair.partition("=")
+        if not eq:
+            if len(name) >= 8 and looks_like_secret(percent_decode(name)):
+                secret.append(index)
+            continue
+        if value in _MARKERS or not _pair_is_secret(name, value, rules, emails):
+            continue
+        secret.append(index)
+    return parts, secret, truncated
+
+
+def _redacted_pair(pair: str) -> str:
+    name, eq, _ = pair.partition("=")
+    return name + "=" + REDACTED if eq else REDACTED
+
+
+def scrub_query(
+    raw: bytes | str, rules: KeyRules = DEFAULT_KEY_RULES, *, emails: bool = True
+) -> tuple[str, int]:
     """Scrub a raw query string (without the ``?``).
 
     Returns ``(query, count)``: ``query`` is ``raw`` (decoded from UTF-8 if bytes) with the value
@@ -96,29 +181,52 @@ def scrub_query(raw: bytes | str, rules: KeyRules = DEFAULT_KEY_RULES) -> tuple[
     such as ``?AKIA...`` replaced as a whole); ``count`` is how many were replaced. A parameter is
     secret when its percent-decoded name names a secret (``password``, ``token``, ``code``,
     ``state``, ``key``, ``sig``, ``hmac``, ``pin``, ``refresh``, ...; see
-    :meth:`KeyRules.is_secret_query_name`) or its decoded value or name is shaped like one
-    (:func:`looks_like_secret`). All other bytes are unchanged. A query longer than
-    :data:`MAX_QUERY_LENGTH` is cut at the last ``&`` before it and ends with
-    ``...[truncated]`` (the cut is not counted).
+    :meth:`KeyRules.is_secret_query_name`), its decoded value or name is shaped like one
+    (:func:`looks_like_secret`), or (``emails``) its decoded value holds an e-mail address.
+    All other bytes are unchanged. A query longer than :data:`MAX_QUERY_LENGTH` is cut at the
+    last ``&`` before it and ends with ``...[truncated]`` (the cut is not counted).
     """
-    query, truncated = _cut(_text(raw))
-    if not query:
-        return (TRUNCATED_MARK if truncated else query), 0
-    parts = query.split("&")
-    count = 0
+    parts, secret, truncated = _secret_pairs(raw, rules, emails)
+    if not parts:
+        return (TRUNCATED_MARK if truncated else ""), 0
+    for index in secret:
+        parts[index] = _redacted_pair(parts[index])
+    scrubbed = "&".join(parts)
+    return (scrubbed + TRUNCATED_MARK if truncated else scrubbed), len(secret)
+
+
+def _locate(rendered: str, parts: list[str], secret: list[int], truncated: bool) -> str | None:
+    """``rendered`` (a query as another instrumentation wrote it: raw, or percent-decoded as
+    contrib's ``http.url``) with exactly the secret pairs' values replaced, found by walking
+    the raw pairs in order, each as written or decoded; None when ``rendered`` is not such a
+    rendering of them (the caller then falls back to the raw query). Linear time."""
+    secret_set = set(secret)
+    out: list[str] = []
+    position = 0
     for index, pair in enumerate(parts):
-        name, eq, value = pair.partition("=")
-        if not eq:
-            if len(name) >= 8 and looks_like_secret(percent_decode(name)):
-                parts[index] = REDACTED
-                count += 1
-            continue
-        if value in _MARKERS or not _pair_is_secret(name, value, rules):
-            continue
-        parts[index] = name + "=" + REDACTED
-        count += 1
-    scrubbed = "&".join(parts) if count else query
-    return (scrubbed + TRUNCATED_MARK if truncated else scrubbed), count
+        if index:
+            if not rendered.startswith("&", position):
+                return None
+            out.append("&")
+            position += 1
+        form = pair
+        if not rendered.startswith(pair, position):
+            form = percent_decode(pair, plus=False)
+            if not rendered.startswith(form, position):
+                return None
+        if index in secret_set:
+            name, eq, _ = pair.partition("=")
+            if eq:
+                shown = name if form is pair else percent_decode(name, plus=False)
+                out.append(shown + "=" + REDACTED)
+            else:
+                out.append(REDACTED)
+        else:
+            out.append(form)
+        position += len(form)
+    if truncated:  # the rest was never scanned: it does not leave
+        return "".join(out) + TRUNCATED_MARK
+    return "".join(out) if position == len(rendered) else None
 
 
 def scrub_url(
@@ -127,26 +235,86 @@ def scrub_url(
     *,
     rules: KeyRules = DEFAULT_KEY_RULES,
     scrubbed: tuple[str, int] | None = None,
+    emails: bool = True,
+    scan: QueryScan | None = None,
 ) -> str:
-    """Rebuild a URL attribute (``http.url``, ``url.full``, ``http.target``) from the raw query.
+    """Scrub a URL attribute another instrumentation exported (``http.url``, ``url.full``,
+    ``http.target``, ``url.query``) using the raw query.
 
-    ``url`` is what an instrumentation exported, whose query part may be percent-decoded
-    (contrib's ``http.url``). Returns ``url`` unchanged when ``raw_query`` is empty or has no
-    secret and needs no cut; otherwise everything before the first ``?`` of ``url`` followed by
-    ``?`` and :func:`scrub_query` of ``raw_query`` (so secrets are found in the raw bytes, and
-    nothing after the ``?`` of the decoded form, such as a ``#`` that was ``%23``, survives).
-    A ``url`` without ``?`` is returned unchanged. Pass ``scrubbed``, the result of
-    :func:`scrub_query` for this ``raw_query``, when you already have it (one scan per request).
+    ``url``'s query part may be the raw query or its percent-decoded form (contrib's
+    ``http.url``, where ``%23`` became ``#`` and ``%20`` a space). Returns ``url`` unchanged
+    when ``raw_query`` is empty or has no secret and needs no cut. Otherwise the secret values
+    are located from the raw query and exactly they become ``[REDACTED]``, every other
+    character as ``url`` had it (nothing re-encoded). When ``url`` is no rendering of the raw
+    query that can be walked (an instrumentation that reordered or re-encoded it), everything
+    after its first ``?`` is replaced by :func:`scrub_query` of the raw query: a secret never
+    survives. A ``url`` without ``?`` is returned unchanged (``url.query`` has none: pass
+    ``"?" + value``). Pass ``scan``, :func:`scan_query` of this ``raw_query``, when several
+    attributes of one request are scrubbed (one scan per request); ``scrubbed`` (the result of
+    :func:`scrub_query`) is used only for the fallback.
     """
     if not raw_query:
         return url
-    base, sep, _ = url.partition("?")
+    parts, secret, truncated = (
+        scan if scan is not None else scan_query(raw_query, rules, emails=emails)
+    )
+    if not secret and not truncated:
+        return url
+    base, rendered = _split_query(url, raw_query)
+    if rendered is None:
+        return url
+    located = _locate(rendered, parts, secret, truncated)
+    if located is None:
+        query = (
+            scrubbed[0] if scrubbed is not None else scrub_query(raw_query, rules, emails=emails)[0]
+        )
+        return base + query
+    return base + located
+
+
+def _split_query(url: str, raw_query: bytes | str) -> tuple[str, str | None]:
+    """(everything up to and including the ``?`` that starts the query, the query) of
+    ``url``; the query is found as the raw or decoded query at the end when it can be (a
+    decoded path may hold a ``?``), else after the first ``?``."""
+    raw = _text(raw_query)
+    for form in (raw, percent_decode(raw, plus=False)):
+        if form and url.endswith("?" + form):
+            cut = len(url) - len(form)
+            return url[:cut], url[cut:]
+    base, sep, rendered = url.partition("?")
     if not sep:
-        return url
-    query, count = scrubbed if scrubbed is not None else scrub_query(raw_query, rules)
-    if count == 0 and not query.endswith(TRUNCATED_MARK):
-        return url
-    return base + "?" + query
+        return url, None
+    return base + "?", rendered
+
+
+def scrub_path_emails(path: str) -> tuple[str, int]:
+    """``path`` with every segment holding an e-mail address (percent-encoded or not)
+    replaced by ``[REDACTED]``, and how many were. Linear time."""
+    if "@" not in path and "%40" not in path:
+        return path, 0
+    segments = path.split("/")
+    count = 0
+    for index, segment in enumerate(segments):
+        if segment and segment not in _MARKERS and _has_email(segment):
+            segments[index] = REDACTED
+            count += 1
+    return ("/".join(segments), count) if count else (path, 0)
+
+
+def scrub_url_path(url: str) -> str:
+    """A URL attribute's path part (of ``scheme://host/path?query``, or of ``/path?query``)
+    with e-mail segments redacted (:func:`scrub_path_emails`); the rest untouched."""
+    start = 0
+    scheme, query_at = url.find("://"), url.find("?")
+    if scheme != -1 and (query_at == -1 or scheme < query_at):
+        slash = url.find("/", scheme + 3)
+        if slash == -1 or (query_at != -1 and slash > query_at):
+            return url
+        start = slash
+    end = url.find("?", start)
+    end = len(url) if end == -1 else end
+    path, count = scrub_path_emails(url[start:end])
+    return url[:start] + path + url[end:] if count else url
 
 
 def is_secret_header(name: str, rules: KeyRules = DEFAULT_KEY_RULES) -> bool:
@@ -188,7 +356,7 @@ def _segment_is_secret(name: str, segment: str, rules: KeyRules) -> bool:
 
 
 def scrub_path(
-    route: str | None, path: str, *, rules: KeyRules = DEFAULT_KEY_RULES
+    route: str | None, path: str, *, rules: KeyRules = DEFAULT_KEY_RULES, emails: bool = True
 ) -> tuple[str, int]:
     """Scrub the path parameters of a concrete request path, given the matched route template.
 
@@ -199,7 +367,9 @@ def scrub_path(
     format. Literal segments are kept as they are; ``count`` is how many segments were replaced.
     Templates in Starlette/FastAPI (``{name}``, ``{name:path}``), Django and Flask (``<name>``,
     ``<conv:name>``) forms; a leading ``/`` is optional. When ``route`` is None or its segments do
-    not line up with ``path``, every segment is judged by its value alone.
+    not line up with ``path``, every segment is judged by its value alone. With ``emails``,
+    any segment holding an e-mail address (``/password-recovery/alice@example.com``) is
+    replaced too.
     """
     leading = path[:1] == "/"
     body = path[1:] if leading else path
@@ -210,9 +380,11 @@ def scrub_path(
     count = 0
     for index, segment in enumerate(segments):
         name = names[index]
-        if name is None or not segment or segment in _MARKERS:
+        if not segment or segment in _MARKERS:
             continue
-        if _segment_is_secret(name, segment, rules):
+        if (emails and _has_email(segment)) or (
+            name is not None and _segment_is_secret(name, segment, rules)
+        ):
             segments[index] = REDACTED
             count += 1
     if not count:

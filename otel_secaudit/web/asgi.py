@@ -268,7 +268,11 @@ class SecAuditMiddleware:
         try:
             # Captured headers are scrubbed whether contrib was asked for them through the
             # environment or through instrument_app(http_capture_headers_server_request=...).
-            scrub_server_span(trace.get_current_span(), scope.get("query_string") or b"")
+            scrub_server_span(
+                trace.get_current_span(),
+                scope.get("query_string") or b"",
+                emails=not exchange.runtime.settings.record_user_name,
+            )
         except Exception as exc:
             exchange.runtime.recorder.internal_error(exc, "asgi.scrub")
         return exchange

@@ -53,6 +53,7 @@ from ..context import RequestContext, request_scope
 from ..detection.attack_tools import attack_tool_matcher
 from ..detection.scans import is_probe_status
 from ..redaction import hash_identity, scrub_path
+from ..redaction.urls import scrub_path_emails
 from .client import normalize_ip, resolve_client_address
 from .rules import LoginRoute, StatusRule
 from .user_names import NameSource
@@ -77,12 +78,20 @@ class WebRequest(RequestContext):
     template only after routing, while the context is opened before it. It also remembers the
     event names recorded for the request (no event name twice)."""
 
-    __slots__ = ("_route_of", "_route", "_path")
+    __slots__ = ("_route_of", "_route", "_path", "_emails")
 
-    def __init__(self, route_of: Callable[[], str | None] | None = None, **fields: Any) -> None:
+    def __init__(
+        self,
+        route_of: Callable[[], str | None] | None = None,
+        *,
+        redact_emails: bool = True,
+        **fields: Any,
+    ) -> None:
         self._route_of = route_of
         self._route: str | None = None
         self._path: str | None = None
+        #: e-mail addresses in the path become [REDACTED] (not with RECORD_USER_NAME=true)
+        self._emails = redact_emails
         super().__init__(**fields)
 
     @property  # type: ignore[override]
@@ -104,13 +113,16 @@ class WebRequest(RequestContext):
     @property  # type: ignore[override]
     def path(self) -> str | None:
         """The request path; once the route template is known, path parameters that hold a
-        secret (``/reset/{token}``) are not copied (:func:`~otel_secaudit.redaction.scrub_path`)."""
+        secret (``/reset/{token}``) are not copied (:func:`~otel_secaudit.redaction.scrub_path`);
+        segments holding an e-mail address never are (unless RECORD_USER_NAME=true)."""
         path = self._path
-        route = self.route if path is not None else None
-        if path is None or route is None:
+        if path is None:
             return path
         try:
-            return scrub_path(route, path)[0]
+            route = self.route
+            if route is None:  # no template: only e-mail addresses are known to be personal
+                return scrub_path_emails(path)[0] if self._emails else path
+            return scrub_path(route, path, emails=self._emails)[0]
         except Exception:  # never export an unscrubbed path: drop it instead
             return None
 
@@ -211,6 +223,7 @@ class Exchange:
         path_text = _text(path, MAX_PATH_LENGTH)
         request = WebRequest(
             route_of,
+            redact_emails=not settings.record_user_name,
             method=method_text,
             path=path_text,
             client_address=client,

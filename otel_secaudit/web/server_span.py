@@ -6,41 +6,50 @@ Contrib's ASGI middleware and FastAPI's own telemetry set the URL attributes (``
 the security middleware, which runs inside the span, rewrites them once. Secrets are found in the
 RAW query string (ASGI ``query_string``), never in contrib's percent-decoded ``http.url``, where
 ``?next=%2Fhome%23top&token=X`` would look like a fragment and ``password=a%26b%3Dx`` like two
-parameters (:mod:`otel_secaudit.redaction.urls` does the scrubbing). An attribute is rewritten
-only when its query holds a secret.
+parameters (:mod:`otel_secaudit.redaction.urls` does the scrubbing); exactly the secret values
+are replaced, in the form the attribute has (nothing else re-encoded). E-mail addresses in the
+path (``url.path`` and the path part of ``http.target``, ``http.url``, ``url.full``) and in
+query values are replaced too, unless OTEL_SECAUDIT_RECORD_USER_NAME=true. An attribute is
+rewritten only when it holds something to replace.
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
-from ..redaction import (
-    REDACTED,
-    TRUNCATED_MARK,
-    is_secret_header,
-    looks_like_secret,
-    scrub_query,
-    scrub_url,
-)
+from ..redaction import REDACTED, is_secret_header, looks_like_secret, scrub_url
+from ..redaction.urls import QueryScan, scan_query, scrub_path_emails, scrub_url_path
 
 __all__ = ["scrub_server_span"]
 
 URL_ATTRIBUTES: Final = ("http.url", "http.target", "url.full")
 QUERY_ATTRIBUTE: Final = "url.query"
+PATH_ATTRIBUTE: Final = "url.path"
 HEADER_PREFIX: Final = "http.request.header."
 
 
-def _scrub_url_attributes(span: Any, attributes: Any, raw: bytes | str) -> None:
-    scrubbed, count = scrub_query(raw)
-    if count == 0 and not scrubbed.endswith(TRUNCATED_MARK):
+def _scrub_url(key: str, value: str, raw: bytes | str, scan: QueryScan | None, emails: bool) -> str:
+    if key == PATH_ATTRIBUTE:
+        return scrub_path_emails(value)[0] if emails else value
+    if key == QUERY_ATTRIBUTE:
+        return scrub_url("?" + value, raw, scan=scan)[1:] if scan is not None else value
+    if emails:
+        value = scrub_url_path(value)
+    if scan is not None and "?" in value:
+        value = scrub_url(value, raw, scan=scan)
+    return value
+
+
+def _scrub_url_attributes(span: Any, attributes: Any, raw: bytes | str, emails: bool) -> None:
+    scan: QueryScan | None = scan_query(raw, emails=emails) if raw else None
+    if scan is not None and not scan.secret and not scan.truncated:
+        scan = None
+    if scan is None and not emails:
         return
-    query = attributes.get(QUERY_ATTRIBUTE)
-    if isinstance(query, str) and query != scrubbed:
-        span.set_attribute(QUERY_ATTRIBUTE, scrubbed)
-    for key in URL_ATTRIBUTES:
+    for key in (*URL_ATTRIBUTES, QUERY_ATTRIBUTE, PATH_ATTRIBUTE):
         value = attributes.get(key)
-        if isinstance(value, str) and "?" in value:
-            cleaned = scrub_url(value, raw, scrubbed=(scrubbed, count))
+        if isinstance(value, str):
+            cleaned = _scrub_url(key, value, raw, scan, emails)
             if cleaned != value:
                 span.set_attribute(key, cleaned)
 
@@ -57,15 +66,18 @@ def _scrub_headers(span: Any, attributes: Any) -> None:
             span.set_attribute(key, (REDACTED,))
 
 
-def scrub_server_span(span: Any, raw_query: bytes | str, *, headers: bool = True) -> None:
-    """Scrub a live server span: secret values of the raw query in its URL attributes and
-    captured request headers (``http.request.header.*``) naming a secret (``authorization``,
-    ``cookie``, ``ocp-apim-subscription-key``...) or holding a secret-shaped value;
-    ``headers=False`` skips the headers."""
+def scrub_server_span(
+    span: Any, raw_query: bytes | str, *, headers: bool = True, emails: bool = True
+) -> None:
+    """Scrub a live server span: secret values of the raw query in its URL attributes (and,
+    with ``emails``, e-mail addresses in their paths and query values), and captured request
+    headers (``http.request.header.*``) naming a secret (``authorization``, ``cookie``,
+    ``ocp-apim-subscription-key``...) or holding a secret-shaped value; ``headers=False``
+    skips the headers."""
     attributes = getattr(span, "attributes", None)
     if not attributes or not span.is_recording():
         return
-    if raw_query:
-        _scrub_url_attributes(span, attributes, raw_query)
+    if raw_query or emails:
+        _scrub_url_attributes(span, attributes, raw_query, emails)
     if headers:
         _scrub_headers(span, attributes)

@@ -101,12 +101,18 @@ def capture_headers_enabled() -> bool:
 
 
 def scrub_span(environ: Environ, *, headers: bool | None = None) -> None:
-    """Scrub the current (server) span's URL attributes and, when contrib captures them,
-    request headers; cheap when the request has no query string and headers are not captured."""
+    """Scrub the current (server) span's URL attributes (secret query values; e-mail addresses
+    unless OTEL_SECAUDIT_RECORD_USER_NAME=true) and, when contrib captures them, request
+    headers; cheap when the request has no query string, no ``@`` in its path and headers are
+    not captured."""
     query = environ.get("QUERY_STRING") or ""
     capture = capture_headers_enabled() if headers is None else headers
-    if query or capture:
-        scrub_server_span(trace.get_current_span(), query, headers=capture)
+    # an '@' in the (decoded) path may be an e-mail address in contrib's URL attributes
+    emails = "@" in (environ.get("PATH_INFO") or "")
+    if query or capture or emails:
+        if emails or query:
+            emails = not runtime.current().settings.record_user_name
+        scrub_server_span(trace.get_current_span(), query, headers=capture, emails=emails)
 
 
 class _NamesInput:
