@@ -23,7 +23,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from .web.client import CLIENT_ADDRESS_HEADERS
-from .web.rules import LoginRoutes, StatusRules, parse_login_routes, parse_status_rules
+from .web.rules import (
+    LoginRoutes,
+    StatusRules,
+    login_rule_conflicts,
+    parse_login_routes,
+    parse_status_rules,
+)
 
 __all__ = ["ENV_PREFIX", "ConfigError", "Settings", "redact_uri_password"]
 
@@ -152,6 +158,13 @@ def _parse_export_dir(raw: str) -> Path:
     return Path(raw.strip() or "./otel-secaudit-output").expanduser()
 
 
+def _parse_claim(raw: str) -> str:
+    name = raw.strip()
+    if not name or len(name) > 128 or any(ch.isspace() for ch in name):
+        raise ValueError("expected a claim name such as sub")
+    return name
+
+
 def _parse_hash_key(raw: str) -> bytes | None:
     raw = raw.strip()
     if not raw:
@@ -183,6 +196,7 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "status_events": (_parse_status_events, _DEFAULT_STATUS_EVENTS),
     "login_routes": (_parse_login_routes, ""),
     "login_user_fields": (_parse_list, "username,email,login"),
+    "user_id_claim": (_parse_claim, "sub"),
     "client_address_header": (_parse_client_address_header, "x-forwarded-for"),
     "redact_keys": (_parse_list, ""),
     "spool_dir": (_parse_path, ""),
@@ -316,6 +330,11 @@ def _config_error_text(name: str, shown_value: str, problem: object) -> str:
     return redact_uri_password(f"{shown_value}: {problem}")
 
 
+def _warn_shadowed_login_routes(settings: Settings) -> None:
+    for problem in login_rule_conflicts(settings.status_events, settings.login_routes):
+        _log.warning("otel_secaudit: %s", problem)
+
+
 @dataclass(frozen=True)
 class Settings:
     """All of otel_secaudit's configuration (CONTRACT section 5).
@@ -348,6 +367,8 @@ class Settings:
     login_routes: LoginRoutes = field(default_factory=LoginRoutes)
     #: Form/JSON fields of a login body that hold the user name.
     login_user_fields: tuple[str, ...] = ("username", "email", "login")
+    #: The claim of a token decoded during a request that is the request's user.id.
+    user_id_claim: str = "sub"
     #: The one forwarding header trusted proxies set.
     client_address_header: str = "x-forwarded-for"
     redact_keys: tuple[str, ...] = ()
@@ -431,6 +452,8 @@ class Settings:
                 _log.warning("otel_secaudit: %s; using the default %r", message, default)
                 values[name] = parser(default)
         settings = cls(**values)
+        if lenient:  # the instrumentor's load: say once what the operator wrote that is shadowed
+            _warn_shadowed_login_routes(settings)
         if settings.hash_key is None:
             _log.info(
                 "otel_secaudit: OTEL_SECAUDIT_HASH_KEY is not set; user.hash uses a random "

@@ -15,6 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .auth.state import AuthObservation
 
 __all__ = ["RequestContext", "current_request", "request_scope"]
 
@@ -46,9 +50,13 @@ class RequestContext:
     #: The request's server span (opened by the HTTP instrumentation), when there is one: a
     #: span event recorded on it leaves out the request attributes the span carries itself.
     server_span: object | None = None
+    #: Password checks and token decodes the instrumented libraries saw during this request
+    #: (:mod:`otel_secaudit.auth`); None until the first one.
+    auth: AuthObservation | None = None
 
     def resolve_user_id(self) -> str | None:
-        """The user id, from ``user_id`` or, once, from ``user_id_resolver``."""
+        """The user id, from ``user_id`` or, once, from ``user_id_resolver`` (the framework's
+        authenticated user), else the subject of a token decoded during the request."""
         if self.user_id is None and self.user_id_resolver is not None:
             resolver, self.user_id_resolver = self.user_id_resolver, None
             try:
@@ -57,6 +65,8 @@ class RequestContext:
                 value = None
             if value is not None:
                 self.user_id = str(value)
+        if self.user_id is None and self.auth is not None:
+            return self.auth.token_user_id
         return self.user_id
 
 

@@ -163,6 +163,14 @@ def _first_header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _www_authenticate(message: Message) -> str | None:
+    """The ``WWW-Authenticate`` header of a response start message (RFC 6750 challenges)."""
+    for key, value in message.get("headers") or ():
+        if isinstance(key, bytes) and key.lower() == b"www-authenticate":
+            return bytes(value[:1024]).decode("latin-1")
+    return None
+
+
 # -- user names -------------------------------------------------------------------------------
 
 
@@ -301,7 +309,8 @@ class SecAuditMiddleware:
                 started = True
                 status = message.get("status")
                 if isinstance(status, int):
-                    exchange.respond(status)
+                    challenge = _www_authenticate(message) if status == 401 else None
+                    exchange.respond(status, challenge)
             await send(message)
 
         try:

@@ -52,7 +52,8 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import ObjectProxy, wrap_function_wrapper
 
 from .. import runtime
-from ..context import request_scope
+from ..auth.patching import Patched, observation_of, patch, unpatch
+from ..context import current_request, request_scope
 from .exchange import Exchange, Refusal
 from .user_names import names_from_form, names_from_json
 from .wsgi import (
@@ -91,6 +92,7 @@ class _State:
     original_load_middleware: Any = None
     #: Modules whose ``redirect_to_login`` is wrapped.
     redirect_patched: list[str] = []
+    login_form_patches: list[Patched] | None = None
 
 
 #: Set by the middleware for each request: redirect_to_login calls note themselves in it.
@@ -121,6 +123,14 @@ def _user_id_of(request: Any) -> str | None:
         return None
     pk = getattr(user, "pk", None)
     return None if pk is None else str(pk)
+
+
+def _challenge(response: Any) -> str | None:
+    try:
+        value = response.get("WWW-Authenticate")
+    except Exception:  # not an HttpResponse: no challenge to read
+        return None
+    return str(value)[:1024] if value is not None else None
 
 
 def _refusal_response(refusal: Refusal) -> Any:
@@ -180,6 +190,7 @@ class SecAuditDjangoMiddleware:
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
         self._capture_headers = capture_headers_enabled()
+        _patch_login_form()  # the apps are ready now: django.contrib.auth.forms imports
 
     def __call__(self, request: Any) -> Any:
         environ = request.META
@@ -216,8 +227,30 @@ class SecAuditDjangoMiddleware:
                 _login_redirect(exchange, request, status, noted)
             except Exception as exc:
                 exchange.runtime.recorder.internal_error(exc, "django.login_redirect")
-            exchange.respond(status)
+            exchange.respond(status, _challenge(response) if status == 401 else None)
             return response
+
+
+def _expect_login_signal(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``AuthenticationForm.clean`` (LoginView, the admin): Django sends ``user_logged_in``
+    for every login such a form lets in, so a passing password check without that signal is
+    a login the form refused (``confirm_login_allowed``: inactive, or no staff account)."""
+    request = current_request()
+    observation = observation_of(request) if request is not None else None
+    if observation is not None:
+        observation.expects_login_signal = True
+    return wrapped(*args, **kwargs)
+
+
+def _patch_login_form() -> None:
+    if _State.login_form_patches is not None or not _State.active:
+        return
+    try:
+        _State.login_form_patches = patch(
+            "django.contrib.auth.forms", "AuthenticationForm.clean", _expect_login_signal
+        )
+    except Exception:  # django.contrib.auth not installed in this project
+        _State.login_form_patches = []
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,6 +493,9 @@ def uninstrument_django() -> None:
             BaseHandler.load_middleware = _State.original_load_middleware  # type: ignore
             _State.original_load_middleware = None
         _unpatch_redirect_to_login()
+        if _State.login_form_patches:
+            unpatch(_State.login_form_patches)
+        _State.login_form_patches = None
         _remove_from_settings()
     except Exception:
         _log.exception("otel_secaudit: could not fully undo the Django instrumentation")

@@ -55,6 +55,7 @@ from ..detection.scans import is_probe_status
 from ..redaction import hash_identity, scrub_path
 from ..redaction.urls import scrub_path_emails
 from .client import normalize_ip, resolve_client_address
+from .outcomes import observed_outcome
 from .rules import LoginRoute, StatusRule
 from .user_names import NameSource
 
@@ -288,19 +289,52 @@ class Exchange:
 
     # -- after the application ----------------------------------------------------------------
 
-    def respond(self, status: int) -> None:
-        """The application answered ``status`` (call at response start, once)."""
+    def respond(self, status: int, www_authenticate: str | None = None) -> None:
+        """The application answered ``status`` (call at response start, once), with its
+        ``WWW-Authenticate`` header when the status is 401 (RFC 6750 ``invalid_token``).
+
+        Observed authentication (:mod:`~otel_secaudit.web.outcomes`) comes first, then a
+        route-scoped status rule, then the login route's SUCCESS spec, then the other rules."""
         if self._answered:
             return
         self._answered = True
         try:
             self.request.status_code = status
             self._detections(status)
-            if self.login is not None and self._login_answered(status):
+            if observed_outcome(self, status, www_authenticate):
+                return
+            if (
+                self.login is not None
+                and self.scoped_rule(status) is None
+                and self._login_answered(status)
+            ):
                 return
             self._status_rule(status)
         except Exception as exc:
             self.runtime.recorder.internal_error(exc, "web.status")
+
+    def scoped_rule(self, status: int) -> StatusRule | None:
+        """The route-scoped status rule matching this answer, if any (more specific than a
+        login route and than observed outcomes' defaults)."""
+        rules = self.runtime.settings.status_events
+        if not rules.scoped:
+            return None
+        candidates = rules.candidates(status)
+        if not any(rule.route is not None for rule in candidates):
+            return None
+        request = self.request
+        rule = rules.match(request.method, status, request.route, request.raw_path)
+        return rule if rule is not None and rule.route is not None else None
+
+    def login_succeeded(self, name: str | None) -> None:
+        """``auth.login.succeeded`` (once per request) with ``user.hash`` of ``name`` when the
+        login's user name is unambiguous, and ``auth.login.succeeded_after_failures`` when its
+        user key had violations in the window."""
+        fields: dict[str, Any] = {"user_name": name} if name else {}
+        if not self._already(LOGIN_SUCCEEDED):
+            self._record(LOGIN_SUCCEEDED, **fields)
+        if name:
+            record_after_failures(self.runtime, self.request, name, fields)
 
     def failed(self) -> None:
         """The application raised before answering: the server answers 500."""
@@ -329,24 +363,20 @@ class Exchange:
         return name in self.request.recorded_names
 
     def _login_answered(self, status: int) -> bool:
-        """Record the login route's outcome; False when the status is not the login rule's
-        (429, 5xx, 1xx): the status rules apply then."""
+        """Record the login route's outcome by its SUCCESS spec; False when the status is not
+        the login rule's (429, 5xx, 1xx): the status rules apply then."""
+        assert self.login is not None
         names = self.submitted_user_names()
-        # A success is attributed to a submitted name only when the body named one user.
-        name = names[0] if len(names) == 1 else None
-        fields: dict[str, Any] = {"user_name": name} if name else {}
-        if 200 <= status < 400:
+        if self.login.succeeded(status):
             if self.request.failure_recorded:
                 # The application or a framework signal recorded a failure for this request
                 # (Django's LoginView answers 200 to a wrong password, after user_login_failed):
                 # the answer's status says nothing about success then.
                 return True
-            if not self._already(LOGIN_SUCCEEDED):
-                self._record(LOGIN_SUCCEEDED, **fields)
-            if name:
-                record_after_failures(self.runtime, self.request, name, fields)
+            # A success is never attributed to a name the application did not authenticate.
+            self.login_succeeded(names[0] if len(names) == 1 else None)
             return True
-        if 400 <= status < 500 and status != 429:
+        if 200 <= status < 500 and status != 429:
             if not self.request.failure_recorded and not self._already(LOGIN_FAILED):
                 for candidate in names or (None,):  # an ambiguous body: each candidate's failure
                     named = {"user_name": candidate} if candidate else {}

@@ -173,7 +173,15 @@ def _after_request(response: Any) -> Any:
 
     exchange = flask.request.environ.get(_EXCHANGE_KEY)
     if exchange is not None:
-        exchange.respond(response.status_code)
+        status = response.status_code
+        observation = exchange.request.auth
+        if observation is not None and observation.checks:
+            # Flask-Login sends user_logged_in for every login it lets in: an app that has a
+            # LoginManager and checked a password without that signal refused the login.
+            if getattr(flask.current_app, "login_manager", None) is not None:
+                observation.expects_login_signal = True
+        challenge = response.headers.get("WWW-Authenticate") if status == 401 else None
+        exchange.respond(status, challenge)
     return response
 
 

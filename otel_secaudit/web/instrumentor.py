@@ -56,6 +56,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from .. import runtime
+from ..auth import instrument_auth, uninstrument_auth
 from ..config import _PARSERS, ConfigError, Settings
 from ..detection.processor import ensure_processor
 from ..package import _instruments
@@ -89,6 +90,9 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Instruments every Starlette/FastAPI, Django, Flask and WSGI application whose framework
     is installed; see the module documentation."""
 
+    #: What :func:`~otel_secaudit.auth.instrument_auth` patched, for ``_uninstrument``.
+    _auth_patches: list[Any] = []
+
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
@@ -100,10 +104,14 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             wsgi_adapter.instrument_wsgi()  # each: nothing when the framework is not installed
             django_adapter.instrument_django()
             flask_adapter.instrument_flask()
+            # Password checks and token decodes of the installed libraries (each optional).
+            self._auth_patches = instrument_auth()
         except Exception:  # never stop the application (or later instrumentors)
             _log.exception("otel_secaudit: instrumentation failed; the application runs without it")
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        uninstrument_auth(getattr(self, "_auth_patches", []))
+        self._auth_patches = []
         starlette_adapter.unpatch()
         wsgi_adapter.uninstrument_wsgi()
         django_adapter.uninstrument_django()

@@ -14,9 +14,11 @@ exact route before a prefix (the longer prefix first), an exact status before a 
 compared with the route template the framework matched; when none matched (a 404) it is
 compared with the request path, ``{param}`` segments matching one path segment.
 
-A **login route** is ``METHOD ROUTE`` (``POST /auth/jwt/login``). It is matched against the
-request *path* when the request starts, with the same template syntax. The submitted user name
-is read by :mod:`otel_secaudit.web.user_names`.
+A **login route** is ``METHOD ROUTE [SUCCESS]`` (``POST /auth/jwt/login``,
+``POST /auth/login 3xx``; SUCCESS defaults to ``2xx,3xx``). It is matched against the request
+*path* when the request starts, with the same template syntax. A route-scoped status rule for
+the same route is more specific and wins (:func:`login_rule_conflicts` names such rules, for a
+warning at start). The submitted user name is read by :mod:`otel_secaudit.web.user_names`.
 
 Nothing here records anything or knows about a web framework.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "RuleError",
     "StatusRule",
     "StatusRules",
+    "login_rule_conflicts",
     "parse_login_routes",
     "parse_status_rules",
 ]
@@ -245,6 +248,22 @@ class StatusRules(Mapping[int, str]):
                 return rule
         return None
 
+    def route_events(
+        self, method: str | None, route: str | None, path: str | None
+    ) -> frozenset[str]:
+        """Event names of the route-scoped rules written for this request's route, whatever
+        their status (what the rules say the route is, e.g. a change-password endpoint)."""
+        names: set[str] = set()
+        for rule in self.rules:
+            if rule.route is None or (rule.method is not None and rule.method != method):
+                continue
+            if route is not None:
+                if rule.route.matches_template(route):
+                    names.add(rule.event)
+            elif path is not None and rule.route.matches_path(path):
+                names.add(rule.event)
+        return frozenset(names)
+
     # Mapping view: the app-wide rules by status code.
     def __getitem__(self, status: int) -> str:
         return self._plain[status]
@@ -296,30 +315,63 @@ def parse_status_rules(raw: str | Iterable[str] | Mapping[int, str]) -> StatusRu
     return parsed
 
 
+#: A status code (``302``, False) or class (``3``, True) of a login route's SUCCESS spec.
+StatusSpec = tuple[int, bool]
+#: A login route's default SUCCESS spec: ``2xx,3xx``.
+DEFAULT_LOGIN_SUCCESS: Final[tuple[StatusSpec, ...]] = ((2, True), (3, True))
+_STATUS_SPEC: Final = re.compile(r"\A(?:[1-5][xX][xX]|[1-5]\d\d)\Z")
+
+
+def _is_status_list(text: str) -> bool:
+    tokens = [t for t in re.split(r"[\s|]+", text.strip()) if t]
+    return bool(tokens) and all(_STATUS_SPEC.match(t) for t in tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class LoginRoute:
-    """``METHOD ROUTE`` of a login endpoint."""
+    """``METHOD ROUTE [SUCCESS]`` of a login endpoint; SUCCESS (default ``2xx,3xx``) is the
+    codes or classes (``302``, ``3xx``) of a successful login's answer."""
 
     method: str
     route: RouteTemplate
     text: str = ""
+    success: tuple[StatusSpec, ...] = DEFAULT_LOGIN_SUCCESS
 
     @classmethod
     def parse(cls, text: str) -> LoginRoute:
-        """Parse ``POST /auth/jwt/login``.
+        """Parse ``POST /auth/jwt/login`` or ``POST /auth/login 3xx`` (several codes or
+        classes separated by spaces, ``|`` or, in the variable, commas).
 
         Raises:
             RuleError: naming the entry and what is wrong with it.
         """
         entry = text.strip()
         tokens = entry.split()
-        if len(tokens) != 2 or tokens[0].upper() not in _HTTP_METHODS:
-            raise RuleError(f"bad login route {entry[:120]!r}: expected METHOD ROUTE")
+        if len(tokens) < 2 or tokens[0].upper() not in _HTTP_METHODS:
+            raise RuleError(f"bad login route {entry[:120]!r}: expected METHOD ROUTE [SUCCESS]")
         try:
             route = RouteTemplate.parse(tokens[1])
         except RuleError as exc:
             raise RuleError(f"bad login route {entry[:120]!r}: {exc}") from None
-        return cls(tokens[0].upper(), route, entry)
+        success = DEFAULT_LOGIN_SUCCESS
+        if len(tokens) > 2:
+            spec = " ".join(tokens[2:]).replace(",", " ")
+            if not _is_status_list(spec):
+                raise RuleError(
+                    f"bad login route {entry[:120]!r}: SUCCESS must be status codes or classes"
+                    " (302, 3xx)"
+                )
+            success = tuple(
+                _parse_status(token, entry) for token in re.split(r"[\s|]+", spec) if token
+            )
+        return cls(tokens[0].upper(), route, entry, success)
+
+    def succeeded(self, status: int) -> bool:
+        """Whether ``status`` is a successful login's answer (the SUCCESS spec)."""
+        return any(
+            (status // 100 == code) if is_class else status == code
+            for code, is_class in self.success
+        )
 
 
 class LoginRoutes(tuple[LoginRoute, ...]):
@@ -345,13 +397,25 @@ def _same_trailing_slash(route: RouteTemplate, path: str) -> bool:
     return path.endswith("/") == route.text.endswith("/")
 
 
+def _login_route_items(raw: str) -> list[str]:
+    """Comma-separated entries; an item that is only status codes continues the SUCCESS
+    spec of the entry before it (``POST /auth/login 200,302``)."""
+    items: list[str] = []
+    for item in _split_items(raw):
+        if items and _is_status_list(item) and len(items[-1].split()) >= 2:
+            items[-1] = f"{items[-1]} {item}"
+        else:
+            items.append(item)
+    return items
+
+
 def parse_login_routes(raw: str | Iterable[str]) -> LoginRoutes:
     """Parse login routes from the environment string or a list of entries.
 
     Raises:
         RuleProblems: when some entries are bad; ``exc.usable`` holds the others.
     """
-    items = _split_items(raw) if isinstance(raw, str) else [str(i).strip() for i in raw]
+    items = _login_route_items(raw) if isinstance(raw, str) else [str(i).strip() for i in raw]
     routes: list[LoginRoute] = []
     problems: list[str] = []
     for item in items:
@@ -363,3 +427,25 @@ def parse_login_routes(raw: str | Iterable[str]) -> LoginRoutes:
     if problems:
         raise RuleProblems(problems, parsed if routes else None)
     return parsed
+
+
+def login_rule_conflicts(rules: StatusRules, logins: Sequence[LoginRoute]) -> list[str]:
+    """Warnings for route-scoped status rules written for a login route: the rule is more
+    specific and wins over the login route's SUCCESS spec for the statuses it names."""
+    found: list[str] = []
+    for login in logins:
+        for rule in rules.rules:
+            if rule.route is None or rule.method not in (None, login.method):
+                continue
+            if rule.route.prefix or login.route.prefix:
+                same = rule.route.matches_template(login.route.text) or (
+                    login.route.prefix and login.route.matches_template(rule.route.text)
+                )
+            else:
+                same = rule.route.text.rstrip("/") == login.route.text.rstrip("/")
+            if same:
+                found.append(
+                    f"status rule {rule.text!r} is more specific than login route "
+                    f"{login.text!r} and wins for the statuses it names"
+                )
+    return found

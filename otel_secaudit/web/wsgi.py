@@ -54,6 +54,7 @@ __all__ = [
     "register_exit_flush",
     "scrub_span",
     "uninstrument_wsgi",
+    "www_authenticate",
 ]
 
 Environ = dict[str, Any]
@@ -197,6 +198,17 @@ def record_login_success(user_name: str | None, **fields: Any) -> None:
             rt.recorder.internal_error(exc, "web.signal")
 
 
+def www_authenticate(headers: Any) -> str | None:
+    """The ``WWW-Authenticate`` value among WSGI response ``headers`` (RFC 6750 challenges)."""
+    try:
+        for key, value in headers or ():
+            if isinstance(key, str) and key.lower() == "www-authenticate":
+                return str(value)[:1024]
+    except (TypeError, ValueError):  # malformed headers are the server's to reject
+        return None
+    return None
+
+
 def _status_code(status: str) -> int:
     try:
         return int(status[:3])
@@ -261,8 +273,9 @@ class SecAuditWSGIMiddleware:
 
             def start(status: str, headers: Any, exc_info: Any = None) -> Any:
                 # Also called while the body is iterated, outside the ``with`` below.
+                code = _status_code(status)
                 with request_scope(exchange.request):
-                    exchange.respond(_status_code(status))
+                    exchange.respond(code, www_authenticate(headers) if code == 401 else None)
                 if exc_info is not None:
                     return start_response(status, headers, exc_info)
                 return start_response(status, headers)
