@@ -316,6 +316,11 @@ def test_a_secret_in_a_probed_path_is_redacted(make_sdk: Any, detectors: list[An
     [scan] = security_logs(sdk, "abuse.scan")
     paths = dict(scan.attributes)["security.scan.paths"]
     assert jwt not in repr(paths) and "\x1b" not in repr(paths)
+    # redacted before it is kept, not only when exported
+    detector.anomalies.probe(ADDRESS, "/api/" + jwt)
+    assert detector.flush()
+    kept = [state.paths for state in detector.anomalies.scans._keys.values()]
+    assert kept == [["[REDACTED]"]]
 
 
 def test_scan_threshold_zero_turns_scans_off(make_sdk: Any, detectors: list[Any]) -> None:

@@ -27,9 +27,10 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from .. import attributes as attr
+from ..redaction import Redactor, Sanitized
 from .devices import DeviceHistory, Login, SeenLogin, device_family, network_of
 from .handoff import HandOff
-from .scans import Probe, ScanCounter, ScanCrossing
+from .scans import MAX_PATH_LENGTH, Probe, ScanCounter, ScanCrossing
 
 if TYPE_CHECKING:
     from .detector import AbuseDetector
@@ -78,6 +79,7 @@ class AnomalyDetector:
         self.scans = ScanCounter(max_keys)
         self.devices = DeviceHistory(max_keys)
         self.shared = shared
+        self._redactor = Redactor(settings.redact_keys)
         self._lock = threading.Lock()
         self.dropped = 0
         self._handoff: HandOff[_RawProbe | Login] | None = None
@@ -105,7 +107,7 @@ class AnomalyDetector:
                 return
             span_context = trace.get_current_span().get_span_context()
             trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else ""
-            self._offer((address, path or "", trace_id, self._clock()))
+            self._offer((address, (path or "")[:MAX_PATH_LENGTH], trace_id, self._clock()))
         except Exception as exc:
             self._failed(exc)
 
@@ -170,7 +172,9 @@ class AnomalyDetector:
             else:
                 address, path, trace_id, at = item
                 key, blockable = keys.resolve(address)
-                probes.append(Probe(key, path, trace_id, at, blockable))
+                # Redacted before it is kept (in memory or Redis), as url.path would be.
+                clean = self._redactor.text(path, Sanitized(), MAX_PATH_LENGTH) or ""
+                probes.append(Probe(key, clean, trace_id, at, blockable))
         if probes:
             self._scans(probes)
         if logins:
