@@ -557,3 +557,39 @@ def test_a_64_kib_user_agent_at_login_is_capped_and_parsed(
     assert detector.flush(timeout=10)
     [record] = security_logs(sdk, "auth.login.new_device")
     assert len(record.attributes["user_agent.original"]) <= 1024
+
+
+def test_the_report_shows_a_scan_as_a_signal_and_finds_it_by_network(
+    make_sdk: Any, detectors: list[Any], tmp_path: Any, capsys: Any
+) -> None:
+    """``otel-secaudit report`` on an otlp_json_dir recording: abuse.scan is the detector's
+    signal (with its paths), not an offence of its own; ``--address`` finds an IPv6 scanner
+    by its network key."""
+    import json
+
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+
+    from otel_secaudit.cli import main
+    from otel_secaudit.demo.report import load, summarize
+    from otel_secaudit.exporters import OTLPJsonDirLogExporter
+
+    sdk = make_sdk(scan_threshold=2)
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(
+        SimpleLogRecordProcessor(OTLPJsonDirLogExporter(tmp_path))
+    )
+    recorder = otel_secaudit.SecurityRecorder(sdk.settings, logger_provider=logger_provider)
+    detector = AbuseDetector(recorder)
+    detectors.append(detector)
+    for path in ("/.env", "/.git/config"):
+        detector.anomalies.probe("2001:db8:1:2::99", path)
+    assert detector.flush()
+    logger_provider.shutdown()
+    summary = summarize(load(tmp_path))
+    assert summary.events == {"abuse.scan": 1} and summary.violations == 0
+    [signal] = summary.abuse_signals
+    assert (signal.scope, signal.key, signal.count) == ("scan", "2001:db8:1:2::/64", 2)
+    assert list(signal.breakdown) == ["/.env", "/.git/config"]
+    assert main(["report", str(tmp_path), "--json", "--address", "2001:db8:1::/48"]) == 0
+    assert json.loads(capsys.readouterr().out)["events"] == {"abuse.scan": 1}

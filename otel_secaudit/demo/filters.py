@@ -54,7 +54,9 @@ _MAX_DURATION_S: Final = 100 * 365 * 86400
 _EVENT: Final = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _HEX: Final = re.compile(r"[0-9a-f]+")
 _TRACE: Final = re.compile(r"[0-9a-f]{32}")
-_HOST_SCOPES: Final = frozenset({"abuse.host", "abuse.block.started", "abuse.block.ended"})
+_HOST_SCOPES: Final = frozenset(
+    {"abuse.host", "abuse.scan", "abuse.block.started", "abuse.block.ended"}
+)
 _MEMO_SIZE: Final = 4096
 
 

@@ -45,7 +45,7 @@ __all__ = ["Links", "ViolationChart", "render_html", "violation_chart"]
 _TRACE_ID: Final = re.compile(r"^[0-9a-f]{32}$")
 _HEX64: Final = re.compile(r"^[0-9a-f]{64}$")
 _DETECTOR_EVENTS: Final = frozenset(
-    {"abuse.host", "abuse.user", "abuse.block.started", "abuse.block.ended"}
+    {"abuse.host", "abuse.user", "abuse.scan", "abuse.block.started", "abuse.block.ended"}
 )
 #: Evidence timelines rendered in full; past this, the trace ID and its links only.
 MAX_TIMELINES: Final = 300
@@ -145,7 +145,7 @@ def _cards(summary: Summary) -> str:
 
 
 def _who(signal: AbuseSignal) -> str:
-    if signal.scope == "host":
+    if signal.scope in ("host", "scan"):
         return f"client.address={signal.key}"
     if _HEX64.match(signal.key):
         return f"user.hash={signal.key[:16]}…"

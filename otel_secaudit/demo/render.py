@@ -56,7 +56,7 @@ def _signals(summary: Summary) -> list[RenderableType]:
         Text("Abuse signals (evidence: trace IDs of the violations)", style="italic")
     ]
     for signal in summary.abuse_signals:
-        if signal.scope == "host":
+        if signal.scope in ("host", "scan"):
             who = f"client.address={signal.key}"
         elif _HEX64.match(signal.key):
             who = f"user.hash={signal.key[:16]}…"

@@ -20,13 +20,16 @@ __all__ = ["AbuseSignal", "BlockEvent", "Summary", "security_logs", "summarize"]
 BLOCK_SECONDS: Final = "security.block.seconds"
 #: abuse.* events are the detector's output, not offences of their own.
 DETECTOR_EVENTS: Final = frozenset(
-    {"abuse.host", "abuse.user", "abuse.block.started", "abuse.block.ended"}
+    {"abuse.host", "abuse.user", "abuse.scan", "abuse.block.started", "abuse.block.ended"}
 )
+#: The detector's escalations (each one an :class:`AbuseSignal`).
+SIGNAL_EVENTS: Final = frozenset({"abuse.host", "abuse.user", "abuse.scan"})
 
 
 @dataclass
 class AbuseSignal:
-    """One ``abuse.host`` / ``abuse.user`` record: what crossed which threshold, and why."""
+    """One ``abuse.host`` / ``abuse.user`` / ``abuse.scan`` record: what crossed which
+    threshold, and why (a scan's ``breakdown`` is its probed paths)."""
 
     time: str
     event: str
@@ -171,7 +174,9 @@ def _signal(log: LogEntry) -> AbuseSignal:
         count=_int(a.get(attr.ABUSE_COUNT)),
         threshold=_int(a.get(attr.ABUSE_THRESHOLD)),
         window_s=_float(a.get(attr.ABUSE_WINDOW_S)),
-        breakdown=log.body if isinstance(log.body, dict) else {},
+        breakdown=log.body
+        if isinstance(log.body, dict)
+        else {path: 1 for path in _strings(a.get(attr.SCAN_PATHS))},
         trace_ids=_strings(a.get(attr.ABUSE_TRACE_IDS)),
     )
 
@@ -191,7 +196,7 @@ def summarize(recording: Recording, top: int = 5) -> Summary:
         events[log.event_name] += 1
         outcome = str(a.get(attr.EVENT_OUTCOME, ""))
         outcomes.setdefault(log.event_name, outcome)
-        if log.event_name in ("abuse.host", "abuse.user"):
+        if log.event_name in SIGNAL_EVENTS:
             signals.append(_signal(log))
         elif log.event_name in ("abuse.block.started", "abuse.block.ended"):
             blocks.add(log)
