@@ -79,10 +79,10 @@ class OTLPReceiver:
     """An in-process OTLP receiver on loopback: gRPC on ``grpc_port``, HTTP on ``http_port``.
 
     Fault injection: set :attr:`delay` (seconds before answering), :attr:`fail_next` (answer the
-    next N export calls with UNAVAILABLE / HTTP 503), :attr:`reject_log_records` (the next log
-    export answers a partial success rejecting that many records, which are not kept), or
-    :meth:`stop` and :meth:`start` again (same ports). Everything accepted is kept: parsed
-    requests and the raw request bytes.
+    next N export calls with gRPC :attr:`fail_code`, UNAVAILABLE by default, or HTTP 503),
+    :attr:`reject_log_records` (the next log export answers a partial success rejecting that
+    many records, which are not kept), or :meth:`stop` and :meth:`start` again (same ports).
+    Everything accepted is kept: parsed requests and the raw request bytes.
 
     Size limits, as a collector has them: ``max_receive_bytes`` is the gRPC server's
     ``grpc.max_receive_message_length`` (gRPC's default is 4 MiB; a larger message gets
@@ -103,6 +103,8 @@ class OTLPReceiver:
         self.reject_log_records = 0
         self.delay = 0.0
         self.fail_next = 0
+        #: the gRPC status of an injected failure (HTTP answers 503 whatever it is)
+        self.fail_code = grpc.StatusCode.UNAVAILABLE
         self.lock = threading.Lock()
         self.log_requests: list[logs_service_pb2.ExportLogsServiceRequest] = []
         self.trace_requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
@@ -172,7 +174,7 @@ class OTLPReceiver:
                 self.fail_next -= 1
                 self.refused += 1
                 if context is not None:
-                    context.abort(grpc.StatusCode.UNAVAILABLE, "injected failure")
+                    context.abort(self.fail_code, "injected failure")
                 return False
             bucket.append(request)
             self.raw.append(request.SerializeToString())

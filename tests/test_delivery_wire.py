@@ -295,3 +295,24 @@ def test_dead_letter_never_follows_a_planted_link_or_fifo(tmp_path: Path) -> Non
         assert stat.S_IMODE((spool.path / "dead-letter").stat().st_mode) == 0o600
     finally:
         spool.close()
+
+
+def test_throttling_is_retried_never_split_or_dead_lettered(
+    receivers: list[OTLPReceiver], spooled: Any
+) -> None:
+    """RESOURCE_EXHAUSTED that is not about the message size (a backend throttling its
+    clients) is retried with backoff: no split, nothing in the dead letter."""
+    import grpc
+
+    receiver = OTLPReceiver().start()
+    receivers.append(receiver)
+    receiver.fail_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    receiver.fail_next = 4
+    recorder, _ = spooled(receiver, "grpc")
+    for seq in range(5):
+        recorder.record("auth.login.failed", user_name=f"u{seq}", attributes={"seq": seq})
+    assert recorder.delivery.flush(15_000)
+    stats = processor_of(recorder).spool.stats
+    assert receiver.refused == 4 and stats.export_failures >= 4
+    assert (stats.exported, stats.splits, stats.dead_lettered) == (5, 0, 0)
+    assert seqs(receiver) == list(range(5))

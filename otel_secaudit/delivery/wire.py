@@ -2,9 +2,9 @@
 
 An exporter's ``export()`` answers SUCCESS or FAILURE, and the spool needs to know more:
 
-* whether the collector refused the batch for its **size** (gRPC ``RESOURCE_EXHAUSTED``
-  without RetryInfo, which is what a server answers to a message over its receive limit, 4 MiB
-  by default; HTTP 413): the batch is then split, and a single record that can never be
+* whether the collector refused the batch for its **size** (the gRPC ``RESOURCE_EXHAUSTED``
+  "message larger than max" a server answers to a message over its receive limit, 4 MiB by
+  default; HTTP 413): the batch is then split, and a single record that can never be
   delivered goes to the dead letter, instead of the same batch being retried forever;
 * the collector's ``partial_success`` (``rejected_log_records``): those records were refused
   for good and are counted, not retried (OTLP specification), and not counted as delivered;
@@ -188,7 +188,7 @@ class GrpcSender(_EncodingSender):
             code = error.code() if callable(getattr(error, "code", None)) else None  # type: ignore[attr-defined]
             details = error.details() if callable(getattr(error, "details", None)) else ""  # type: ignore[attr-defined]
             name = getattr(code, "name", str(code))
-            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not _has_retry_info(error):
+            if code == grpc.StatusCode.RESOURCE_EXHAUSTED and _is_size_refusal(error, details):
                 return SendResult(
                     Outcome.TOO_LARGE, detail=f"{name}: {details}"[:300], reason=f"gRPC {name}"
                 )
@@ -196,14 +196,19 @@ class GrpcSender(_EncodingSender):
         return _partial_success(response)
 
 
-def _has_retry_info(error: Any) -> bool:
-    """A RESOURCE_EXHAUSTED with RetryInfo is the server asking to come back later (OTLP
-    specification); without it, the request itself was too much."""
+def _is_size_refusal(error: Any, details: str) -> bool:
+    """True for the RESOURCE_EXHAUSTED a gRPC server answers to a message over its receive
+    limit ("Received message larger than max (5303932 vs. 4194304)"). A RESOURCE_EXHAUSTED
+    with RetryInfo, or any other (a backend throttling its clients), asks to come back later:
+    retried, never split, so throttling can never push records into the dead letter."""
+    text = (details or "").lower()
+    if "larger than max" not in text and "too large" not in text:
+        return False
     try:
         metadata = error.trailing_metadata() or ()
-        return any(key == "google.rpc.retryinfo-bin" for key, _ in metadata)
+        return not any(key == "google.rpc.retryinfo-bin" for key, _ in metadata)
     except Exception:
-        return False
+        return True
 
 
 class HttpSender(_EncodingSender):
