@@ -108,7 +108,12 @@ def django_site(
     otlp_receiver: OTLPReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     db = prepare_django_db(str(tmp_path_factory.mktemp("secsite-observed")))
-    env = telemetry_env(otlp_receiver.http_endpoint, **SETTINGS)
+    rules = (
+        "401:auth.unauthenticated,403:authz.permission_denied,"
+        "accounts/login/ 403:request.csrf_mismatch,"  # a route the project has
+        "POST /admin/logn/ 200:auth.login.failed"  # a typo: warned about at start
+    )
+    env = telemetry_env(otlp_receiver.http_endpoint, status_events=rules, **SETTINGS)
     env.pop("OTEL_SECAUDIT_LOGIN_ROUTES", None)
     served = serve_django(env, db)
     yield served
@@ -146,3 +151,6 @@ def test_django_admin_staff_less_account_is_login_not_allowed(
     staff = records(otlp_receiver, staff_from, 1)
     assert [event for event, _ in staff] == ["auth.login.succeeded"]
     assert staff[0][1].get("user.id")  # the signal's user
+    output = django_site.output()
+    assert "'POST /admin/logn/ 200:auth.login.failed' names a route" in output
+    assert "accounts/login/ 403" not in output

@@ -67,8 +67,12 @@ def check_wrapper(
         request = current_request()
         if request is None:
             return wrapped(*args, **kwargs)
-        observation = observation_of(request)
-        if observation is None or observation.busy:  # inside another check: the same one
+        observation = request.auth
+        if observation is None:
+            observation = observation_of(request)
+            if observation is None:
+                return wrapped(*args, **kwargs)
+        if observation.busy:  # inside another observed check: the same check
             return wrapped(*args, **kwargs)
         observation.busy = True
         try:

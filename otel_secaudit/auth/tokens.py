@@ -47,7 +47,7 @@ from .patching import (
     patch,
     patch_references,
 )
-from .state import AuthObservation, TokenFailure
+from .state import MAX_USER_ID_LENGTH, AuthObservation, TokenFailure
 
 __all__ = ["classify", "instrument_tokens"]
 
@@ -146,11 +146,17 @@ def decode_wrapper(
     true leaves a call unobserved (Flask's session serializer)."""
 
     def observe_decode(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        # The hot path of every decode in a request: few calls, no ABC checks (benchmarks/
+        # observed_auth.py measures it against the bare PyJWT decode).
         request = current_request()
         if request is None:
             return wrapped(*args, **kwargs)
-        observation = observation_of(request)
-        if observation is None or observation.busy or (skip and _skipped(skip, instance)):
+        observation = request.auth
+        if observation is None:
+            observation = observation_of(request)
+            if observation is None:
+                return wrapped(*args, **kwargs)
+        if observation.busy or (skip is not None and _skipped(skip, instance)):
             return wrapped(*args, **kwargs)
         observation.busy = True
         try:
@@ -160,7 +166,19 @@ def decode_wrapper(
             raise
         finally:
             observation.busy = False
-        _decoded(observation, family, claims_of, result, args, kwargs)
+        try:
+            claims = claims_of(result, args, kwargs)
+            user_id = None
+            if claims is not None:
+                value = claims.get(_runtime.current().settings.user_id_claim)
+                user_id = value if type(value) is str and value else _subject(value)
+            if observation.token_failure is None and user_id is not None:
+                observation.token_user_id = user_id[:MAX_USER_ID_LENGTH]
+                observation.token_family = family
+            else:
+                observation.token_decoded(family, user_id)
+        except Exception as error:  # observing never breaks the decode
+            internal_error(error, "auth.token")
         return result
 
     return observe_decode
@@ -179,24 +197,6 @@ def _failed(observation: AuthObservation, family: str, exc: BaseException) -> No
         if found is not None:
             event, reason = found
             observation.token_failed(TokenFailure(event, reason, type(exc).__name__, family))
-    except Exception as error:  # observing never breaks the decode
-        internal_error(error, "auth.token")
-
-
-def _decoded(
-    observation: AuthObservation,
-    family: str,
-    claims_of: ClaimsOf,
-    result: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> None:
-    try:
-        claims = claims_of(result, args, kwargs)
-        user_id = None
-        if claims is not None:
-            user_id = _subject(claims.get(_runtime.current().settings.user_id_claim))
-        observation.token_decoded(family, user_id)
     except Exception as error:  # observing never breaks the decode
         internal_error(error, "auth.token")
 
@@ -224,10 +224,13 @@ def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: s
 
 def _pyjwt_claims(result: Any, args: Any, kwargs: Any) -> Mapping[str, Any] | None:
     # decode_complete(jwt, key, algorithms, options, verify, ...) -> {"payload": {...}, ...}
-    options = _argument(args, kwargs, 3, "options")
-    if not _verifies(options, _argument(args, kwargs, 4, "verify")):
+    options = args[3] if len(args) > 3 else kwargs.get("options")
+    verify = args[4] if len(args) > 4 else kwargs.get("verify")
+    if (options is not None or verify is not None) and not _verifies(options, verify):
         return None
-    payload = result.get("payload") if isinstance(result, Mapping) else None
+    payload = result.get("payload") if type(result) is dict else None
+    if type(payload) is dict:
+        return payload
     return payload if isinstance(payload, Mapping) else None
 
 

@@ -55,6 +55,7 @@ from .. import runtime
 from ..auth.patching import Patched, observation_of, patch, unpatch
 from ..context import current_request, request_scope
 from .exchange import Exchange, Refusal
+from .route_check import django_routes, warn_unmatched
 from .user_names import names_from_form, names_from_json
 from .wsgi import (
     ENVIRON_MARKER,
@@ -444,6 +445,7 @@ def _patch_load_middleware() -> None:
                 _patch_redirect_to_login()
             except Exception:
                 _log.exception("otel_secaudit: could not observe Django's redirect_to_login")
+            warn_unmatched(django_routes, "Django")
         return result
 
     _State.original_load_middleware = original

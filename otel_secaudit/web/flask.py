@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from .. import runtime
 from ..context import request_scope
+from .route_check import flask_routes, warn_unmatched
 from .user_names import names_from_form, names_from_json
 from .wsgi import (
     ENVIRON_MARKER,
@@ -211,6 +212,7 @@ def _hook_app(app: Any) -> None:
     app.teardown_request_funcs.setdefault(None, []).append(_teardown_request)
     setattr(app, _HOOKED, True)
     _State.apps.add(app)
+    warn_unmatched(lambda: flask_routes(app), "Flask")
 
 
 def _unhook_app(app: Any) -> None:

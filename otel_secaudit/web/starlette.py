@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from .asgi import SecAuditMiddleware
+from .route_check import starlette_routes, warn_unmatched
 
 __all__ = ["patch", "unpatch", "with_secaudit"]
 
@@ -96,6 +97,8 @@ def _build_with_secaudit(app: Any, build: Callable[[], Any]) -> Any:
         stack = build()
     finally:
         app.user_middleware = saved
+    if app not in _apps:  # once per app, when its stack is first built (at start)
+        warn_unmatched(lambda: starlette_routes(app), "Starlette")
     _apps.add(app)
     return stack
 
