@@ -89,3 +89,49 @@ def test_not_a_server_span_gets_everything(sdk: Any) -> None:
     [span] = sdk.spans()
     [event] = span.events
     assert REQUEST_KEYS - {"http.response.status_code"} <= set(event.attributes)
+
+
+def test_through_uvicorn_the_server_span_event_is_lean_and_the_log_complete(
+    otlp_receiver: Any,
+) -> None:
+    """Under ``opentelemetry-instrument uvicorn``: contrib's server span carries the request
+    attributes, the plugin's span event on it only the event's own; the log record has both.
+    The instrumentor's SecAuditSpanProcessor counts the violations when their spans end and
+    abuse.host names their traces."""
+    import httpx
+
+    from harness import wait_for
+
+    from .test_web_e2e import server_spans, start_app
+
+    app = start_app(otlp_receiver, host_threshold="3")
+    try:
+        with httpx.Client(base_url=app.base_url) as http:
+            for _ in range(3):
+                assert (
+                    http.get("/forbidden", headers={"user-agent": "floor-test"}).status_code == 403
+                )
+        [abuse] = wait_for(lambda: otlp_receiver.security_logs("abuse.host"), timeout=20)
+        logs = otlp_receiver.security_logs("authz.permission_denied")
+        assert len(logs) == 3
+        spans = wait_for(
+            lambda: len(server_spans(otlp_receiver)) >= 3 and server_spans(otlp_receiver), 20
+        )
+    finally:
+        app.stop()
+    for log in logs:
+        assert REQUEST_KEYS <= set(log.attributes)
+        span = spans[log.trace_id]
+        # the server span has the request (contrib's default semconv names it net.peer.ip,
+        # http.target...; OTEL_SEMCONV_STABILITY_OPT_IN=http gives client.address, url.path...)
+        attributes = span.attributes
+        assert attributes.get("client.address", attributes.get("net.peer.ip")) == "127.0.0.1"
+        assert attributes.get("user_agent.original", attributes.get("http.user_agent")) == (
+            "floor-test"
+        )
+        [(name, event_attributes)] = span.events
+        assert name == "authz.permission_denied"
+        assert REQUEST_KEYS.isdisjoint(event_attributes)
+        assert event_attributes["security.event.outcome"] == "failure"
+    assert set(abuse.attributes["security.abuse.trace_ids"]) == {log.trace_id for log in logs}
+    assert abuse.attributes["security.abuse.count"] == 3
