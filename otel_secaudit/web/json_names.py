@@ -15,13 +15,11 @@ __all__ = ["JsonParser"]
 
 #: Deeper documents fail in ``json.loads`` (the recursion limit); so they do here.
 MAX_JSON_DEPTH: Final = 1000
-_STRING_BODY: Final = re.compile(r'[^"\\]*')
 _OUTSIDE: Final = re.compile(r'[^"{}\[\]:,]*')
 _CONTROL: Final = re.compile(r"[\x00-\x1f]")
-#: Inside a nested value: anything but brackets and backslashes, and whole valid strings.
-_SKIM: Final = re.compile(
-    r'(?:[^"\\{}\[\]]|"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")*'
-)
+#: Inside a nested value, up to the next bracket, string or backslash.
+_SKIM: Final = re.compile(r'[^"\\{}\[\]]*')
+_CONTROLS: Final = tuple(chr(code) for code in range(32))
 _ESCAPES: Final = frozenset('"\\/bfnrtu')
 _NUMBER_PIECE: Final = re.compile(r"[0-9eE.+\-]*\s*")
 #: Literals up to this long are decoded by json.loads (an integer id longer than
@@ -106,7 +104,7 @@ class JsonParser(NameParser):
                 i = self._outside(text, i, n)
 
     def _keep(self, piece: str) -> None:
-        if _CONTROL.search(piece):
+        if _has_control(piece):
             self._bad = True  # json.loads refuses raw control characters in strings
         elif self._capture is not None:
             self._captured += len(piece)
@@ -122,7 +120,11 @@ class JsonParser(NameParser):
                 self._bad = True
             self._keep(text[i])
             return i + 1
-        j = _STRING_BODY.match(text, i).end()  # type: ignore[union-attr]
+        # str.find, not a regular expression: a long string costs memory speed
+        quote = text.find('"', i)
+        end = n if quote < 0 else quote
+        backslash = text.find("\\", i, end)
+        j = end if backslash < 0 else backslash
         if j > i:
             self._keep(text[i:j])
         if j >= n:
@@ -260,7 +262,7 @@ class JsonParser(NameParser):
             self._bad = _CLOSERS[opened] != char
             if not self._skim:
                 self._value_done()
-        elif char == '"':  # a string that ends in a later chunk, or an invalid one
+        elif char == '"':  # checked like any string, nothing kept
             self._in_string = True
             self._capture = None
         else:  # a backslash outside a string
@@ -275,6 +277,14 @@ class JsonParser(NameParser):
             return
         self._stack.pop()
         self._value_done()
+
+
+def _has_control(piece: str) -> bool:
+    """Whether ``piece`` holds a control character (U+0000-U+001F); one ``in`` per character
+    is memory speed on long pieces, a regular expression on short ones."""
+    if len(piece) < 256:
+        return _CONTROL.search(piece) is not None
+    return any(control in piece for control in _CONTROLS)
 
 
 def _too_long(digits: int) -> bool:
