@@ -11,6 +11,9 @@ Flask-Login (``g.user``), and Django's redirect of a signed-in user to a login p
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 
 from harness import (
     DJANGO_USERS,
+    ROOT,
     OTLPReceiver,
     Served,
     prepare_django_db,
@@ -28,6 +32,7 @@ from harness import (
     telemetry_env,
     wait_for,
 )
+from harness.launchers import DJANGO_PROJECT
 from otel_secaudit.redaction import hash_identity
 
 pytest.importorskip("flask")
@@ -332,3 +337,40 @@ def test_django_redirect_of_a_signed_in_user_to_a_login_page_is_permission_denie
         assert log.attributes["client.address"] == "10.0.3.2"
     assert len(otlp_receiver.security_logs("authz.permission_denied")) == 3
     assert_no_secret(otlp_receiver, good["password"])
+
+
+def test_django_redirect_to_login_is_patched_after_setup_and_restored_by_uninstrument(
+    django_db: str,
+) -> None:
+    """In a fresh process (Django's apps load once per process): instrumenting after
+    ``django.setup()`` wraps ``redirect_to_login`` where it is defined and where the mixins
+    imported it; uninstrumenting puts the very same functions back."""
+    script = """
+import django
+django.setup()
+import django.contrib.auth.mixins as mixins
+import django.contrib.auth.views as views
+from otel_secaudit import SecAuditInstrumentor
+original = views.redirect_to_login
+SecAuditInstrumentor().instrument()
+assert views.redirect_to_login.__wrapped__ is original
+assert mixins.redirect_to_login.__wrapped__ is original
+assert views.redirect_to_login("/x", "/login/")["Location"] == "/login/?next=/x"
+SecAuditInstrumentor().uninstrument()
+assert views.redirect_to_login is original and mixins.redirect_to_login is original
+print("restored")
+"""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "secsite.settings",
+        "SECSITE_DB": django_db,
+        "PYTHONPATH": os.pathsep.join([str(DJANGO_PROJECT), str(ROOT)]),
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "restored"

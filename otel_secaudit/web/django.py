@@ -22,10 +22,8 @@ the ``otel_secaudit`` instrumentor calls :func:`instrument_django`, which
   ``permission_required``, ``user_passes_test``, the access mixins, ``LoginRequiredMiddleware``
   and the admin call to send a visitor to a login page): a *signed-in* user redirected there is
   ``authz.permission_denied`` (``security.reason`` ``login_redirect``, that user's ``user.id``),
-  a visitor who is not signed in is no violation. It is patched once Django's apps are loaded
-  (when Django builds its middleware chain); a module that imported the function by name
-  before that keeps the original, except ``django.contrib.auth.mixins`` and
-  ``django.contrib.auth.middleware``, which are patched too.
+  a visitor who is not signed in is no violation (:mod:`otel_secaudit.web.django_redirects`;
+  patched once Django's apps are loaded, when Django builds its middleware chain).
 
 The submitted user name of an authentication attempt is what Django parsed for the view, read
 after it: ``request.POST`` (the last of duplicate fields) or a JSON ``request.body`` decoded by
@@ -41,20 +39,15 @@ built keeps the middleware object, which then passes requests through untouched.
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import logging
-import sys
-from contextvars import ContextVar
 from typing import Any, Final
-
-from opentelemetry.instrumentation.utils import unwrap
-from wrapt import ObjectProxy, wrap_function_wrapper
 
 from .. import runtime
 from ..auth.patching import Patched, observation_of, patch, unpatch
 from ..context import current_request, request_scope
-from .exchange import Exchange, Refusal
+from . import django_redirects as redirects
+from .exchange import Refusal
 from .route_check import django_routes, warn_unmatched
 from .user_names import names_from_form, names_from_json
 from .wsgi import (
@@ -91,20 +84,9 @@ class _State:
     active = False
     original_csrf_view: str | None = None
     original_load_middleware: Any = None
-    #: Modules whose ``redirect_to_login`` is wrapped.
-    redirect_patched: list[str] = []
     login_form_patches: list[Patched] | None = None
 
 
-#: Set by the middleware for each request: redirect_to_login calls note themselves in it.
-_login_redirects: ContextVar[list[bool] | None] = ContextVar(
-    "otel_secaudit_django_login_redirects", default=None
-)
-_REDIRECT_MODULES: Final = (
-    "django.contrib.auth.views",
-    "django.contrib.auth.mixins",
-    "django.contrib.auth.middleware",
-)
 _FORM_TYPES: Final = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -171,17 +153,6 @@ def _user_names(request: Any, fields: tuple[str, ...]) -> tuple[str, ...]:
     return ()
 
 
-def _login_redirect(exchange: Exchange, request: Any, status: int, noted: list[bool]) -> None:
-    """A signed-in user sent to a login page (3xx from ``redirect_to_login``):
-    ``authz.permission_denied``, unless the request already recorded a violation."""
-    if not noted or not 300 <= status < 400 or exchange.request.failure_recorded:
-        return
-    if _user_id_of(request) is None:
-        return  # a visitor who is not signed in: the login page is the way in
-    exchange.request.status_code = status
-    record_signal("authz.permission_denied", reason="login_redirect")
-
-
 class SecAuditDjangoMiddleware:
     """Django middleware (new style, sync); see the module documentation."""
 
@@ -215,17 +186,14 @@ class SecAuditDjangoMiddleware:
                 exchange.read_user_names(
                     functools.partial(_user_names, request, exchange.user_fields)
                 )
-            noted: list[bool] = []
-            token = _login_redirects.set(noted)
-            try:
+            with redirects.watching() as noted:
                 # Django turns a view's exception into a response (403 for PermissionDenied,
                 # 500) inside get_response, so the status is always known here.
                 response = self.get_response(request)
-            finally:
-                _login_redirects.reset(token)
             status = int(getattr(response, "status_code", 500))
             try:
-                _login_redirect(exchange, request, status, noted)
+                user_id = functools.partial(_user_id_of, request)
+                redirects.record_login_redirect(exchange, status, noted, user_id)
             except Exception as exc:
                 exchange.runtime.recorder.internal_error(exc, "django.login_redirect")
             exchange.respond(status, _challenge(response) if status == 401 else None)
@@ -326,40 +294,6 @@ def _on_logged_out(sender: Any, request: Any = None, user: Any = None, **kw: Any
     record_signal("auth.logout", **({"user_id": str(pk)} if pk is not None else {}))
 
 
-# --------------------------------------------------------------------------------------------
-# Redirects to a login page
-
-
-def _noting_redirect(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    response = wrapped(*args, **kwargs)
-    noted = _login_redirects.get()
-    if noted is not None:
-        noted.append(True)
-    return response
-
-
-def _patch_redirect_to_login() -> None:
-    """Wrap ``redirect_to_login`` where Django defines it and where it was imported by name
-    (needs Django's apps loaded); idempotent."""
-    importlib.import_module(_REDIRECT_MODULES[0])
-    for name in _REDIRECT_MODULES:
-        module = sys.modules.get(name)
-        if module is None or name in _State.redirect_patched:
-            continue
-        if isinstance(getattr(module, "redirect_to_login", None), ObjectProxy):
-            continue  # imported from the wrapped definition
-        wrap_function_wrapper(module, "redirect_to_login", _noting_redirect)
-        _State.redirect_patched.append(name)
-
-
-def _unpatch_redirect_to_login() -> None:
-    for name in _State.redirect_patched:
-        module = sys.modules.get(name)
-        if module is not None:
-            unwrap(module, "redirect_to_login")
-    _State.redirect_patched = []
-
-
 def _signals() -> list[tuple[Any, Any]]:
     from django.contrib.auth import signals
 
@@ -442,7 +376,7 @@ def _patch_load_middleware() -> None:
         result = original(self, *args, **kwargs)
         if _State.active:  # Django's apps are loaded now: its auth views can be imported
             try:
-                _patch_redirect_to_login()
+                redirects.patch()
             except Exception:
                 _log.exception("otel_secaudit: could not observe Django's redirect_to_login")
             warn_unmatched(django_routes, "Django")
@@ -468,7 +402,7 @@ def instrument_django() -> bool:
         from django.apps import apps
 
         if apps.ready:  # instrumented after django.setup(): nothing else will patch it
-            _patch_redirect_to_login()
+            redirects.patch()
         if _settings_ready():
             try:
                 _install_into_settings()
@@ -494,7 +428,7 @@ def uninstrument_django() -> None:
 
             BaseHandler.load_middleware = _State.original_load_middleware  # type: ignore
             _State.original_load_middleware = None
-        _unpatch_redirect_to_login()
+        redirects.unpatch()
         if _State.login_form_patches:
             unpatch(_State.login_form_patches)
         _State.login_form_patches = None
