@@ -4,10 +4,12 @@
 * :mod:`.rules`: status rules and login routes (parsing and matching).
 * :mod:`.exchange`: the request core every adapter shares (blocks, login routes, status
   events, one request one violation); see its documentation for the adapter protocol.
+* :mod:`.user_names` (with :mod:`.name_parsers`, :mod:`.json_names`): the submitted user
+  name(s) of an authentication attempt, read as the application's framework reads the body.
 * :mod:`.server_span`: scrubbing the server span other instrumentations opened.
 * :mod:`.asgi`: the pure ASGI middleware; :mod:`.starlette`: where it goes in Starlette/FastAPI.
 * :mod:`.wsgi`, :mod:`.django`, :mod:`.flask`: the WSGI middleware and the Django and Flask
-  adapters, on the same core.
+  adapters, on the same core; :mod:`.django_redirects`: a signed-in user sent to a login page.
 * :mod:`.instrumentor`: :class:`SecAuditInstrumentor`, wiring only.
 
 Importing this package imports no web framework.
