@@ -104,8 +104,9 @@ def whole_report(path: Path) -> tuple[float, float]:
     return as_json, as_html
 
 
-def write_big_archive(path: Path, megabytes: int) -> None:
-    """Spans of other services, a failed login from 203.0.113.66 every 1,000 lines."""
+def write_big_archive(path: Path, megabytes: int, logs_only: bool = False) -> None:
+    """Spans of other services (``logs_only``: security log records of other addresses, which
+    must all be decoded), a failed login from 203.0.113.66 every 1,000 lines."""
     spans = [
         {"traceId": f"{t:032x}", "spanId": "2" * 16, "name": "GET /items",
          "startTimeUnixNano": str(NOW_S * 10**9), "endTimeUnixNano": str(NOW_S * 10**9 + 5),
@@ -113,6 +114,15 @@ def write_big_archive(path: Path, megabytes: int) -> None:
         for t in range(1000, 1010)
     ]  # fmt: skip
     filler = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}) + "\n"
+    if logs_only:
+        others = [
+            {"timeUnixNano": str(NOW_S * 10**9), "eventName": "authz.permission_denied",
+             "traceId": f"{t:032x}", "attributes": _kv({"security.event.outcome": "failure",
+             "client.address": f"192.0.2.{t % 250}", "user.id": f"u-{t}"})}
+            for t in range(40)
+        ]  # fmt: skip
+        scope_logs = [{"scope": {"name": "otel_secaudit"}, "logRecords": others}]
+        filler = json.dumps({"resourceLogs": [{"scopeLogs": scope_logs}]}) + "\n"
     written = line = 0
     with path.open("w") as handle:
         while written < megabytes * 1024 * 1024:
@@ -140,8 +150,9 @@ _CHILD = (
 )
 
 
-def filtered(path: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of ``report PATH --address ... --format json``."""
+def filtered(path: Path) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS (KiB) and records found of ``report PATH --address ...
+    --format json``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, "report", str(path), "--format", "json",
@@ -150,7 +161,8 @@ def filtered(path: Path) -> tuple[float, int]:
     )  # fmt: skip
     line = next(x for x in done.stderr.splitlines() if x.startswith("RESULT"))
     _, seconds, peak = line.split()
-    return float(seconds), int(peak)
+    found = sum(json.loads(done.stdout)["events"].values())
+    return float(seconds), int(peak), found
 
 
 def main() -> None:
@@ -170,12 +182,16 @@ def main() -> None:
         as_json, as_html = whole_report(pairs_path)
         print(f"report of {args.pairs:,} block pairs from disk: --format json {as_json:.2f} s, "
               f"--html {as_html:.2f} s (wall)")  # fmt: skip
-        for megabytes in (args.archive_mb // 3, args.archive_mb):
+        runs = [(args.archive_mb // 3, False), (args.archive_mb, False)]
+        runs += [(args.archive_mb // 3, True), (args.archive_mb, True)]
+        for megabytes, logs_only in runs:
             big = Path(folder) / f"big-{megabytes}.jsonl"
-            write_big_archive(big, megabytes)
-            seconds, peak = filtered(big)
-            print(f"--address on a {megabytes} MB archive: {seconds:.1f} s wall "
-                  f"({megabytes / seconds:.0f} MB/s), peak RSS {peak / 1024:.0f} MiB")  # fmt: skip
+            write_big_archive(big, megabytes, logs_only)
+            seconds, peak, found = filtered(big)
+            kind = "security log records" if logs_only else "mostly spans"
+            print(f"--address on a {megabytes} MB archive ({kind}): {found} records found in "
+                  f"{seconds:.1f} s wall ({megabytes / seconds:.0f} MB/s), "
+                  f"peak RSS {peak / 1024:.0f} MiB")  # fmt: skip
             big.unlink()
 
 

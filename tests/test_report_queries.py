@@ -581,3 +581,25 @@ def test_summary_is_linear_in_block_records() -> None:
 def test_query_without_filters_is_inactive() -> None:
     assert not Query().active and not Query.build(events=["*"]).active
     assert Query.build(events=["auth.*"]).active
+
+
+def test_a_release_is_a_block_row_and_matches_its_address(tmp_path: Path, capsys: Any) -> None:
+    """``admin.action`` (security.action=release_block) ends the block in the report's blocks
+    table, and ``--address`` finds it."""
+    folder = tmp_path / "released"
+    folder.mkdir()
+    records = [
+        _record("abuse.block.started", NOW_S, 1, **{"client.address": "203.0.113.7",
+                                                   "security.block.seconds": 600}),
+        _record("admin.action", NOW_S + 60, 2, **{"security.action": "release_block",
+                                                  "security.abuse.key": "203.0.113.7"}),
+        _record("admin.action", NOW_S + 61, 3, **{"security.action": "export"}),
+    ]  # fmt: skip
+    (folder / "logs.jsonl").write_text(_logs_line(records))
+    blocks = summarize(load(folder)).blocks
+    assert [(b.event, b.address, b.block_s) for b in blocks] == [
+        ("abuse.block.started", "203.0.113.7", 600),
+        ("released (admin.action)", "203.0.113.7", 600),
+    ]
+    data = _json(capsys, folder, "--address", "203.0.113.7")
+    assert data["events"] == {"abuse.block.started": 1, "admin.action": 1}

@@ -253,8 +253,14 @@ def _timeline(args: argparse.Namespace) -> None:
     from ..demo.render import render_timeline
     from ..demo.report import timeline
 
-    out, _ = consoles()
-    recording = load(args.path, strict=args.strict)
+    out, err = consoles()
+    query = _query(args)  # the trace alone: its records and spans, streamed
+    if not args.no_progress and sys.stderr.isatty():
+        bar = _Bar(err)
+        with bar.progress:
+            recording = load(args.path, strict=args.strict, query=query, progress=bar)
+    else:
+        recording = load(args.path, strict=args.strict, query=query)
     print_problems(recording)
     rows = timeline(recording, args.trace)
     render_timeline(args.trace.strip().lower(), rows, out)

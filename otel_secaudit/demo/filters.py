@@ -12,7 +12,8 @@ hold, several values of one kind are alternatives (``--event auth.* --event auth
   the caller and only its hash is kept (:meth:`Query.describe` never shows the name);
 * addresses: an IP address or network (``203.0.113.7``, ``10.0.0.0/8``,
   ``2001:db8:1:2::/64`` as written), matched against ``client.address`` and against the host
-  key of abuse records (an IPv6 /64 key overlaps the network asked for);
+  key of abuse records and of an operator's release (an IPv6 /64 key overlaps the network
+  asked for);
 * trace: a trace ID (32 hex characters).
 
 Every parser takes attacker-sized input (a pasted line, a script's variable): lengths are
@@ -292,7 +293,11 @@ class Query:
     def _address_matches(self, log: LogEntry) -> bool:
         a = log.attributes
         values = [a.get(attr.CLIENT_ADDRESS)]
-        if log.event_name in _HOST_SCOPES or a.get(attr.ABUSE_SCOPE) == "host":
+        if (
+            log.event_name in _HOST_SCOPES
+            or a.get(attr.ABUSE_SCOPE) == "host"
+            or a.get(attr.ACTION) == "release_block"
+        ):
             values.append(a.get(attr.ABUSE_KEY))
         for value in values:
             if not value:

@@ -19,7 +19,8 @@ Streaming: lines are read one at a time and decoded one at a time. With an activ
 their traces (and of their evidence traces) are picked up in a second pass that decodes only
 the span lines naming one of those trace IDs, so memory follows what matched, not the size of
 the archive. Metric points are not read then (counters cannot be filtered by user, address or
-time).
+time). With a trace filter, other libraries' log records of that trace are kept too (the
+trace's timeline shows them).
 """
 
 from __future__ import annotations
@@ -445,6 +446,8 @@ def _load_matching(reader: _Reader, query: Query) -> None:
             if is_security_log(log) and query.matches(log):
                 out.logs.append(log)
                 _want(wanted, log)
+            elif log.trace_id in query.trace_ids:  # another library's record of the trace
+                out.logs.append(log)
         out.spans.extend(span for span in decoded.spans if span.trace_id in wanted)
     if not wanted or not span_lines:
         return

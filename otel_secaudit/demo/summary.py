@@ -26,6 +26,10 @@ DETECTOR_EVENTS: Final = frozenset(
 SIGNAL_EVENTS: Final = frozenset({"abuse.host", "abuse.user", "abuse.scan"})
 
 
+#: The block event of an operator's release (``admin.action``, ``security.action=release_block``).
+RELEASED: Final = "released (admin.action)"
+
+
 @dataclass
 class AbuseSignal:
     """One ``abuse.host`` / ``abuse.user`` / ``abuse.scan`` record: what crossed which
@@ -44,7 +48,8 @@ class AbuseSignal:
 
 @dataclass
 class BlockEvent:
-    """One ``abuse.block.started`` / ``abuse.block.ended`` record."""
+    """One ``abuse.block.started`` / ``abuse.block.ended`` record, or an operator's release
+    (event :data:`RELEASED`, the length of the block it ended)."""
 
     time: str
     event: str
@@ -153,6 +158,13 @@ class _Blocks:
 
     def add(self, log: LogEntry) -> None:
         a = log.attributes
+        if log.event_name == "admin.action":  # an operator's early release
+            key = str(a.get(attr.ABUSE_KEY, ""))
+            seconds = self._started.get(key, 0.0)
+            self.events.append(
+                BlockEvent(iso_time(log.time_ns), RELEASED, key, seconds, log.trace_id)
+            )
+            return
         address = str(a.get(attr.CLIENT_ADDRESS) or a.get(attr.ABUSE_KEY, ""))
         seconds = _float(a.get(BLOCK_SECONDS, a.get("security.abuse.block_s")))
         if log.event_name == "abuse.block.started":
@@ -198,7 +210,9 @@ def summarize(recording: Recording, top: int = 5) -> Summary:
         outcomes.setdefault(log.event_name, outcome)
         if log.event_name in SIGNAL_EVENTS:
             signals.append(_signal(log))
-        elif log.event_name in ("abuse.block.started", "abuse.block.ended"):
+        elif log.event_name in ("abuse.block.started", "abuse.block.ended") or (
+            log.event_name == "admin.action" and a.get(attr.ACTION) == "release_block"
+        ):
             blocks.add(log)
         if outcome == "failure" and log.event_name not in DETECTOR_EVENTS:
             violations += 1
