@@ -303,7 +303,7 @@ def test_cli_says_when_the_audit_record_cannot_be_exported(
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     code, out, err = _cli(capsys, "blocks", "release", "203.0.113.78", "--store", redis_server.url)
     assert code == 0 and "was not blocked" in out
-    assert "warning: the admin.action record was failed via otlp" in err
+    assert "warning: the admin.action record was not exported (otlp: failed)" in err
 
 
 @pytest.mark.usefixtures("no_export")

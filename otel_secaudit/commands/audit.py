@@ -83,12 +83,12 @@ class AuditExport:
         return cls([name for name in names if name != "none"])
 
     def close(self) -> str:
-        """Flush and shut down; ``exported via NAME[, NAME]``, ``failed via NAME`` or ``not
-        exported (...)``."""
+        """Flush and shut down; ``exported via NAME[, NAME]``, ``not exported (NAME: ...)``
+        or ``not exported (OTEL_LOGS_EXPORTER=none)``."""
         self.provider.shutdown()
         if not self.watched and not self.problems:
             return "not exported (OTEL_LOGS_EXPORTER=none)"
-        failed = [w.name for w in self.watched if w.failed or not w.exported]
+        failed = [f"{w.name}: failed" for w in self.watched if w.failed or not w.exported]
         if failed or self.problems:
-            return "failed via " + ", ".join(failed + self.problems)
+            return "not exported (" + "; ".join(failed + self.problems) + ")"
         return "exported via " + ", ".join(w.name for w in self.watched)

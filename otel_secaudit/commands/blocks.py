@@ -187,8 +187,11 @@ def _audit(settings: Any, released: Any) -> str:
         record_release(SecurityRecorder(settings, logger_provider=export.provider), released)
     finally:
         outcome = export.close()
-    if outcome.startswith("failed") or outcome.startswith("not exported"):
-        print(f"warning: the admin.action record was {outcome}", file=sys.stderr)
+    if outcome.startswith("not exported ("):
+        if outcome.endswith("=none)"):
+            print(f"note: the admin.action record was {outcome}", file=sys.stderr)
+        else:
+            print(f"warning: the admin.action record was {outcome}", file=sys.stderr)
     return outcome
 
 

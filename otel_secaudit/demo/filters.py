@@ -181,20 +181,13 @@ def parse_trace_id(value: str) -> str:
     return text
 
 
-def _network_of(value: Any, memo: dict[str, IPNetwork | None]) -> IPNetwork | None:
-    """A record's address or host key as a network (memoized, bounded); None when it is not
-    one (a test client's name, a Unix socket)."""
-    text = str(value)
-    if text in memo:
-        return memo[text]
+def _network_of(value: str) -> IPNetwork | None:
+    """A record's address or host key as a network; None when it is not one (a test client's
+    name, a Unix socket)."""
     try:
-        network: IPNetwork | None = parse_address(text)
+        return parse_address(value)
     except ReportError:
-        network = None
-    if len(memo) >= _MEMO_SIZE:
-        memo.clear()
-    memo[text] = network
-    return network
+        return None
 
 
 @dataclass
@@ -210,7 +203,8 @@ class Query:
     from_names: int = 0
     networks: tuple[IPNetwork, ...] = ()
     trace_ids: tuple[str, ...] = ()
-    _memo: dict[str, IPNetwork | None] = field(default_factory=dict, repr=False, compare=False)
+    #: address or key as written -> whether it lies in (overlaps) a wanted network
+    _memo: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -299,16 +293,21 @@ class Query:
             or a.get(attr.ACTION) == "release_block"
         ):
             values.append(a.get(attr.ABUSE_KEY))
-        for value in values:
-            if not value:
-                continue
-            network = _network_of(value, self._memo)
-            if network is not None and any(
+        return any(self._in_networks(str(value)) for value in values if value)
+
+    def _in_networks(self, value: str) -> bool:
+        """Memoized (bounded): one parse per distinct address, whatever the archive holds."""
+        found = self._memo.get(value)
+        if found is None:
+            network = _network_of(value)
+            found = network is not None and any(
                 network.version == wanted.version and network.overlaps(wanted)  # type: ignore[arg-type]
                 for wanted in self.networks
-            ):
-                return True
-        return False
+            )
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[value] = found
+        return found
 
     def describe(self) -> dict[str, Any]:
         """The filters applied, for the JSON and HTML reports (a user name never appears:

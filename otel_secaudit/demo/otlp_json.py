@@ -56,6 +56,7 @@ MAX_LINE_BYTES: Final = 64 * 1024 * 1024
 #: Trace IDs whose spans a filtered report keeps, at most.
 _MAX_WANTED_TRACES: Final = 100_000
 _KIND: Final = re.compile(rb'\s*\{\s*"resource(Logs|Spans|Metrics)"')
+_HEX: Final = re.compile("[0-9a-f]+")
 _HEX_TRACE_ID: Final = re.compile(rb'"traceId"\s*:\s*"([0-9a-fA-F]{32})"')
 #: What a malformed line can make the decoders raise (wrong JSON types, ``int("zz")``,
 #: nesting deeper than the JSON parser's recursion limit): the line is skipped, never fatal.
@@ -115,7 +116,7 @@ def _hex_id(value: Any, length: int) -> str:
     if not isinstance(value, str) or not value:
         return ""
     lowered = value.lower()
-    if len(lowered) == length and all(c in "0123456789abcdef" for c in lowered):
+    if len(lowered) == length and _HEX.fullmatch(lowered):
         return lowered
     try:
         decoded = base64.b64decode(value, validate=True).hex()
