@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import otel_secaudit
 from otel_secaudit import runtime
@@ -415,3 +417,16 @@ def test_readme_on_call_commands_are_valid() -> None:
     for argv in commands:
         args = parser.parse_args(argv)
         assert args.command in ("blocks", "report")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200) | st.from_regex(r"[0-9a-fA-F:.\[\]/%]{1,60}", fullmatch=True))
+def test_fuzz_operator_key_returns_a_key_or_a_value_error(text: str) -> None:
+    """Whatever an operator pastes: a normalized key that parses back to itself, or a
+    ValueError (the CLI's one-line message), never another exception."""
+    try:
+        key = operator_key(text)
+    except ValueError:
+        return
+    assert key == operator_key(key)
+    assert "\n" not in key and "%" not in key and len(key) <= 50
