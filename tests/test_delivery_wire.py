@@ -316,3 +316,31 @@ def test_throttling_is_retried_never_split_or_dead_lettered(
     assert receiver.refused == 4 and stats.export_failures >= 4
     assert (stats.exported, stats.splits, stats.dead_lettered) == (5, 0, 0)
     assert seqs(receiver) == list(range(5))
+
+
+def test_a_spooled_record_that_cannot_be_encoded_is_dead_lettered_not_retried_forever(
+    receivers: list[OTLPReceiver], spooled: Any
+) -> None:
+    """A record spooled by an older version with a lone surrogate in its body: the OTLP
+    encoder raises on it, so before, the batch failed forever and everything behind it
+    waited."""
+    import json
+
+    receiver = OTLPReceiver().start()
+    receivers.append(receiver)
+    recorder, _ = spooled(receiver, "grpc")
+    processor = processor_of(recorder)
+    bad = {
+        "t": 1, "o": 1, "ti": 0, "si": 0, "tf": 0, "sn": 13, "st": "WARN",
+        "b": "from an older version \ud800", "a": {"seq": -1, LOG_RECORD_UID: "old-1"},
+        "e": "auth.login.failed", "sc": ["otel_secaudit", "0.1"],
+    }  # fmt: skip
+    assert processor.spool.append(json.dumps(bad).encode())
+    for seq in range(5):
+        recorder.record("auth.login.failed", user_name=f"u{seq}", attributes={"seq": seq})
+    assert recorder.delivery.flush(15_000)
+    stats = processor.spool.stats
+    assert (stats.dead_lettered, stats.exported) == (1, 5)
+    assert seqs(receiver) == list(range(5))
+    summary = dead_letter_summary(processor.spool.path.parent)
+    assert summary.reasons == {"cannot be encoded": 1}

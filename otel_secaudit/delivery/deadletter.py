@@ -1,7 +1,8 @@
 """The dead letter: spooled records the collector can never accept, kept on disk and counted.
 
 A record alone in a batch that the collector still refuses for its size (gRPC
-``RESOURCE_EXHAUSTED``, HTTP 413, or an encoding over the request limit) would otherwise be
+``RESOURCE_EXHAUSTED``, HTTP 413, or an encoding over the request limit), or that cannot be
+encoded at all (a lone surrogate in a record spooled by an older version), would otherwise be
 retried forever in front of the queue. It is moved here instead: appended to ``dead-letter``
 in the worker directory of the spool (created ``0600`` with ``O_NOFOLLOW``, relative to the
 directory's descriptor, like every spool file), in the spool's frame format (:mod:`.codec`),
@@ -185,7 +186,7 @@ def dead_letter_lines(spool_dir: str | os.PathLike[str] | None) -> list[str]:
     events = ", ".join(f"{name} x{count}" for name, count in sorted(summary.events.items()))
     lines.append(
         f"Undeliverable: {summary.records} security log records in the dead letter "
-        f"({summary.bytes} bytes; the collector refused each alone: {reasons})"
+        f"({summary.bytes} bytes; each refused alone: {reasons})"
     )
     lines.append(f"  events: {events}")
     lines += [f"  kept in {path}" for path in summary.files]

@@ -255,7 +255,7 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
             self.spool.stats.export_failures += 1
             self._failures.add(1)
             return None
-        if result.outcome is Outcome.TOO_LARGE:
+        if result.outcome in (Outcome.TOO_LARGE, Outcome.INVALID):
             self._catching_up = True
             if len(payloads) > 1:  # split: the first half goes again at once
                 self._batch_limit = max(1, len(payloads) // 2)

@@ -61,6 +61,9 @@ class Outcome(Enum):
     RETRY = "retry"
     #: The batch is too large for the collector: split it (one record: dead letter).
     TOO_LARGE = "too_large"
+    #: The batch cannot be encoded (say a lone surrogate spooled by an older version): split
+    #: it like TOO_LARGE, so the one bad record goes to the dead letter.
+    INVALID = "invalid"
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,14 @@ class _EncodingSender:
 
     def send(self, records: Sequence[ReadableLogRecord]) -> SendResult:
         """Export ``records`` once over the exporter's connection."""
-        request = _encode(records)
+        try:
+            request = _encode(records)
+        except (ValueError, TypeError, OverflowError) as exc:  # never retried forever
+            return SendResult(
+                Outcome.INVALID,
+                detail=f"cannot be encoded: {type(exc).__name__}: {exc}"[:300],
+                reason="cannot be encoded",
+            )
         size = request.ByteSize()
         limit = self.limit()
         if size > limit:
