@@ -186,6 +186,28 @@ def test_release_block_in_process(app_runtime: Any) -> None:
     assert second == 60
 
 
+def test_release_block_in_process_with_a_shared_store(
+    app_runtime: Any, redis_server: RedisServer
+) -> None:
+    """With Redis, the in-process call releases for every instance: here at once, in the
+    store for the others (a second detector on the same store drops it at its next refresh)."""
+    uri = redis_server.database_url(11)
+    _block_through(uri, "198.51.100.77")
+    sdk, rt = app_runtime(host_threshold=3, block_seconds=30, store=uri)
+    assert rt.detector.flush(5)
+    assert rt.detector.refusal("198.51.100.77") is not None  # learnt from the store
+    released = otel_secaudit.release_block("198.51.100.77")
+    assert released.was_blocked and released.offences == 1
+    assert rt.detector.refusal("198.51.100.77") is None
+    store = RedisStore(uri)
+    try:
+        assert "198.51.100.77" not in {info.key for info in store.list_blocks(time.time())}
+    finally:
+        store.close()
+    (action,) = _admin_actions(sdk)
+    assert action["security.abuse.key"] == "198.51.100.77"
+
+
 def test_release_block_refuses_a_malformed_address_and_a_process_without_detection(
     app_runtime: Any, make_sdk: Any
 ) -> None:
