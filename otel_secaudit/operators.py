@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from . import attributes as attr
-from .detection.keys import operator_key
-from .detection.stores import BlockInfo
-from .recorder import SecurityRecorder
+
+if TYPE_CHECKING:  # ``import otel_secaudit`` does not load detection
+    from .detection.stores import BlockInfo
+    from .recorder import SecurityRecorder
 
 __all__ = ["RELEASE_ACTION", "ReleasedBlock", "StoreUnavailable", "record_release", "release_block"]
 
@@ -83,6 +84,7 @@ def release_block(address: str, *, forget: bool = False) -> ReleasedBlock:
             process only).
     """
     from . import runtime
+    from .detection.keys import operator_key
 
     rt = runtime.current()
     detector = rt.detector
