@@ -3,7 +3,10 @@ instrumentation alone (A) vs. with otel_secaudit's middleware too (B), on real S
 (batch span and log processors with exporters that drop, a metric reader), driven directly as
 ASGI calls so that no server or load generator adds noise.
 
-Arms are interleaved A B B A / B A A B in blocks; a second plain copy (A2) gives the A/A row.
+A third arm (H) has a hand-written middleware instead of the plugin that emits the same three
+SDK signals for a 401/403/429 (:mod:`benchmarks.handwritten_app`): ``B/H cost`` is the plugin's
+CPU per request against that floor. Arms are interleaved A B H H B A / A B H H B A reversed in
+blocks; a second plain copy (A2) gives the A/A row.
 Routes: a 200 (nothing recorded), a 403 (one event), and a login route whose form body the
 middleware reads (OTEL_SECAUDIT_LOGIN_ROUTES; a 2xx records auth.login.succeeded, as contrib +
 a hand-written hook would).
@@ -32,7 +35,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from benchmarks.handwritten_app import HandWrittenSecurityMiddleware
 from otel_secaudit import Settings, runtime
+from otel_secaudit.detection.processor import ensure_processor
 from otel_secaudit.web.asgi import SecAuditMiddleware
 from tests.apps.secapp import create_app
 
@@ -70,10 +75,17 @@ def _providers() -> tuple[TracerProvider, LoggerProvider, MeterProvider]:
     return tracer_provider, logger_provider, meter_provider
 
 
-def _app(tracer_provider: TracerProvider, meter_provider: MeterProvider, plugin: bool) -> Any:
+def _app(
+    tracer_provider: TracerProvider,
+    meter_provider: MeterProvider,
+    plugin: bool,
+    handwritten: bool = False,
+) -> Any:
     app = create_app()
     if plugin:
         app.add_middleware(SecAuditMiddleware)
+    if handwritten:
+        app.add_middleware(HandWrittenSecurityMiddleware)
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=tracer_provider, meter_provider=meter_provider
     )
@@ -126,26 +138,30 @@ async def _cpu_per_request(app: Any, label: str, count: int) -> float:
 
 async def _measure(apps: dict[str, Any], rounds: int, block: int) -> None:
     print(f"rounds={rounds} block={block} requests; microseconds of CPU per request")
-    print(f"{'route':>5} {'A us':>7} {'B us':>7} {'A/B':>6} {'A2/A (A/A)':>11}")
+    print(
+        f"{'route':>5} {'A us':>7} {'B us':>7} {'H us':>7} {'A/B':>6} {'B/H cost':>9}"
+        f" {'A2/A (A/A)':>11}"
+    )
     for label in ROUTES:
         for app in apps.values():
             await _cpu_per_request(app, label, block // 2)  # warm up
-        a_series: list[float] = []
-        b_series: list[float] = []
+        series: dict[str, list[float]] = {"A": [], "B": [], "H": []}
         noise: list[float] = []
         for round_no in range(rounds):
-            order = ("A", "B", "B", "A") if round_no % 2 == 0 else ("B", "A", "A", "B")
-            times: dict[str, list[float]] = {"A": [], "B": []}
-            for arm in order:
+            order = ("A", "B", "H", "H", "B", "A")
+            times: dict[str, list[float]] = {"A": [], "B": [], "H": []}
+            for arm in order if round_no % 2 == 0 else tuple(reversed(order)):
                 times[arm].append(await _cpu_per_request(apps[arm], label, block))
-            a, b = statistics.mean(times["A"]), statistics.mean(times["B"])
-            a_series.append(a)
-            b_series.append(b)
-            noise.append(a / await _cpu_per_request(apps["A2"], label, block))
-        ratio = statistics.median(a / b for a, b in zip(a_series, b_series, strict=True))
+            for arm, values in times.items():
+                series[arm].append(statistics.mean(values))
+            noise.append(series["A"][-1] / await _cpu_per_request(apps["A2"], label, block))
+        a_s, b_s, h_s = series["A"], series["B"], series["H"]
+        ratio = statistics.median(a / b for a, b in zip(a_s, b_s, strict=True))
+        cost = statistics.median(b / h for b, h in zip(b_s, h_s, strict=True))
         print(
-            f"{label:>5} {statistics.median(a_series):7.1f} {statistics.median(b_series):7.1f}"
-            f" {ratio:6.3f} {statistics.median(noise):11.3f}"
+            f"{label:>5} {statistics.median(a_s):7.1f} {statistics.median(b_s):7.1f}"
+            f" {statistics.median(h_s):7.1f} {ratio:6.3f} {cost:9.3f}"
+            f" {statistics.median(noise):11.3f}"
         )
 
 
@@ -165,9 +181,11 @@ def main() -> None:
             detection=True,
         )
     )
+    ensure_processor(tracer_provider)  # as the instrumentor does
     apps = {
         "A": _app(tracer_provider, meter_provider, plugin=False),
         "B": _app(tracer_provider, meter_provider, plugin=True),
+        "H": _app(tracer_provider, meter_provider, plugin=False, handwritten=True),
         "A2": _app(tracer_provider, meter_provider, plugin=False),
     }
     try:
