@@ -12,7 +12,11 @@ noise. Targets:
   ``benchmarks/record.py``);
 * ``scrub_query``: :func:`otel_secaudit.redaction.scrub_query` of the raw query bytes (what the
   web middleware calls for every request with a query string);
-* ``scrub_url``: :func:`otel_secaudit.redaction.scrub_url` rebuilding contrib's ``http.url``;
+* ``scrub_url``: :func:`otel_secaudit.redaction.scrub_url` of a URL attribute carrying the
+  raw query; ``scrub_url.decoded``: of contrib's ``http.url`` (the query percent-decoded), where
+  the secret values are located by walking the raw pairs;
+* ``path_emails``: :func:`otel_secaudit.redaction.urls.scrub_path_emails` of a path made of the
+  input (e-mail addresses in URL paths);
 * ``header``: the captured-header check (``is_secret_header`` + ``looks_like_secret``);
 * ``request``: when ``otel_secaudit.web.asgi.SecAuditMiddleware`` imports, one request through
   it inside contrib's ``OpenTelemetryMiddleware`` on a bare ASGI app, the hostile input as the
@@ -52,6 +56,7 @@ from otel_secaudit.redaction import (
     scrub_query,
     scrub_url,
 )
+from otel_secaudit.redaction.urls import percent_decode, scrub_path_emails
 
 KIB = 1024
 SIZES = (1 * KIB, 4 * KIB, 16 * KIB, 64 * KIB)
@@ -95,6 +100,11 @@ HOSTILE: dict[str, Callable[[int], str]] = {
     "bidi": lambda n: _repeat("\u202e\u200bx", n),
     "controls": lambda n: _repeat("\x00\x1b", n),
     "unicode": lambda n: _repeat("é😀ж", n),
+    "a@": lambda n: _repeat("a@", n),
+    "a@b.": lambda n: _repeat("a@b.", n),
+    "x@b.b.b": lambda n: "x@" + _repeat("b.", n - 2),
+    "%40": lambda n: _repeat("a%40", n),
+    "email&": lambda n: _numbered("m{}=u{}@example.com&".replace("{}", "{0}"), n),
 }
 
 _WORDS = "the quick brown fox jumps over the lazy dog while seven wizards quietly hex ".split()
@@ -254,6 +264,13 @@ def main(argv: list[str] | None = None) -> None:
             lambda q: lambda: scrub_url("http://test/items?" + q, q.encode()),
             benign_query,
         ),
+        "scrub_url.decoded": (
+            lambda q: (lambda url: lambda: scrub_url(url, q.encode()))(
+                "http://test/items?" + percent_decode(q, plus=False)
+            ),
+            benign_query,
+        ),
+        "path_emails": (lambda p: lambda: scrub_path_emails("/" + p), benign_text),
         "header": (header_check, benign_text),
     }
     request = request_target()

@@ -22,9 +22,12 @@ Prints:
   (A B B A ...), median of per-pair ratios (3 masters / 1 master; > 1 = faster), A/A row
   (1 master / 1 master) beside, and the busiest master's CPU per violation (the store shards
   its state over 16 hash tags in evenly spaced slots, so each of 3 masters takes about a third
-  of every batch, in parallel). On a machine with fewer free cores than masters the wall-time
-  ratio understates the gain; the busiest master's CPU per violation is the capacity figure
-  (a master saturates at 1e6 / that many violations per second);
+  of every batch, in parallel). One detector (one Python client) cannot load even one master
+  fully, and a machine with fewer free cores than masters cannot run them in parallel, so the
+  wall-time ratio understates the gain; the capacity figure is the busiest master's CPU per
+  violation (a master saturates at 1e6 / that many violations per second, so the cluster
+  absorbs that many from all instances together), with the total Redis CPU beside (what the
+  per-shard scripts cost in all);
 * **the cap's own cost at the store**: ``RedisStore.apply`` of the same stream in batches of
   500 violations (what the detector's worker sends), capped at 20,000 keys per scope and
   evicting on every hit vs. never binding (``max_keys`` 10**9: the recency sorted set is kept
@@ -219,16 +222,20 @@ def masters_rows(n: int, pairs: int) -> list[tuple[str, str, str, str]]:
         three.close()
     one_busiest = statistics.median(single.busiest_us)
     three_busiest = statistics.median(triple.busiest_us)
+    one_total, three_total = statistics.median(single.cpu_us), statistics.median(triple.cpu_us)
     return [
         (f"redis+cluster://, 1 master, MAX_KEYS={CAP:,}: violations/s",
          f"{one_rate:,.0f}  (busiest master {one_busiest:,.1f} us/violation)", "", ""),
         ("  3 masters, same load: violations/s",
          f"{three_rate:,.0f}  (busiest master {three_busiest:,.1f} us/violation)", "", ""),
-        ("  rate ratio 3 masters / 1 master", f"{ratio:.2f}x", "> 1", "ok" if ratio > 1 else
-         "MISSED"),
+        ("  rate ratio 3 masters / 1 master (one client: bounded by it)", f"{ratio:.2f}x", "", ""),
         ("  A/A noise floor (1 master / 1 master)", f"{aa_ratio:.2f}x", "", ""),
-        ("  busiest master's CPU, 1 master / 3 masters", f"{one_busiest / three_busiest:.2f}x",
-         "> 2", "ok" if one_busiest > 2 * three_busiest else "MISSED"),
+        ("  capacity, 1e6 / busiest master's us: 1 master -> 3 masters",
+         f"{1e6 / one_busiest:,.0f} -> {1e6 / three_busiest:,.0f}/s", "", ""),
+        ("  capacity ratio 3 masters / 1 master", f"{one_busiest / three_busiest:.2f}x", "> 2",
+         "ok" if one_busiest > 2 * three_busiest else "MISSED"),
+        ("  Redis CPU of all masters per violation: 1 -> 3 masters",
+         f"{one_total:,.1f} -> {three_total:,.1f} us", "", ""),
     ]  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import redis
 
 from harness import RedisServer, wait_for
 from otel_secaudit import Violation
+from otel_secaudit.context import RequestContext, request_scope
 from otel_secaudit.detection import (
     AbuseDetector,
     Hit,
@@ -219,6 +220,36 @@ def test_a_record_right_no_request_used_is_written_by_the_worker(make_sdk, redis
     [record] = abuse_logs(sdk, "request.blocked")
     assert record.attributes["security.block.count"] == 1
     assert record.attributes["client.address"] == ADDRESS
+
+
+
+def test_a_record_the_worker_writes_carries_the_refused_requests_context(
+    make_sdk, redis_url, detectors
+):
+    """The last refused request of the key, though answered, gives the record its request
+    attributes and its trace (its span has ended: a log record, no span event)."""
+    clock = FakeClock()
+    sdk = make_sdk(store=redis_url, host_threshold=2, block_seconds=600)
+    detector = AbuseDetector(sdk.recorder, clock=clock)
+    detectors.append(detector)
+    detector.submit(violation(0))
+    detector.submit(violation(1))
+    assert detector.flush()
+    tracer = sdk.tracer_provider.get_tracer("test")
+    request = RequestContext(method="GET", path="/private", client_address=ADDRESS)
+    with tracer.start_as_current_span("GET /private") as span, request_scope(request):
+        refusal = detector.refusal(ADDRESS)
+        request.status_code = 429
+    assert refusal is not None and refusal.record_count == 0
+    assert detector.flush()
+    clock.advance(1.5)
+    assert detector.flush()
+    [record] = abuse_logs(sdk, "request.blocked")
+    assert record.trace_id == span.get_span_context().trace_id
+    assert record.span_id == span.get_span_context().span_id
+    assert record.attributes["url.path"] == "/private"
+    assert record.attributes["http.response.status_code"] == 429
+    assert record.attributes["security.block.count"] == 1
 
 
 _INSTANCE = textwrap.dedent(

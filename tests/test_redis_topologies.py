@@ -346,10 +346,11 @@ def own_cluster() -> Iterator[RedisClusterServers]:
     cluster.close()
 
 
-def test_cluster_node_down_and_back(app_runtime, own_cluster):
-    """The master that serves the detection slot dies (no replica): the app never sees an
-    error and abuse.host is still raised (counted locally); once the node is back, detection
-    is shared again."""
+def test_cluster_node_down_and_back(app_runtime, own_cluster, caplog):
+    """The master that serves an attacker's shard dies (no replica): the app never sees an
+    error and abuse.host is still raised (counted locally), the outage is one warning line
+    per kind of error, without traceback; once the node is back, detection is shared again."""
+    caplog.set_level("DEBUG", logger="otel_secaudit")
     sdk, rt = app_runtime(store=own_cluster.url, host_threshold=5)
     detector = rt.detector
     assert detector is not None
@@ -376,6 +377,11 @@ def test_cluster_node_down_and_back(app_runtime, own_cluster):
     attack("203.0.113.82", 5)
     assert rt.flush(5000)
     assert sorted(abuse_hosts(sdk)) == ["203.0.113.80", "203.0.113.81", "203.0.113.82"]
+    ours = [r for r in caplog.records if r.name.startswith("otel_secaudit")]
+    assert not [r for r in ours if r.exc_info or r.exc_text], [r.getMessage() for r in ours]
+    failed = [r.getMessage() for r in ours if "Redis store failed" in r.getMessage()]
+    kinds = [message.split("failed (", 1)[1].split(":", 1)[0] for message in failed]
+    assert kinds and len(kinds) == len(set(kinds)), failed  # one line per kind of error
     client = redis.Redis(port=own_cluster.owner_of(shards.prefix_of("203.0.113.82")).port)
     assert client.zscore(shards.prefix_of("203.0.113.82") + "seen:host", "203.0.113.82")
     client.close()
