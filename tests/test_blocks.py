@@ -19,13 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import otel_secaudit
-from otel_secaudit import runtime
-from otel_secaudit.cli import main
-from otel_secaudit.detection.keys import operator_key
-from otel_secaudit.detection.stores import MemoryStore, RedisStore
-from otel_secaudit.detection.window import Hit, Policy
-
-from .servers import (
+from harness import (
     OTLPReceiver,
     RedisClusterServers,
     RedisSentinelServers,
@@ -33,6 +27,12 @@ from .servers import (
     free_port,
     wait_for,
 )
+from otel_secaudit import runtime
+from otel_secaudit.cli import main
+from otel_secaudit.detection.keys import operator_key
+from otel_secaudit.detection.stores import MemoryStore, RedisStore
+from otel_secaudit.detection.window import Hit, Policy
+
 from .test_web_e2e import start_app
 
 ROOT = Path(__file__).resolve().parent.parent
