@@ -1,7 +1,7 @@
 """Observed authentication end to end: tests/apps/observed_auth_app.py (FastAPI, an OAuth2
 password form on pwdlib, PyJWT bearer tokens, an itsdangerous reset token) under
 ``opentelemetry-instrument uvicorn`` with NO login-route variable, exporting over OTLP/gRPC to
-the real receiver of tests/servers.py.
+the real receiver of the ``harness``.
 
 The app answers a wrong password with 401, a bad token with 401 on the token-only route and
 with 403 on the mixed route, where a missing privilege is 403 too: the plugin tells them
