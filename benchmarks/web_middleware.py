@@ -7,7 +7,8 @@ A third arm (H) has a hand-written middleware instead of the plugin that emits t
 SDK signals for a 401/403/429 (:mod:`benchmarks.handwritten_app`): ``B/H cost`` is the plugin's
 CPU per request against that floor. Arms are interleaved A B H H B A / A B H H B A reversed in
 blocks; a second plain copy (A2) gives the A/A row.
-Routes: a 200 (nothing recorded), a 403 (one event), and a login route whose form body the
+Routes: a 200 (nothing recorded), a 403 (one event), a 404 (a scan probe: counted off the
+request path, not recorded), and a login route whose form body the
 middleware reads (OTEL_SECAUDIT_LOGIN_ROUTES; a 2xx records auth.login.succeeded, as contrib +
 a hand-written hook would).
 
@@ -46,6 +47,8 @@ LOGIN_BODY = b"username=alice&password=correct+horse+battery+staple"
 ROUTES = {
     "200": ("GET", "/ok", b""),
     "403": ("GET", "/forbidden", b""),
+    # a route that does not exist: nothing recorded, one probe queued towards abuse.scan
+    "404": ("GET", "/no-such-route", b""),
     "login": ("POST", "/auth/jwt/login", LOGIN_BODY),
 }
 
