@@ -593,3 +593,20 @@ def test_the_report_shows_a_scan_as_a_signal_and_finds_it_by_network(
     assert list(signal.breakdown) == ["/.env", "/.git/config"]
     assert main(["report", str(tmp_path), "--json", "--address", "2001:db8:1::/48"]) == 0
     assert json.loads(capsys.readouterr().out)["events"] == {"abuse.scan": 1}
+
+
+def test_a_failing_detection_never_costs_the_status_event(
+    make_sdk: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import otel_secaudit.web.exchange as exchange_module
+
+    def broken(extra: tuple[str, ...]) -> Any:
+        raise RuntimeError("matcher broke")
+
+    sdk = make_sdk(strict=False)
+    monkeypatch.setattr(exchange_module, "attack_tool_matcher", broken)
+    exchange = open_exchange("sqlmap/1.8")
+    with request_scope(exchange.request):
+        exchange.respond(403)
+    assert [r.event_name for r in security_logs(sdk)] == ["authz.permission_denied"]
+    assert sdk.recorder.stats.snapshot()["internal_errors"] == {"web.detections:RuntimeError": 1}

@@ -76,6 +76,7 @@ ATTACK_TOOLS: Final[Mapping[str, tuple[str, ...]]] = MappingProxyType(
 
 #: User-Agents whose answer is remembered at once (then the memo starts over).
 _MEMO_SIZE: Final = 4096
+_UNSEEN: Final = object()
 #: Longer configured tokens are refused (a User-Agent is capped, a token longer than it could
 #: never match anyway).
 MAX_TOKEN_LENGTH: Final = 100
@@ -123,8 +124,9 @@ class AttackToolMatcher:
         if not user_agent:
             return None
         memo = self._memo
-        if user_agent in memo:
-            return memo[user_agent]
+        remembered = memo.get(user_agent, _UNSEEN)  # one lookup: another thread may clear it
+        if remembered is not _UNSEEN:
+            return remembered  # type: ignore[return-value]
         found = self._pattern.search(user_agent.encode("utf-8", "replace"))
         tool = None
         if found is not None:

@@ -347,12 +347,15 @@ class Exchange:
         violation: the status rules then add none), and the 404/405 probes of a scan."""
         rt = self.runtime
         request = self.request
-        if not request.failure_recorded:
-            tool = attack_tool_matcher(rt.settings.attack_tools).tool(request.user_agent)
-            if tool is not None:
-                self._record(ATTACK_TOOL, reason=tool)
-        if is_probe_status(status) and rt.detector is not None:
-            rt.detector.anomalies.probe(request.client_address, request.path)
+        try:
+            if not request.failure_recorded:
+                tool = attack_tool_matcher(rt.settings.attack_tools).tool(request.user_agent)
+                if tool is not None:
+                    self._record(ATTACK_TOOL, reason=tool)
+            if is_probe_status(status) and rt.detector is not None:
+                rt.detector.anomalies.probe(request.client_address, request.path)
+        except Exception as exc:  # counted; the status and login events still follow
+            rt.recorder.internal_error(exc, "web.detections")
 
     def _record(self, name: str, outcome: str | None = None, **fields: Any) -> None:
         if outcome is not None:
