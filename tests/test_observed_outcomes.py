@@ -279,3 +279,15 @@ def test_a_failed_check_on_a_route_with_a_failure_rule_is_that_rule(make_sdk: An
         ("auth.password.reset_failed", "invalid_credentials"),
         ("auth.password.reset_completed", None),
     ]
+
+
+def test_a_route_whose_rules_name_no_login_is_no_login_route(make_sdk: Any) -> None:
+    # an API key hashed with bcrypt, checked on every request
+    sdk = make_sdk(status_events="/api/* 401:auth.unauthenticated")
+    serve(200, (True,), path="/api/items", method="GET")
+    serve(401, (False,), path="/api/items", method="GET")
+    serve(400, (False,), path="/api/items", method="GET")
+    assert names(sdk) == [
+        ("auth.unauthenticated", "invalid_credentials"),  # the route's rule, the check's reason
+        ("auth.login.failed", "invalid_credentials"),
+    ]
