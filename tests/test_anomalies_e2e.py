@@ -14,9 +14,12 @@ import pytest
 import redis
 
 from harness import (
+    DJANGO_USERS,
     OTLPReceiver,
     RedisServer,
     Served,
+    prepare_django_db,
+    serve_django,
     serve_flask,
     serve_uvicorn,
     telemetry_env,
@@ -193,3 +196,29 @@ def test_two_instances_share_scans_and_devices_through_redis(
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_django_login_signal_from_a_new_device_under_gunicorn(
+    otlp_receiver: OTLPReceiver, tmp_path: Any
+) -> None:
+    """The success comes from Django's user_logged_in signal (LoginView), not from the app's
+    code: whoever records auth.login.succeeded feeds new-device detection."""
+    pytest.importorskip("django")
+    from .test_django import Browser
+
+    served = serve_django(env_for(otlp_receiver), prepare_django_db(str(tmp_path)))
+    try:
+        for address, agent in (("192.0.2.10", CHROME), ("192.0.2.10", IPHONE)):
+            browser = Browser(served, headers=from_address(address, agent))
+            try:
+                assert browser.login("alice", DJANGO_USERS["alice"]).status_code == 302
+            finally:
+                browser.close()
+        [new] = wait_for(lambda: otlp_receiver.security_logs("auth.login.new_device"), timeout=20)
+    finally:
+        served.stop()
+    successes = otlp_receiver.security_logs("auth.login.succeeded")
+    assert len(successes) == 2
+    assert new.attributes["security.reason"] == "new_device"
+    assert new.attributes["user.id"] == successes[1].attributes["user.id"]
+    assert new.trace_id == successes[1].trace_id
