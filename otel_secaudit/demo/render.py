@@ -147,7 +147,8 @@ def render_summary(summary: Summary, console: Console) -> None:
         parts.append(Text("no abuse signals"))
     if summary.blocks:
         parts.append(_blocks_table(summary))
-    parts.append(_counters_table(summary))
+    if not summary.filters:  # counters cannot be filtered: not read then
+        parts.append(_counters_table(summary))
     parts.append(
         _top_table("Top offending client addresses", "client.address", summary.top_addresses)
     )
