@@ -326,6 +326,34 @@ def test_instrument_inserts_after_contrib_and_uninstrument_restores_everything()
     settings.MIDDLEWARE = list(original)
 
 
+def test_middleware_setting_is_edited_in_place_in_a_configured_process() -> None:
+    """The in-place edit, where Django was configured by an earlier test (the test above then
+    skips): the list object Django reads is the one code holding it edits."""
+    from django.conf import settings
+
+    from otel_secaudit.web import django as adapter
+
+    if not settings.configured:
+        pytest.skip("covered by the test above, which configures Django itself")
+    was_active = adapter._State.active
+    saved = settings.MIDDLEWARE
+    held = ["django.middleware.security.SecurityMiddleware", adapter.CONTRIB_MIDDLEWARE]
+    adapter.uninstrument_django()
+    settings.MIDDLEWARE = held
+    try:
+        adapter.instrument_django()
+        try:
+            assert settings.MIDDLEWARE is held
+            assert held == [held[0], adapter.CONTRIB_MIDDLEWARE, adapter.MIDDLEWARE_PATH]
+        finally:
+            adapter.uninstrument_django()
+        assert settings.MIDDLEWARE is held and adapter.MIDDLEWARE_PATH not in held
+    finally:
+        settings.MIDDLEWARE = saved
+        if was_active:
+            adapter.instrument_django()
+
+
 @pytest.mark.parametrize(
     ("reason", "code"),
     [

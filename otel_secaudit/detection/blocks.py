@@ -175,11 +175,18 @@ class RefusalTally:
         instance does not hold; the refusals are handed over (to be added to the store's
         count), so they are zeroed here."""
         out = []
+        idle = []
         with self._lock:
             for key, right in self._rights.items():
                 if right.pending and now >= right.held_until:
                     out.append((key, right.pending))
                     right.pending = 0
+                elif not right.pending and not right.granted and now >= right.held_until:
+                    # nothing left to hand over or to write: forgotten (another instance may
+                    # have collected the block's end; the store keeps the right's time)
+                    idle.append(key)
+            for key in idle:
+                del self._rights[key]
         return out
 
     def grant(self, granted: dict[str, int], now: float) -> None:
