@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from opentelemetry.trace import SpanKind
 
 import otel_secaudit
@@ -91,6 +92,7 @@ def test_not_a_server_span_gets_everything(sdk: Any) -> None:
     assert REQUEST_KEYS - {"http.response.status_code"} <= set(event.attributes)
 
 
+@pytest.mark.slow
 def test_through_uvicorn_the_server_span_event_is_lean_and_the_log_complete(
     otlp_receiver: Any,
 ) -> None:
