@@ -326,3 +326,42 @@ def test_property_any_body_never_raises(
     streamed.feed(b" " * 70_000)  # past 64 KiB: the streaming parsers
     streamed.feed(body, more=False)
     assert isinstance(streamed.names(), tuple)
+
+
+# -- a plain WSGI application: the names come from the wsgi.input it reads ----------------------
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["content-length", "chunked"])
+def test_plain_wsgi_reads_names_from_the_input_the_app_reads(make_sdk: Any, length: bool) -> None:
+    import io
+
+    from otel_secaudit.redaction import hash_identity
+    from otel_secaudit.web.wsgi import SecAuditWSGIMiddleware
+
+    sdk = make_sdk(login_routes="POST /login")
+    seen: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        while piece := stream.read(5):  # the app reads in small pieces
+            seen.append(piece)
+        start_response("401 Unauthorized", [("content-type", "text/plain")])
+        return [b"no"]
+
+    body = b"username=decoy&username=target&password=hunter2-SECRET"
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/login",
+        "REMOTE_ADDR": "192.0.2.1",
+        "CONTENT_TYPE": FORM,
+        "wsgi.input": io.BytesIO(body),
+    }
+    if length:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    list(SecAuditWSGIMiddleware(app)(environ, lambda *args: None))
+    assert b"".join(seen) == body  # the application got every byte
+    (record,) = [log.log_record for log in sdk.logs()]
+    assert record.event_name == "auth.login.failed"
+    key = sdk.settings.effective_hash_key
+    assert record.attributes["user.hash"] == hash_identity(key, "target")
+    assert "hunter2-SECRET" not in repr(dict(record.attributes))
