@@ -365,3 +365,51 @@ def test_plain_wsgi_reads_names_from_the_input_the_app_reads(make_sdk: Any, leng
     key = sdk.settings.effective_hash_key
     assert record.attributes["user.hash"] == hash_identity(key, "target")
     assert "hunter2-SECRET" not in repr(dict(record.attributes))
+
+
+# -- Flask: who the user is without Flask-Login ---------------------------------------------------
+
+
+class _Account:
+    def __init__(self, account_id: int) -> None:
+        self.id = account_id
+
+
+@pytest.mark.parametrize(
+    ("g_user", "session_id", "expected"),
+    [
+        ({"id": "7", "username": "bob"}, None, "7"),  # a database row (Flask's tutorial)
+        (_Account(8), None, "8"),  # an object with an id
+        (None, "9", "9"),  # session["user_id"] only
+        (None, None, None),  # nobody signed in
+    ],
+)
+def test_flask_user_id_without_flask_login(
+    make_sdk: Any, g_user: Any, session_id: str | None, expected: str | None
+) -> None:
+    pytest.importorskip("flask_login")  # importable, as the [flask] extra installs it
+    from flask import Flask, abort, g, session
+
+    from otel_secaudit.web import flask as flask_adapter
+
+    sdk = make_sdk()
+    app = Flask(__name__)
+    app.config["SECRET_KEY"] = "test-only-user-id-secret-0123456789"
+
+    @app.get("/admin")
+    def admin() -> Any:
+        if session_id is not None:
+            session["user_id"] = session_id
+        if g_user is not None:
+            g.user = g_user
+        abort(403)
+
+    flask_adapter.uninstrument_flask()  # whatever an earlier test left instrumented
+    flask_adapter.instrument_flask()
+    try:
+        assert app.test_client().get("/admin").status_code == 403
+    finally:
+        flask_adapter.uninstrument_flask()
+    (record,) = [log.log_record for log in sdk.logs()]
+    assert record.event_name == "authz.permission_denied"
+    assert record.attributes.get("user.id") == expected
