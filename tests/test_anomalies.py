@@ -302,13 +302,13 @@ def test_abuse_scan_carries_the_contract_attributes(make_sdk: Any, detectors: li
 
 
 def test_a_secret_in_a_probed_path_is_redacted(make_sdk: Any, detectors: list[Any]) -> None:
-    sdk = make_sdk(scan_threshold=2)
-    detector = scan_detector(sdk, FakeClock(), detectors)
     jwt = (
         "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
         "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
     )
-    for path in ("/api/" + jwt, "/x\x1b[31m"):
+    sdk = make_sdk(scan_threshold=3)
+    detector = scan_detector(sdk, FakeClock(), detectors)
+    for path in ("/api/" + jwt, "/x\x1b[31m", "/password-recovery/alice@example.com"):
         exchange = open_exchange("curl/8", path=path, route=None)
         with request_scope(exchange.request):
             exchange.respond(405)
@@ -316,6 +316,7 @@ def test_a_secret_in_a_probed_path_is_redacted(make_sdk: Any, detectors: list[An
     [scan] = security_logs(sdk, "abuse.scan")
     paths = dict(scan.attributes)["security.scan.paths"]
     assert jwt not in repr(paths) and "\x1b" not in repr(paths)
+    assert "alice" not in repr(paths) and "/password-recovery/[REDACTED]" in paths
     # redacted before it is kept, not only when exported
     detector.anomalies.probe(ADDRESS, "/api/" + jwt)
     assert detector.flush()
