@@ -374,3 +374,18 @@ print("restored")
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "restored"
+
+
+def test_flask_form_page_without_a_login_route_hashes_the_name_werkzeug_read(
+    flask_form: Served, otlp_receiver: OTLPReceiver
+) -> None:
+    """``/auth/login`` is no login route here: the observed ``check_password_hash`` makes the
+    200 re-rendered form a failed attempt, and its user.hash is the name the view checked (the
+    first of duplicate fields, as Werkzeug reads them), the body chunked and over 64 KiB."""
+    body = f"note={PADDING}&username=first-name&username=second-name&password={WRONG}"
+    with httpx.Client(base_url=flask_form.base_url) as http:
+        assert send(http, "/auth/login", "10.0.4.1", chunked(body.encode()), FORM) == 200
+    found = failures_by_client(otlp_receiver, {"10.0.4.1"})
+    assert found["10.0.4.1"] == [user_hash("first-name")]
+    assert otlp_receiver.security_logs("auth.login.succeeded") == []
+    assert_no_secret(otlp_receiver)
