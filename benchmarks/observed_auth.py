@@ -13,7 +13,7 @@ decode, and per request of the test app's login and token routes.
 2. **Per request**: tests/apps/observed_auth_app.py driven as ASGI calls under contrib's
    FastAPI instrumentation with real SDK pipelines whose exporters drop (A), and with
    otel_secaudit's middleware and the library patches too (B); A2 as above. Routes: the
-   OAuth2 password login (argon2 via pwdlib; target B/A >= 0.95 as A/B) and a bearer-token
+   OAuth2 password login (argon2 via pwdlib; target A/B >= 0.95) and a bearer-token
    GET (one PyJWT decode).
 
 Run from the repository root: ``python -m benchmarks.observed_auth`` (about a minute).

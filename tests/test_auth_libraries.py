@@ -483,3 +483,24 @@ def test_no_token_bytes_are_exported(sdk: SDK, patched: Any) -> None:
     for piece in token.split("."):
         assert piece not in exported
     assert "jti-secret-value" not in exported
+
+
+def test_the_instrumentor_patches_and_restores_the_libraries(sdk: SDK) -> None:
+    import jwt.api_jwt
+    import werkzeug.security
+
+    from otel_secaudit import SecAuditInstrumentor
+
+    originals = (
+        jwt.api_jwt.PyJWT.__dict__["decode_complete"],
+        werkzeug.security.check_password_hash,
+    )
+    instrumentor = SecAuditInstrumentor()
+    instrumentor.instrument(tracer_provider=sdk.tracer_provider)
+    try:
+        assert isinstance(jwt.api_jwt.PyJWT.__dict__["decode_complete"], ObjectProxy)
+        assert isinstance(werkzeug.security.check_password_hash, ObjectProxy)
+    finally:
+        instrumentor.uninstrument()
+    assert jwt.api_jwt.PyJWT.__dict__["decode_complete"] is originals[0]
+    assert werkzeug.security.check_password_hash is originals[1]

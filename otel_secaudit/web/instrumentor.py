@@ -17,6 +17,10 @@ inside the server span whoever opens it (FastAPI's own telemetry, contrib's
 added itself; see :mod:`otel_secaudit.web.starlette`). Django, Flask and other WSGI apps get
 their adapters (:mod:`otel_secaudit.web.django`, :mod:`~otel_secaudit.web.flask`,
 :mod:`~otel_secaudit.web.wsgi`); a framework that is not installed is left alone.
+Password checks and token decodes of the installed libraries (werkzeug, pwdlib, passlib,
+bcrypt, argon2-cffi, Django's hashers; PyJWT, python-jose, authlib, itsdangerous) are observed
+(:mod:`otel_secaudit.auth`), so logins and token failures are recorded where the application
+checks them; ``uninstrument()`` restores each library exactly.
 
 Explicit use, without ``opentelemetry-instrument``::
 
