@@ -43,6 +43,7 @@ def serve(
     before: Any = None,
     challenge: str | None = None,
     user_id: str | None = None,
+    user_agent: str | None = None,
 ) -> Exchange:
     """One request through the exchange: ``checks`` are password checks in order,
     ``before(exchange)`` runs inside the request before the answer."""
@@ -51,6 +52,7 @@ def serve(
         path=path,
         peer="10.0.0.9",
         header=lambda name: [],
+        user_agent=user_agent,
         route_of=lambda: path,
         user_id_of=(lambda: user_id) if user_id else None,
     )
@@ -291,3 +293,62 @@ def test_a_route_whose_rules_name_no_login_is_no_login_route(make_sdk: Any) -> N
         ("auth.unauthenticated", "invalid_credentials"),  # the route's rule, the check's reason
         ("auth.login.failed", "invalid_credentials"),
     ]
+
+
+# -- the User-Agent never steers an observed outcome ---------------------------------------------
+
+ATTACK_TOOL_AGENTS = ("Mozilla/4.0 (Hydra)", "sqlmap/1.8 (https://sqlmap.org)", "Nikto/2.5")
+
+
+@pytest.mark.parametrize("user_agent", ATTACK_TOOL_AGENTS)
+@pytest.mark.parametrize("status", [200, 400, 401])
+def test_an_attack_tools_failed_login_is_still_counted_for_the_user(
+    sdk: SDK, user_agent: str, status: int
+) -> None:
+    """A brute-forcer naming itself must not move its failures off the per-user count: the
+    failed check is auth.login.failed with user.hash, the request's one violation."""
+    serve(status, (False,), user_agent=user_agent)
+    ((name, attrs),) = events(sdk)
+    assert (name, attrs["security.reason"]) == ("auth.login.failed", "invalid_credentials")
+    assert "user.hash" in attrs
+
+
+@pytest.mark.parametrize("user_agent", ATTACK_TOOL_AGENTS)
+def test_an_attack_tools_successful_login_is_in_the_audit_trail(sdk: SDK, user_agent: str) -> None:
+    """A login that worked is recorded whoever claims to be the client; the tool is the
+    request's violation beside it."""
+    serve(302, (True,), user_agent=user_agent)
+    assert [name for name, _ in names(sdk)] == ["auth.login.succeeded", "request.attack_tool"]
+
+
+def test_an_attack_tools_token_failure_stays_the_token_event(sdk: SDK) -> None:
+    def decode_failed(ex: Exchange) -> None:
+        from otel_secaudit.auth.patching import observation_of
+
+        observation = observation_of(ex.request)
+        assert observation is not None
+        observation.token_failure = TokenFailure(
+            "auth.token.expired", "expired", "ExpiredSignatureError", "pyjwt"
+        )
+
+    serve(401, path="/me", method="GET", before=decode_failed, user_agent="nuclei - open")
+    assert [name for name, _ in names(sdk)] == ["auth.token.expired"]
+
+
+def test_an_attack_tool_on_a_login_route_keeps_the_login_routes_outcome(sdk: SDK) -> None:
+    ex = Exchange.open(
+        method="POST",
+        path="/auth/jwt/login",
+        peer="10.0.0.9",
+        header=lambda name: [],
+        user_agent="hydra",
+        route_of=lambda: "/auth/jwt/login",
+        runtime=sdk.runtime,
+    )
+    ex.login = parse_login_routes("POST /auth/jwt/login")[0]
+    ex.read_user_names(lambda: ("alice",))
+    with request_scope(ex.request):
+        ex.respond(400)
+    ((name, attrs),) = events(sdk)
+    assert (name, attrs["security.reason"]) == ("auth.login.failed", "http_400")
+    assert "user.hash" in attrs

@@ -300,16 +300,19 @@ class Exchange:
         self._answered = True
         try:
             self.request.status_code = status
-            self._detections(status)
-            if observed_outcome(self, status, www_authenticate):
-                return
-            if (
+            self._probe(status)
+            if observed_outcome(self, status, www_authenticate) or (
                 self.login is not None
                 and self.scoped_rule(status) is None
                 and self._login_answered(status)
             ):
+                # Authentication is observed, whatever the User-Agent says: an attack tool's
+                # login failure stays auth.login.failed (counted per user); a tool's success
+                # is recorded and the tool is the request's violation.
+                self._attack_tool()
                 return
-            self._status_rule(status)
+            if not self._attack_tool():
+                self._status_rule(status)
         except Exception as exc:
             self.runtime.recorder.internal_error(exc, "web.status")
 
@@ -342,18 +345,32 @@ class Exchange:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _detections(self, status: int) -> None:
-        """``request.attack_tool`` when the User-Agent names an attack tool (the request's one
-        violation: the status rules then add none), and the 404/405 probes of a scan."""
+    def _attack_tool(self) -> bool:
+        """``request.attack_tool`` when the User-Agent names an attack tool and no failure was
+        recorded for the request (one request, one violation: the status rules then add none).
+        True when recorded. The User-Agent is the client's word: it never decides an
+        authentication outcome, which is observed first."""
         rt = self.runtime
         request = self.request
         try:
-            if not request.failure_recorded:
-                tool = attack_tool_matcher(rt.settings.attack_tools).tool(request.user_agent)
-                if tool is not None:
-                    self._record(ATTACK_TOOL, reason=tool)
+            if request.failure_recorded:
+                return False
+            tool = attack_tool_matcher(rt.settings.attack_tools).tool(request.user_agent)
+            if tool is None:
+                return False
+            self._record(ATTACK_TOOL, reason=tool)
+            return True
+        except Exception as exc:  # counted; the status event still follows
+            rt.recorder.internal_error(exc, "web.detections")
+            return False
+
+    def _probe(self, status: int) -> None:
+        """A 404/405 answer is a probe of a scan, counted by the detector (off the request
+        path)."""
+        rt = self.runtime
+        try:
             if is_probe_status(status) and rt.detector is not None:
-                rt.detector.anomalies.probe(request.client_address, request.path)
+                rt.detector.anomalies.probe(self.request.client_address, self.request.path)
         except Exception as exc:  # counted; the status and login events still follow
             rt.recorder.internal_error(exc, "web.detections")
 
