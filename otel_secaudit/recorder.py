@@ -22,9 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter as Tally
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry._logs import LoggerProvider, get_logger
@@ -37,6 +36,7 @@ from .config import Settings
 from .context import RequestContext, current_request
 from .event_tally import event_tally_for
 from .events import EventSpec, InvalidEventError, Login, Violation, resolve_event, severity_number
+from .internal_errors import InternalErrors
 from .redaction import (
     MAX_USER_AGENT_LENGTH,
     MAX_VALUE_LENGTH,
@@ -46,6 +46,9 @@ from .redaction import (
     hash_identity,
 )
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .delivery import Delivery
 
 __all__ = ["EventFields", "SecAuditInputError", "SecurityRecorder"]
 
@@ -83,21 +86,22 @@ class EventFields(TypedDict, total=False):
 class RecorderStats:
     """Plain in-process counts, readable without a metric reader (tests, demo, health)."""
 
-    def __init__(self) -> None:
+    def __init__(self, errors: InternalErrors) -> None:
         self._lock = threading.Lock()
+        self._errors = errors
         self.recorded = 0
         self.dropped = 0
         self.input_problems = 0
-        self.internal_errors: Tally[str] = Tally()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {
+            counts: dict[str, Any] = {
                 "recorded": self.recorded,
                 "dropped": self.dropped,
                 "input_problems": self.input_problems,
-                "internal_errors": dict(self.internal_errors),
             }
+        counts["internal_errors"] = self._errors.snapshot()
+        return counts
 
 
 class SecurityRecorder:
@@ -105,11 +109,18 @@ class SecurityRecorder:
 
     Args:
         settings: configuration; default :meth:`Settings.load` with ``lenient=True``.
-        logger_provider: Logs API provider (default: the global one).
+        logger_provider: Logs API provider (default: the global one); ignored when
+            ``delivery`` is given (the records go to ``delivery.records_provider``).
         meter_provider: Metrics API provider (default: the global one).
+        delivery: where the log records go (:func:`otel_secaudit.delivery.build`); default:
+            built here from ``settings`` and the providers.
+        errors: the internal-error count shared with the other parts (default: a new one).
+        violation_sink: receives every violation that feeds abuse detection.
+        login_sink: receives every ``auth.login.succeeded`` (new-device detection).
 
-    The instruments ``abuse_signals`` and ``requests_blocked`` are created here so that
-    detection and the web integration share one meter.
+    :func:`otel_secaudit.runtime.build` puts a recorder together with its delivery and its
+    detector. The instruments ``abuse_signals`` and ``requests_blocked`` are created here so
+    that detection and the web integration share one meter.
     """
 
     def __init__(
@@ -118,11 +129,15 @@ class SecurityRecorder:
         *,
         logger_provider: LoggerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        delivery: Delivery | None = None,
+        errors: InternalErrors | None = None,
+        violation_sink: Callable[[Violation], None] | None = None,
+        login_sink: Callable[[Login], None] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings.load(lenient=True)
+        self._errors = errors if errors is not None else InternalErrors(meter_provider)
         self._redactor = Redactor(self.settings.redact_keys)
         self._hash_key = self.settings.effective_hash_key
-        self._logger = get_logger(attr.SCOPE_NAME, __version__, logger_provider=logger_provider)
         meter = get_meter(attr.SCOPE_NAME, __version__, meter_provider=meter_provider)
         self.meter = meter
         self._violations = meter.create_counter(
@@ -135,26 +150,32 @@ class SecurityRecorder:
         self.requests_blocked = meter.create_counter(
             attr.METRIC_REQUESTS_BLOCKED, unit="{request}", description="Requests blocked"
         )
-        self._internal_errors = meter.create_counter(
-            attr.METRIC_INTERNAL_ERRORS,
-            unit="{error}",
-            description="Errors inside otel_secaudit (never raised into the application)",
-        )
         self._metric_attributes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._user_hashes: dict[str, str] = {}
-        self._logged_errors: set[str] = set()
-        self.stats = RecorderStats()
+        self._logged_problems: set[str] = set()
+        self.stats = RecorderStats(self._errors)
         #: Receives every violation that feeds abuse detection (see the module doc).
-        self.violation_sink: Callable[[Violation], None] | None = None
+        self.violation_sink = violation_sink
         from .detection.processor import hold_violation
 
         self._hold_violation = hold_violation
         #: Receives every ``auth.login.succeeded`` (new-device detection).
-        self.login_sink: Callable[[Login], None] | None = None
-        from .delivery import attach  # the SDK is imported only when a recorder is built
+        self.login_sink = login_sink
+        if delivery is None:
+            from . import delivery as delivering  # the SDK is imported only when needed
 
+            delivery = delivering.build(
+                self.settings.spool_dir,
+                self.settings.spool_max_bytes,
+                logger_provider=logger_provider,
+                meter_provider=meter_provider,
+                on_error=self._errors,
+            )
         #: Durable delivery (OTEL_SECAUDIT_SPOOL_DIR) or counted drops: otel_secaudit.delivery.
-        self.delivery = attach(self, logger_provider, meter_provider)
+        self.delivery = delivery
+        self._logger = get_logger(
+            attr.SCOPE_NAME, __version__, logger_provider=delivery.records_provider
+        )
 
     # -- public ---------------------------------------------------------------------------
 
@@ -305,18 +326,8 @@ class SecurityRecorder:
     ) -> None:
         """Count an internal error and log it (with its traceback) the first time its kind is
         seen; ``log=False``: count only (the caller logged one line of its own, e.g. a store
-        outage, which is expected and needs no traceback)."""
-        kind = f"{where}:{type(exc).__name__}"
-        try:
-            with self.stats._lock:
-                self.stats.internal_errors[kind] += 1
-                first = kind not in self._logged_errors
-                self._logged_errors.add(kind)
-            self._internal_errors.add(1, {attr.ERROR_TYPE: type(exc).__name__})
-            if first and log:
-                _log.warning("otel_secaudit: internal error in %s (counted)", where, exc_info=exc)
-        except Exception:  # the error path itself must not raise
-            pass
+        outage, which is expected and needs no traceback). Never raises."""
+        self._errors(exc, where, log=log)
 
     def close(self, timeout_millis: int = 5000) -> None:
         """Deliver spooled records for up to ``timeout_millis``, then stop the spool (if any);
@@ -332,12 +343,10 @@ class SecurityRecorder:
             self.stats.input_problems += 1
             if dropped:
                 self.stats.dropped += 1
-            first = len(self._logged_errors) < 256 and message not in self._logged_errors
+            first = len(self._logged_problems) < 256 and message not in self._logged_problems
             if first:
-                self._logged_errors.add(message)
-        self._internal_errors.add(
-            1, {attr.ERROR_TYPE: "invalid_event" if dropped else "invalid_field"}
-        )
+                self._logged_problems.add(message)
+        self._errors.count("invalid_event" if dropped else "invalid_field")
         if first:
             _log.warning("otel_secaudit: %s", message)
 

@@ -19,15 +19,20 @@ Shutdown: uvicorn re-raises SIGTERM after its graceful shutdown, so ``atexit`` h
 own flush included) never run. The web integrations call :meth:`Runtime.flush` on ASGI lifespan
 shutdown and WSGI worker exit, so the last audit records of a rolling deploy still leave.
 
+Assembly: :func:`build` is the one place the parts are put together, each handed its
+collaborators: the delivery (from the settings and the providers), the recorder on it (and on
+the internal-error count they share), the abuse detector on the recorder, fed by the recorder's
+violation and login sinks.
+
 Fork safety: under a pre-forking server (gunicorn) the runtime is built in the master, and the
-detector's worker thread and the spool sender do not survive ``fork()``. An
-``os.register_at_fork`` hook restarts them in each child, as the SDK's batch processors do.
+detector's worker threads and the spool sender do not survive ``fork()``. Each of them
+registers its own ``os.register_at_fork`` hook (:mod:`otel_secaudit.forks`), as the SDK's
+batch processors do.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -37,6 +42,7 @@ from opentelemetry._logs import LoggerProvider
 from opentelemetry.metrics import MeterProvider
 
 from .config import Settings
+from .internal_errors import InternalErrors
 from .recorder import SecurityRecorder
 
 if TYPE_CHECKING:
@@ -103,22 +109,17 @@ class Runtime:
         detector, self.detector = self.detector, None
         if detector is not None:
             try:
-                from .detection import disable_detection
-
-                disable_detection(self.recorder, detector)
+                if self.recorder.violation_sink == detector.submit:
+                    self.recorder.violation_sink = None
+                if self.recorder.login_sink == detector.anomalies.login:
+                    self.recorder.login_sink = None
+                detector.shutdown()
             except Exception as exc:
                 self.recorder.internal_error(exc, "runtime.close")
         try:
             self.recorder.close(timeout_millis)
         except Exception as exc:
             self.recorder.internal_error(exc, "runtime.close")
-
-    def after_fork_in_child(self) -> None:
-        """Restart the threads that ``fork()`` left behind (detector worker, spool sender)."""
-        for component in (self.detector, self.recorder.delivery):
-            restart = getattr(component, "after_fork_in_child", None)
-            if callable(restart):
-                _call(self.recorder, "runtime.fork", restart)
 
     def __repr__(self) -> str:
         detection = "on" if self.detector is not None else "off"
@@ -159,27 +160,54 @@ def build(
             back to running without detection when the detector cannot start (logged).
     """
     if recorder is None:
-        recorder = SecurityRecorder(
+        recorder = _recorder(
             settings if settings is not None else Settings.load(lenient=True),
-            logger_provider=logger_provider,
-            meter_provider=meter_provider,
+            logger_provider,
+            meter_provider,
         )
     elif settings is not None:
         raise TypeError("pass either settings or recorder, not both")
     detector = None
     if detection:
         try:
-            from .detection import enable_detection
+            from .detection import AbuseDetector
 
-            detector = enable_detection(recorder)
+            detector = AbuseDetector(recorder)
         except Exception:
             _log.exception("otel_secaudit: abuse detection could not start; recording only")
+        else:
+            # The detector emits abuse.* through the recorder, so it is built on it; the
+            # recorder then feeds it every violation and every successful login.
+            recorder.violation_sink = detector.submit
+            recorder.login_sink = detector.anomalies.login
     return Runtime(
         recorder,
         detector,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         logger_provider=logger_provider,
+    )
+
+
+def _recorder(
+    settings: Settings,
+    logger_provider: LoggerProvider | None,
+    meter_provider: MeterProvider | None,
+) -> SecurityRecorder:
+    """Delivery from the settings and the providers, then the recorder on it; both count
+    their internal errors in one :class:`InternalErrors`."""
+    from . import delivery as delivering  # the SDK is imported only when a runtime is built
+
+    errors = InternalErrors(meter_provider)
+    delivery = delivering.build(
+        settings.spool_dir,
+        settings.spool_max_bytes,
+        logger_provider=logger_provider,
+        meter_provider=meter_provider,
+        on_error=errors,
+    )
+    return SecurityRecorder(
+        settings, meter_provider=meter_provider, delivery=delivery, errors=errors
     )
 
 
@@ -222,16 +250,3 @@ def install(runtime: Runtime) -> Runtime:
     if previous is not None and previous is not runtime:
         previous.close()
     return runtime
-
-
-def _after_fork_in_child() -> None:
-    runtime = _current
-    if runtime is not None:
-        try:
-            runtime.after_fork_in_child()
-        except Exception:  # a fork hook must never break the child
-            _log.exception("otel_secaudit: could not restart after fork")
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -243,7 +243,7 @@ def test_observe_only_by_default(make_sdk, clock, detectors):
 @pytest.mark.parametrize("sampler", [ALWAYS_ON, ALWAYS_OFF], ids=["sampled", "sampled-out"])
 def test_each_violation_counted_exactly_once(make_sdk, sampler):
     sdk = make_sdk(sampler=sampler, host_threshold=3, user_threshold=100)
-    detector = enable_detection(sdk.recorder, sdk.tracer_provider)
+    detector = enable_detection(sdk.recorder)
     try:
         for i in range(2):
             with sdk.tracer.start_as_current_span(f"request {i}") as span:
@@ -272,7 +272,7 @@ def test_each_violation_counted_exactly_once(make_sdk, sampler):
 
 def test_span_events_off_still_counted_once(make_sdk):
     sdk = make_sdk(span_events=False, host_threshold=2)
-    detector = enable_detection(sdk.recorder, sdk.tracer_provider)
+    detector = enable_detection(sdk.recorder)
     try:
         with sdk.tracer.start_as_current_span("request"):
             otel_secaudit.record("auth.login.failed", client_address=ADDRESS)
@@ -285,7 +285,7 @@ def test_span_events_off_still_counted_once(make_sdk):
 
 def test_disable_detection_stops_counting(make_sdk):
     sdk = make_sdk(host_threshold=1)
-    detector = enable_detection(sdk.recorder, sdk.tracer_provider)
+    detector = enable_detection(sdk.recorder)
     disable_detection(sdk.recorder, detector)
     assert sdk.recorder.violation_sink is None
     with sdk.tracer.start_as_current_span("request"):
@@ -381,7 +381,7 @@ def test_detection_sees_violations_on_spans_of_another_tracer_provider(make_sdk)
     from opentelemetry.sdk.trace import TracerProvider
 
     sdk = make_sdk(host_threshold=10)
-    detector = enable_detection(sdk.recorder, sdk.tracer_provider)  # provider A
+    detector = enable_detection(sdk.recorder)  # provider A
     other = TracerProvider()  # provider B, e.g. one the framework instrumentation built
     try:
         tracer = other.get_tracer("app")

@@ -171,7 +171,7 @@ def test_detection_sees_each_violation_exactly_once(make_sdk: Any, detectors: li
     from otel_secaudit.detection import enable_detection
 
     sdk = make_sdk(host_threshold=2)
-    detector = enable_detection(sdk.recorder, sdk.tracer_provider)
+    detector = enable_detection(sdk.recorder)
     detectors.append(detector)
     with sdk.tracer.start_as_current_span("request"):
         otel_secaudit.record("authz.permission_denied", user_id="7", client_address="10.9.9.9")

@@ -1,9 +1,10 @@
 """How security log records leave the process: durable (the spool) or through the app's SDK.
 
-:func:`attach` is called once by :class:`otel_secaudit.SecurityRecorder`:
+:func:`build` is called once per recorder (by :func:`otel_secaudit.runtime.build`, or by a
+:class:`otel_secaudit.SecurityRecorder` built on its own), before the recorder:
 
-* With ``OTEL_SECAUDIT_SPOOL_DIR`` set (and no explicit ``logger_provider``), the recorder's
-  logger is switched to a dedicated SDK ``LoggerProvider`` that spools to disk and delivers
+* With ``OTEL_SECAUDIT_SPOOL_DIR`` set (and no explicit ``logger_provider``), the recorder
+  writes to a dedicated SDK ``LoggerProvider`` that spools to disk and delivers
   at-least-once with the dedup key ``log.record.uid``: :mod:`.spool` (segments, cursor,
   directory safety), :mod:`.codec` (frames, record encoding), :mod:`.sender` (the processor and
   the thread that ships spooled records).
@@ -22,14 +23,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from opentelemetry._logs import LoggerProvider, get_logger_provider
 from opentelemetry.metrics import MeterProvider, get_meter_provider
 from opentelemetry.sdk._logs import LoggerProvider as SDKLoggerProvider
 
-from .. import attributes as attr
-from ..version import __version__
 from .codec import LOG_RECORD_UID, new_record_uid
 from .drops import METRIC_LOGS_DROPPED, DropCountingLogExporter, DropStats
 from .exporters import (
@@ -43,9 +42,6 @@ from .exporters import (
 from .sender import SpoolingLogRecordProcessor, create_spool_logger_provider
 from .spool import DEFAULT_MAX_BYTES, Spool, SpoolDirectoryError, SpoolStats, SpoolWriteError
 
-if TYPE_CHECKING:
-    from ..recorder import SecurityRecorder
-
 __all__ = [
     "LOG_RECORD_UID",
     "METRIC_LOGS_DROPPED",
@@ -58,7 +54,7 @@ __all__ = [
     "SpoolStats",
     "SpoolWriteError",
     "SpoolingLogRecordProcessor",
-    "attach",
+    "build",
     "create_spool_logger_provider",
     "new_record_uid",
     "otlp_exporters",
@@ -72,7 +68,7 @@ _log = logging.getLogger("otel_secaudit")
 
 
 class Delivery:
-    """What :func:`attach` set up for one recorder.
+    """What :func:`build` set up for one recorder.
 
     Args:
         logger_provider: the provider the recorder's log records go to (None: the global one,
@@ -97,6 +93,12 @@ class Delivery:
         self._logger_provider = logger_provider
         self._meter_provider = meter_provider
         self._on_error = on_error
+
+    @property
+    def records_provider(self) -> Any:
+        """The provider the recorder writes its log records to: the spool's, the one given,
+        or None (the global one)."""
+        return self._logger_provider
 
     @property
     def logger_provider(self) -> SDKLoggerProvider | None:
@@ -153,20 +155,22 @@ class Delivery:
                 _log.warning("otel_secaudit: %s failed", where, exc_info=exc)
 
 
-def attach(
-    recorder: SecurityRecorder,
-    logger_provider: LoggerProvider | None,
-    meter_provider: MeterProvider | None,
+def build(
+    spool_dir: str | os.PathLike[str] | None,
+    spool_max_bytes: int | None = None,
+    *,
+    logger_provider: LoggerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    on_error: Callable[[BaseException, str], None] | None = None,
 ) -> Delivery:
-    """Set up delivery for ``recorder`` (called from its constructor; never raises).
+    """Set up delivery for one recorder (never raises).
 
-    With ``settings.spool_dir`` and no explicit ``logger_provider``, the recorder's logger is
-    switched to the spool's provider. A spool that cannot be opened (unsafe directory, disk,
-    bad ``OTEL_EXPORTER_OTLP_PROTOCOL``) is logged and counted as an internal error
-    (``spool.start``); records then go through the application's provider.
+    With ``spool_dir`` and no explicit ``logger_provider``, records go to the spool's own
+    provider (:attr:`Delivery.records_provider`). A spool that cannot be opened (unsafe
+    directory, disk, bad ``OTEL_EXPORTER_OTLP_PROTOCOL``) is logged and reported to
+    ``on_error`` (``spool.start``); records then go through the application's provider.
     """
-    delivery = Delivery(logger_provider, meter_provider, on_error=recorder.internal_error)
-    spool_dir = getattr(recorder.settings, "spool_dir", None)
+    delivery = Delivery(logger_provider, meter_provider, on_error=on_error)
     if spool_dir is None or logger_provider is not None:
         if not _sdk_drop_metrics_enabled():
             _log.info(
@@ -180,8 +184,8 @@ def attach(
         provider, processor = create_spool_logger_provider(
             spool_dir,
             meter_provider=meter_provider,
-            on_error=recorder.internal_error,
-            max_bytes=getattr(recorder.settings, "spool_max_bytes", None) or DEFAULT_MAX_BYTES,
+            on_error=on_error,
+            max_bytes=spool_max_bytes or DEFAULT_MAX_BYTES,
         )
     except Exception as exc:
         _log.error(
@@ -190,12 +194,9 @@ def attach(
             spool_dir,
             exc,
         )
-        recorder.internal_error(exc, "spool.start")
+        delivery._error(exc, "spool.start")
         return delivery
-    recorder._logger = provider.get_logger(attr.SCOPE_NAME, __version__)
-    delivery.spool = processor
-    delivery._logger_provider = provider
-    return delivery
+    return Delivery(provider, meter_provider, processor, on_error=on_error)
 
 
 def _sdk_drop_metrics_enabled() -> bool:

@@ -41,6 +41,7 @@ from opentelemetry.sdk._logs.export import LogRecordExporter
 from opentelemetry.sdk.resources import Resource
 
 from .. import attributes as attr
+from ..forks import restart_after_fork
 from ..version import __version__
 from .codec import decode_record, encode_record, new_record_uid
 from .deadletter import DeadLetter
@@ -128,7 +129,9 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
             description="Failed export attempts of spooled records (retried)",
         )
         self._dropped = drop_counter(meter_provider)
+        self._pid = os.getpid()
         self._start_sender()
+        restart_after_fork(self.after_fork_in_child)
 
     def _start_sender(self) -> None:
         self._stop = threading.Event()
@@ -199,9 +202,11 @@ class SpoolingLogRecordProcessor(LogRecordProcessor):
 
     def after_fork_in_child(self) -> None:
         """In a forked child: leave the parent's worker directory to the parent, claim one of
-        this process's own, and start a sender thread (``fork()`` copies no threads)."""
-        if self._stop.is_set():
+        this process's own, and start a sender thread (``fork()`` copies no threads). Runs
+        from the fork hook this processor registered; once per process."""
+        if self._stop.is_set() or self._pid == os.getpid():
             return
+        self._pid = os.getpid()
         self.spool = self.spool.reopen_after_fork()
         self._start_sender()
 

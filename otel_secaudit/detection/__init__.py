@@ -17,7 +17,7 @@ Pieces, one job each (CONTRACT sections 5 and 7):
 * :mod:`.processor`: :class:`SecAuditSpanProcessor`, which hands a span's violations to the
   detector when the span ends (violations without such a span go to it directly).
 
-Usage (the runtime does this; see :mod:`otel_secaudit.runtime`)::
+Usage (the runtime puts these together in :func:`otel_secaudit.runtime.build`)::
 
     detector = enable_detection(recorder)      # reads recorder.settings
     ...
@@ -29,8 +29,6 @@ Usage (the runtime does this; see :mod:`otel_secaudit.runtime`)::
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from ..recorder import SecurityRecorder
 from .blocks import Refusal
@@ -64,12 +62,12 @@ __all__ = [
 ]
 
 
-def enable_detection(recorder: SecurityRecorder, tracer_provider: Any = None) -> AbuseDetector:
-    """Build a detector from ``recorder.settings`` and make it the recorder's
-    ``violation_sink``: every violation the recorder writes reaches it, at the end of its span
-    when a :class:`SecAuditSpanProcessor` serves the span's provider, else at once
-    (``tracer_provider`` is accepted for compatibility and unused: the instrumentor adds the
-    processor)."""
+def enable_detection(recorder: SecurityRecorder) -> AbuseDetector:
+    """A detector on a recorder built on its own (tests, scripts; the runtime wires its own in
+    :func:`otel_secaudit.runtime.build`): built from ``recorder.settings`` and made the
+    recorder's ``violation_sink`` and ``login_sink``: every violation the recorder writes
+    reaches it, at the end of its span when a :class:`SecAuditSpanProcessor` serves the span's
+    provider, else at once."""
     detector = AbuseDetector(recorder)
     recorder.violation_sink = detector.submit
     recorder.login_sink = detector.anomalies.login

@@ -146,9 +146,10 @@ class AnomalyDetector:
             self.shared.close()
 
     def after_fork_in_child(self) -> None:
-        """Restart the worker in a forked child."""
-        if self._handoff is not None and not self._handoff.alive():
-            self._handoff.start()
+        """Restart the worker threads in a forked child (``fork()`` keeps only the caller's
+        thread). Their hand-offs do it themselves from their fork hooks; this is a no-op then."""
+        if self._handoff is not None:
+            self._handoff.after_fork_in_child()
 
     def stats(self) -> dict[str, int]:
         """``scan_keys``, ``device_keys`` (in this process), ``dropped``."""

@@ -298,10 +298,10 @@ class AbuseDetector:
         self.store.close()
 
     def after_fork_in_child(self) -> None:
-        """Restart the worker thread in a forked child (``fork()`` keeps only the caller's
-        thread)."""
-        if self._handoff is not None and not self._handoff.alive():
-            self._handoff.start()
+        """Restart the worker threads in a forked child (``fork()`` keeps only the caller's
+        thread). Their hand-offs do it themselves from their fork hooks; this is a no-op then."""
+        if self._handoff is not None:
+            self._handoff.after_fork_in_child()
         self.anomalies.after_fork_in_child()
 
     @property

@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ..forks import restart_after_fork
+
 __all__ = ["HandOff"]
 
 T = TypeVar("T")
@@ -63,6 +65,7 @@ class HandOff(Generic[T]):
         self._queue: deque[T | _Marker] = deque()
         self._thread: threading.Thread | None = None
         self.start()
+        restart_after_fork(self.after_fork_in_child)
 
     # -- request path
 
@@ -82,6 +85,12 @@ class HandOff(Generic[T]):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
+
+    def after_fork_in_child(self) -> None:
+        """Restart the worker in a forked child, unless it was closed (runs from the fork hook
+        this hand-off registered; a no-op while the worker runs)."""
+        if not self._stop.is_set() and not self.alive():
+            self.start()
 
     def alive(self) -> bool:
         """True while the worker runs."""
