@@ -15,13 +15,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
+from .errors import ConfigError
+from .store_uris import parse_store_uri, redact_uri_password
 from .web.client import CLIENT_ADDRESS_HEADERS
 from .web.rules import (
     LoginRoutes,
@@ -38,10 +39,6 @@ _log = logging.getLogger(__name__)
 ENV_PREFIX: Final = "OTEL_SECAUDIT_"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot be used; the message names the variable."""
 
 
 def _parse_bool(raw: str) -> bool:
@@ -96,13 +93,6 @@ def _parse_int(minimum: int, maximum: int = DEFAULT_INT_MAXIMUM) -> IntParser:
 def _parse_int_between(minimum: int, maximum: int) -> IntParser:
     """An integer parser bounded on both sides (an absurd value is an error, not a hang)."""
     return IntParser(minimum, maximum)
-
-
-def _parse_store(raw: str) -> str:
-    # One parser for store URIs: the detection package's (build_store uses the same one).
-    from .detection.stores import parse_store_uri
-
-    return parse_store_uri(raw)
 
 
 def _parse_proxies(raw: str) -> tuple[IPNetwork, ...]:
@@ -183,7 +173,7 @@ _PARSERS: Final[Mapping[str, tuple[Callable[[str], Any], str]]] = {
     "host_threshold": (IntParser(1, 1_000_000), "10"),
     "user_threshold": (IntParser(1, 1_000_000), "5"),
     "window_seconds": (IntParser(1, _ONE_YEAR_S), "3600"),
-    "store": (_parse_store, "memory://"),
+    "store": (parse_store_uri, "memory://"),
     "block_seconds": (IntParser(0, _ONE_YEAR_S), "0"),
     "max_keys": (IntParser(1, 100_000_000), "20000"),
     "block_max_seconds": (IntParser(1, _ONE_YEAR_S), "86400"),
@@ -290,27 +280,8 @@ def _coerce_argument(name: str, value: Any) -> Any:
     return coerce(parser, value)
 
 
-# A password in a URI's user info (``redis://user:PASSWORD@host``, up to the last ``@``, as a
-# password with an unencoded ``/`` or ``#`` makes the URI unparsable and quoted in an error)
-# or in a query parameter
-# (``?password=...``, ``?sentinel_password=...``; redis-py reads those too).
-_URI_PASSWORD: Final = re.compile(
-    r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s'\"]*:)[^\s'\"]*(?=@)"
-    r"|(?P<param>[?&][A-Za-z_]*pass(?:word|wd)?=)[^&#\s'\"]*",
-    re.IGNORECASE,
-)
-#: What a redacted password is shown as.
-REDACTED: Final = "[REDACTED]"
 # Settings whose values are secrets: never echoed, not even in an error message.
 _SECRET_SETTINGS: Final = frozenset({"hash_key"})
-
-
-def redact_uri_password(text: str) -> str:
-    """``text`` with the password of every URI in it replaced by ``[REDACTED]``
-    (``redis://user:[REDACTED]@host:6379/0``); the rest (scheme, user, host, port, path) is
-    kept, so a configuration error stays diagnosable. Works on a URI or on a message that
-    quotes one."""
-    return _URI_PASSWORD.sub(lambda m: (m.group("keep") or m.group("param")) + REDACTED, text)
 
 
 def _shown(settings: Settings, name: str) -> str:

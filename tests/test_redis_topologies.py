@@ -25,15 +25,15 @@ from otel_secaudit.config import ConfigError
 from otel_secaudit.detection import AbuseDetector
 from otel_secaudit.detection.stores import MemoryStore, RedisStore, build_store
 from otel_secaudit.detection.stores.redis import CLUSTER_SHARDS, DEFAULT_PREFIX, shard_prefixes
-from otel_secaudit.detection.stores.redis_clients import (
+from otel_secaudit.detection.stores.redis_clients import redis_client
+from otel_secaudit.detection.window import Hit, Policy
+from otel_secaudit.store_uris import (
     CLUSTER,
     SENTINEL,
     STANDALONE,
     parse_redis_uri,
-    redact_password,
-    redis_client,
 )
-from otel_secaudit.detection.window import Hit, Policy
+from otel_secaudit.store_uris import redact_uri_password as redact_password
 
 SECRET = "hunter2-s3cret"
 T0 = 1_700_000_000.0

@@ -84,7 +84,7 @@ def _settings() -> Any:
 def _store(uri: str | None, address: str) -> Any:
     from ..config import ConfigError
     from ..detection.stores import RedisStore, parse_store_uri
-    from ..detection.stores.redis_clients import redact_password
+    from ..store_uris import redact_uri_password
 
     raw = uri if uri is not None else os.environ.get("OTEL_SECAUDIT_STORE", "memory://")
     try:
@@ -94,7 +94,7 @@ def _store(uri: str | None, address: str) -> Any:
     if normalized == "memory://":
         raise UsageProblem(_MEMORY_HINT.format(address=address or "ADDRESS"))
     try:
-        return RedisStore(normalized, timeout=3.0), redact_password(normalized)
+        return RedisStore(normalized, timeout=3.0), redact_uri_password(normalized)
     except (ValueError, ConfigError) as exc:
         raise UsageProblem(f"--store: {exc}") from None
 

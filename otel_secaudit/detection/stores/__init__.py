@@ -5,18 +5,18 @@
 * :class:`MemoryStore` (``memory://``, the default): in process;
 * :class:`RedisStore` (every Redis form of :mod:`.redis_clients`): shared by every instance,
   one atomic Lua round trip per batch (``apply.lua``, ``housekeeping.lua``);
-* :func:`parse_store_uri` validates ``OTEL_SECAUDIT_STORE`` (the config module uses it) and
-  :func:`build_store` turns it into a store: the one place a URI becomes a store.
+* :func:`build_store` turns a URI that :func:`otel_secaudit.store_uris.parse_store_uri`
+  accepts into a store: the one place a URI becomes a store.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ...store_uris import parse_store_uri
 from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, BlockInfo, Housekeeping, Store
 from .memory import MemoryStore
 from .redis import RedisStore  # redis-py itself is imported only when a client is built
-from .redis_clients import SCHEMES, parse_redis_uri, redact_password
 
 __all__ = [
     "DEFAULT_MAX_BLOCKS",
@@ -29,30 +29,6 @@ __all__ = [
     "build_store",
     "parse_store_uri",
 ]
-
-
-def parse_store_uri(raw: str) -> str:
-    """Validate a store URI and return it normalized (``memory://``) or as given.
-
-    Forms (CONTRACT section 5): ``memory://`` or any Redis form of
-    :func:`~.redis_clients.parse_redis_uri` (``redis://``, ``rediss://``, ``unix://``,
-    ``redis+sentinel://``, ``redis+cluster://``).
-
-    Raises:
-        ValueError: saying what is wrong (the password is never echoed).
-    """
-    uri = raw.strip()
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-    if scheme == "memory":
-        return "memory://"
-    if scheme in SCHEMES:
-        parse_redis_uri(uri, variable=None)  # Settings.load names the variable itself
-        return uri
-    raise ValueError(
-        "expected memory:// or a Redis URI (redis://host:port/db, rediss://, unix://, "
-        f"redis+sentinel://host:port[,host:port]/service, redis+cluster://host:port), got "
-        f"{redact_password(uri)[:100]!r}"
-    )
 
 
 def build_store(

@@ -44,9 +44,10 @@ from functools import cache
 from importlib import resources
 from typing import Any, Final
 
+from ...store_uris import CLUSTER, parse_redis_uri
 from ..window import HOST, USER, Crossing, Entry, Hit, Policy, crossing_of
 from .base import DEFAULT_MAX_BLOCKS, DEFAULT_MAX_KEYS, BlockInfo, Housekeeping
-from .redis_clients import CLUSTER, parse_redis_uri, redis_client
+from .redis_clients import redis_client
 
 __all__ = ["CLUSTER_SHARDS", "DEFAULT_PREFIX", "RedisStore", "shard_prefixes"]
 

@@ -1,7 +1,7 @@
 """Redis clients for ``OTEL_SECAUDIT_STORE``, from the ``limits`` library's URI forms.
 
-One parser (:func:`parse_redis_uri`) and one factory (:class:`RedisConnector`) for every Redis
-topology, each built with redis-py's own client:
+One factory (:class:`RedisConnector`) for every Redis topology, each built with redis-py's own
+client, on the URI forms that :mod:`otel_secaudit.store_uris` parses (:func:`parse_redis_uri`):
 
 * ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS; ``?ssl_ca_certs=``
   and the other redis-py URL options), ``unix:///path/redis.sock[?db=n]``, ``redis+unix://``:
@@ -19,7 +19,7 @@ user name and password are percent-decoded (as ``redis.Redis.from_url`` does), s
 with ``@`` or ``,`` can be written ``%40`` / ``%2C``, and query options on a sentinel or
 cluster URI are refused rather than silently ignored.
 
-Errors are :class:`~otel_secaudit.config.ConfigError` naming ``OTEL_SECAUDIT_STORE``; neither
+Errors are :class:`~otel_secaudit.errors.ConfigError` naming ``OTEL_SECAUDIT_STORE``; neither
 they nor any ``repr`` ever contain the password.
 
 Redis Cluster: a Lua script may only touch keys of one hash slot, and redis-py routes
@@ -32,178 +32,17 @@ the state and the work are spread over the masters (see :mod:`.redis`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
 
-from ...config import ConfigError, redact_uri_password
+from ...store_uris import (
+    CLUSTER,
+    SENTINEL,
+    STANDALONE,
+    STORE_VARIABLE,
+    parse_redis_uri,
+)
 
-__all__ = [
-    "CLUSTER",
-    "SENTINEL",
-    "STANDALONE",
-    "LazyRedisClient",
-    "RedisConnector",
-    "RedisTarget",
-    "parse_redis_uri",
-    "redact_password",
-    "redis_client",
-]
-
-STORE_VARIABLE: Final = "OTEL_SECAUDIT_STORE"
-
-STANDALONE: Final = "standalone"
-SENTINEL: Final = "sentinel"
-CLUSTER: Final = "cluster"
-
-#: scheme -> topology
-SCHEMES: Final[Mapping[str, str]] = {
-    "redis": STANDALONE,
-    "rediss": STANDALONE,
-    "unix": STANDALONE,
-    "redis+unix": STANDALONE,
-    "redis+sentinel": SENTINEL,
-    "redis+cluster": CLUSTER,
-}
-
-#: ``redact_password(uri)``: the URI with its password (user info, ``?password=``) masked;
-#: the one implementation is the config module's.
-redact_password: Final = redact_uri_password
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """A parsed Redis store URI. ``repr`` never shows the password."""
-
-    #: :data:`STANDALONE`, :data:`SENTINEL` or :data:`CLUSTER`
-    kind: str
-    scheme: str
-    #: sentinel or cluster nodes (host, port); the one server of a standalone TCP URI
-    locations: tuple[tuple[str, int], ...] = ()
-    #: the master's name, for a sentinel URI
-    service_name: str | None = None
-    #: the URI as given (a standalone one goes to ``redis.Redis.from_url``)
-    uri: str = field(default="", repr=False)
-    username: str | None = field(default=None, repr=False)
-    password: str | None = field(default=None, repr=False)
-
-    @property
-    def redacted_uri(self) -> str:
-        """The URI with its password masked (for logs and errors)."""
-        return redact_password(self.uri)
-
-    def __repr__(self) -> str:
-        return (
-            f"RedisTarget(kind={self.kind!r}, uri={self.redacted_uri!r}, "
-            f"locations={self.locations!r}, service_name={self.service_name!r})"
-        )
-
-
-def _error(uri: str, why: str, variable: str | None) -> ConfigError:
-    if variable is None:  # the caller (Settings.load) names the variable and shows the value
-        return ConfigError(why)
-    return ConfigError(f"{variable}={redact_password(uri)!r}: {why}")
-
-
-def _locations(netloc: str, uri: str, variable: str | None) -> tuple[tuple[str, int], ...]:
-    # limits: everything after the '@' is host:port[,host:port...], each with a port
-    hosts = netloc[netloc.rfind("@") + 1 :]
-    out = []
-    for location in hosts.split(","):
-        location = location.strip()
-        try:
-            parts = urlsplit(f"//{location}")
-            host, port = parts.hostname, parts.port
-        except ValueError:
-            raise _error(uri, f"bad port in location {location!r}", variable) from None
-        if not host or port is None:
-            raise _error(
-                uri, f"location {location!r} needs a host and a port (host:port)", variable
-            )
-        out.append((host, port))
-    return tuple(out)
-
-
-def _credentials(netloc: str) -> tuple[str | None, str | None]:
-    at = netloc.rfind("@")
-    if at == -1:
-        return None, None
-    user, colon, password = netloc[:at].partition(":")
-    return (unquote(user) or None), (unquote(password) if colon else None)
-
-
-def _check_standalone(uri: str, scheme: str, variable: str | None) -> tuple[tuple[str, int], ...]:
-    parts = urlsplit(uri)
-    if scheme in ("unix", "redis+unix"):
-        if not parts.path:
-            raise _error(uri, "a unix socket URI needs a path: unix:///path/redis.sock", variable)
-        return ()
-    if "," in parts.netloc:
-        raise _error(
-            uri,
-            "one server only; for several use redis+sentinel:// or redis+cluster://",
-            variable,
-        )
-    try:
-        host, port = parts.hostname, parts.port or 6379
-    except ValueError:
-        raise _error(uri, "bad port", variable) from None
-    if not host:
-        raise _error(uri, f"needs a host: {scheme}://host:port/db", variable)
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise _error(uri, f"the database must be a number, got {db!r}", variable)
-    if "db" in parse_qs(parts.query) and db:
-        raise _error(uri, "the database is given twice (path and ?db=)", variable)
-    return ((host, port),)
-
-
-def parse_redis_uri(uri: str, *, variable: str | None = STORE_VARIABLE) -> RedisTarget:
-    """Parse a Redis store URI (see the module docstring); no network I/O.
-
-    Raises:
-        ConfigError: unknown scheme or malformed URI; the message names ``variable`` and
-            shows the URI with its password masked (with ``variable=None``, only what is
-            wrong: for a caller that names the variable itself, like ``Settings.load``).
-    """
-    uri = uri.strip()
-    scheme = uri.partition("://")[0].lower() if "://" in uri else ""
-    kind = SCHEMES.get(scheme)
-    if kind is None:
-        raise _error(
-            uri,
-            "expected redis://host:port/db, rediss://, redis+sentinel://host:port/service_name "
-            "or redis+cluster://host:port[,host:port]",
-            variable,
-        )
-    if kind == STANDALONE:
-        locations = _check_standalone(uri, scheme, variable)
-        user, password = _credentials(urlsplit(uri).netloc)
-        return RedisTarget(kind, scheme, locations, None, uri, user, password)
-    try:
-        parts = urlsplit(uri)
-    except ValueError as exc:
-        raise _error(uri, str(exc), variable) from None
-    if parts.query or parts.fragment:
-        raise _error(uri, f"{scheme}:// takes no query options", variable)
-    if not parts.netloc[parts.netloc.rfind("@") + 1 :]:
-        raise _error(uri, f"needs at least one host:port: {scheme}://host:port", variable)
-    locations = _locations(parts.netloc, uri, variable)
-    path = parts.path.strip("/")
-    service_name = None
-    if kind == SENTINEL:
-        if not path or "/" in path:
-            raise _error(
-                uri,
-                "needs the service name as its path: redis+sentinel://host:port/service_name",
-                variable,
-            )
-        service_name = unquote(path)
-    elif path:
-        raise _error(uri, "a cluster has no database number; drop the path", variable)
-    user, password = _credentials(parts.netloc)
-    return RedisTarget(kind, scheme, locations, service_name, uri, user, password)
+__all__ = ["LazyRedisClient", "RedisConnector", "redis_client"]
 
 
 class RedisConnector:
