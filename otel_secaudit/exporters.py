@@ -47,7 +47,7 @@ from opentelemetry.exporter.otlp.json.file._log_exporter import FileLogExporter
 # The row's own parser, not Settings.load(): an exporter must not fail because another
 # OTEL_SECAUDIT_* variable (or its optional dependency) is broken.
 from .config import ENV_PREFIX
-from .config import _parse_export_dir as parse_export_dir
+from .config_values import parse_export_dir
 
 __all__ = [
     "EXPORT_DIR_VARIABLE",

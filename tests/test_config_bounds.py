@@ -14,10 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otel_secaudit import ConfigError, Settings, runtime
-from otel_secaudit.config import _PARSERS, IntParser
+from otel_secaudit.config import SETTINGS
+from otel_secaudit.config_values import IntParser
 from otel_secaudit.detection.window import Policy
 
-NUMERIC = sorted(name for name, (parser, _) in _PARSERS.items() if isinstance(parser, IntParser))
+NUMERIC = sorted(
+    name for name, declared in SETTINGS.items() if isinstance(declared.parse, IntParser)
+)
 HUGE = "1" + "0" * 400
 
 
@@ -26,14 +29,13 @@ def variable(name: str) -> str:
 
 
 def default_of(name: str) -> Any:
-    parser, default = _PARSERS[name]
-    return parser(default)
+    return SETTINGS[name].parse(SETTINGS[name].default)
 
 
 def test_every_numeric_row_is_bounded() -> None:
     assert {"window_seconds", "block_seconds", "block_max_seconds", "ipv6_prefix"} <= set(NUMERIC)
     for name in NUMERIC:
-        parser = _PARSERS[name][0]
+        parser = SETTINGS[name].parse
         assert isinstance(parser, IntParser)
         assert parser.minimum <= default_of(name) <= parser.maximum, name
 
@@ -71,7 +73,7 @@ def test_an_out_of_bounds_argument_is_refused(name: str) -> None:
 
 
 def test_bounds_are_inclusive() -> None:
-    top = _PARSERS["window_seconds"][0]
+    top = SETTINGS["window_seconds"].parse
     assert isinstance(top, IntParser)
     loaded = Settings.load(environ={variable("window_seconds"): str(top.maximum)})
     assert loaded.window_seconds == top.maximum
@@ -93,7 +95,7 @@ def test_any_string_for_any_numeric_setting_never_raises_and_keeps_detection_on(
     name: str, raw: str
 ) -> None:
     loaded = Settings.load(environ={variable(name): raw}, lenient=True)
-    parser = _PARSERS[name][0]
+    parser = SETTINGS[name].parse
     assert isinstance(parser, IntParser)
     value = getattr(loaded, name)
     assert parser.minimum <= value <= parser.maximum

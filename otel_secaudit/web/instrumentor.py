@@ -61,7 +61,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from .. import runtime
 from ..auth import instrument_auth, uninstrument_auth
-from ..config import _PARSERS, ConfigError, Settings
+from ..config import SETTINGS, ConfigError, Settings
 from ..detection.processor import ensure_processor
 from ..package import _instruments
 from . import django as django_adapter
@@ -160,7 +160,7 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _install_runtime(kwargs: dict[str, Any], *, always: bool) -> runtime.Runtime:
         """Build and install the runtime with detection on: from the settings arguments and
         the environment when some are given, else with the current runtime's settings."""
-        settings = {name: kwargs[name] for name in _PARSERS if kwargs.get(name) is not None}
+        settings = {name: kwargs[name] for name in SETTINGS if kwargs.get(name) is not None}
         providers = {name: kwargs[name] for name in _PROVIDERS if kwargs.get(name) is not None}
         current = runtime.peek()  # never build a throwaway runtime (and spool) first
         if current is not None and not (
