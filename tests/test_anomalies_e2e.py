@@ -98,7 +98,8 @@ def test_an_attack_tool_is_one_violation_per_request(
     with httpx.Client(base_url=uvicorn_app.base_url, headers=tool) as http:
         assert http.get("/forbidden").status_code == 403
         assert http.get("/ok").status_code == 200
-        # matched within the capped User-Agent (512 characters): a token beyond it is not seen
+        # matched within the capped User-Agent (256 characters, user_agent.original's cap): a
+        # token beyond it is not seen
         # (h11 refuses headers of 16 KiB and more; the 64 KiB case is tests/test_anomalies.py)
         hidden = {"user-agent": "x" * 15000 + " sqlmap/1.8"}
         assert http.get("/ok", headers=hidden).status_code == 200

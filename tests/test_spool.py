@@ -9,12 +9,10 @@ import errno
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -125,11 +123,6 @@ def drain(spool: Spool, batch: int = 1000) -> list[bytes]:
             return got
         got.extend(payloads)
         spool.commit(position, len(payloads))
-
-
-def legacy_frame(payload: bytes) -> bytes:
-    """A frame as the previous spool version wrote it: [length][crc32(payload)][payload]."""
-    return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
 
 
 # -- the spool itself -----------------------------------------------------------------------
@@ -249,29 +242,6 @@ def test_torn_frame_between_records_of_one_segment_is_resynchronised(
     assert drain(reopened) == [b"before", b"after-1", b"after-2"]
     assert reopened.stats.torn_regions == 1
     assert reopened.stats.torn_bytes == 150
-
-
-def test_segment_of_the_previous_version_with_a_torn_frame_is_recovered(
-    spool_dir: Path, spools: list[Any]
-) -> None:
-    """A segment the previous version wrote after a disk-full short write: its reader stopped
-    at the torn frame and lost every record after it. They are delivered after an upgrade."""
-    worker = spool_dir / "worker-0"
-    worker.mkdir(parents=True, mode=0o700)
-    torn = legacy_frame(b"y" * 200)[:90]
-    records = [b"old-%d" % i for i in range(6)]
-    (worker / f"{1:020d}.seg").write_bytes(
-        b"".join(legacy_frame(r) for r in records[:3])
-        + torn
-        + b"".join(legacy_frame(r) for r in records[3:])
-    )
-
-    spool = Spool(spool_dir)
-    spools.append(spool)
-    assert spool.depth == 6
-    spool.append(b"new")
-    assert drain(spool) == [*records, b"new"]
-    assert spool.stats.torn_regions == 1
 
 
 class DiskFullOnce(SegmentFile):

@@ -44,7 +44,7 @@ class _Watched:
 
 def _exporter(name: str) -> Any:
     if name == "otlp":
-        from ..delivery.exporters import otlp_log_exporter
+        from ..delivery.otlp import otlp_log_exporter
 
         return otlp_log_exporter()
     from opentelemetry.util._importlib_metadata import entry_points

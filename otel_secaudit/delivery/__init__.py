@@ -12,7 +12,7 @@
   reach into that provider's processors (public OpenTelemetry API only); how its losses are
   counted is in :mod:`.drops`.
 
-:mod:`.exporters` is the one OTLP exporter factory (the spool's and the demo's), configured
+:mod:`.otlp` is the one OTLP exporter factory (the spool's and the demo's), configured
 from the standard ``OTEL_EXPORTER_OTLP_*`` variables as the SDK does.
 """
 
@@ -31,7 +31,7 @@ from opentelemetry.sdk._logs import LoggerProvider as SDKLoggerProvider
 
 from .codec import LOG_RECORD_UID, new_record_uid
 from .drops import METRIC_LOGS_DROPPED, DropCountingLogExporter, DropStats
-from .exporters import (
+from .otlp import (
     OTLPExporters,
     otlp_exporters,
     otlp_log_exporter,

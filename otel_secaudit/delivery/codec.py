@@ -39,9 +39,7 @@ __all__ = [
     "decode_record",
     "encode_frame",
     "encode_record",
-    "is_legacy_segment",
     "iter_frames",
-    "iter_legacy_frames",
     "new_record_uid",
 ]
 
@@ -53,7 +51,6 @@ FRAME_MAGIC: Final = b"\xa5SQ\x01"
 _LENGTH: Final = struct.Struct("<I")
 _CRC: Final = struct.Struct("<I")
 HEADER_SIZE: Final = len(FRAME_MAGIC) + _LENGTH.size + _CRC.size
-_LEGACY_HEADER: Final = struct.Struct("<II")  # payload length, crc32(payload)
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -146,44 +143,6 @@ def _may_be_incomplete(data: memoryview, position: int) -> bool:
         return True
     (length,) = _LENGTH.unpack_from(rest, len(FRAME_MAGIC))
     return length <= MAX_RECORD_BYTES and position + HEADER_SIZE + length > len(data)
-
-
-def is_legacy_segment(head: bytes) -> bool:
-    """True for a segment written in the old frame format (no magic)."""
-    return len(head) >= len(FRAME_MAGIC) and not head.startswith(FRAME_MAGIC)
-
-
-def _legacy_end(data: bytes, position: int) -> int | None:
-    if position + _LEGACY_HEADER.size > len(data):
-        return None
-    length, crc = _LEGACY_HEADER.unpack_from(data, position)
-    end = position + _LEGACY_HEADER.size + length
-    # An empty payload is never written; refusing it keeps zero-filled regions (left by a
-    # power loss) from reading as empty frames.
-    if not 0 < length <= MAX_RECORD_BYTES or end > len(data):
-        return None
-    if zlib.crc32(data[position + _LEGACY_HEADER.size : end]) != crc:
-        return None
-    return end
-
-
-def iter_legacy_frames(data: bytes, offset: int = 0) -> Iterator[Frame]:
-    """Frames of a whole old-format segment (``[length][crc32(payload)]``, no magic). After a
-    bad frame every later byte offset is tried (the old format has no marker to look for), so
-    records the old writer appended after a torn frame are recovered."""
-    position = 0
-    size = len(data)
-    while position < size:
-        end = _legacy_end(data, position)
-        if end is not None:
-            yield Frame(offset + position, offset + end, data[position + _LEGACY_HEADER.size : end])
-            position = end
-            continue
-        resume = position + 1
-        while resume < size and _legacy_end(data, resume) is None:
-            resume += 1
-        yield Frame(offset + position, offset + resume, None)
-        position = resume
 
 
 # --------------------------------------------------------------------------------------------

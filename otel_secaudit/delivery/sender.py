@@ -46,7 +46,7 @@ from ..version import __version__
 from .codec import decode_record, encode_record, new_record_uid
 from .deadletter import DeadLetter
 from .drops import drop_counter
-from .exporters import otlp_log_exporter
+from .otlp import otlp_log_exporter
 from .spool import DEFAULT_MAX_BYTES, Spool, SpoolWriteError
 from .wire import DEFAULT_MAX_REQUEST_BYTES, Outcome, SendResult, log_sender
 

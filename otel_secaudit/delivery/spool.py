@@ -36,7 +36,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -44,9 +44,7 @@ from .codec import (
     MAX_RECORD_BYTES,
     Frame,
     encode_frame,
-    is_legacy_segment,
     iter_frames,
-    iter_legacy_frames,
 )
 from .directory import NEW_FILE_FLAGS, SpoolDirectoryError, claim_free_worker_dir, lock_dir
 from .segments import (
@@ -151,7 +149,6 @@ class Spool:
             self._unlink(index)
         self._reader: tuple[int, int] | None = None  # (segment, descriptor)
         self._budget = -1  # bytes left in the current read (-1: no limit)
-        self._legacy: dict[int, bool] = {}
         self._torn_seen: set[Position] = set()
         self._active = -1  # no active segment while counting what is pending
         self._file: SegmentFile | None = None
@@ -160,7 +157,6 @@ class Spool:
         self._active = max([*self._segments, self._cursor[0]], default=0) + 1
         self._file = self._open_segment(self._active)
         self._unsynced = 0
-        self._last_write_error: str | None = None
         self._sync_wake = threading.Event()
 
     # -- writing (request path) ----------------------------------------------------------------
@@ -347,7 +343,7 @@ class Spool:
             data = os.pread(fd, min(end - offset, chunk), offset)
             final = limit is None and offset + len(data) >= end
             moved = False
-            for frame in self._frames(segment, data, offset, final):
+            for frame in iter_frames(data, offset, final=final):
                 if frame.payload is not None and self._over_budget(frame.payload, out):
                     return offset, False
                 offset, moved = frame.end, True
@@ -372,27 +368,6 @@ class Spool:
             return True
         self._budget = max(0, self._budget - len(payload))
         return False
-
-    def _frames(self, segment: int, data: bytes, offset: int, final: bool) -> Iterator[Frame]:
-        if segment not in self._legacy:
-            # Only a finished segment can be an old one (a restarted process never appends).
-            self._legacy[segment] = segment != self._active and self._is_legacy(segment)
-        if self._legacy[segment] and final:
-            return iter_legacy_frames(data, offset)
-        if self._legacy[segment]:
-            return iter(())  # old segments are read whole (the final chunk)
-        return iter_frames(data, offset, final=final)
-
-    def _is_legacy(self, segment: int) -> bool:
-        """True for a segment in the previous frame format: its first chunk holds no valid
-        frame of the current format but valid old-format ones (garbage at the start of a
-        current segment does not make it an old one)."""
-        head = os.pread(self._reader_for(segment), _READ_CHUNK, 0)
-        if not head or any(f.payload is not None for f in iter_frames(head, 0, final=True)):
-            return False
-        return is_legacy_segment(head) and any(
-            f.payload is not None for f in iter_legacy_frames(head, 0)
-        )
 
     def _torn(self, segment: int, frame: Frame) -> None:
         if (segment, frame.offset) in self._torn_seen:
@@ -444,7 +419,6 @@ class Spool:
             os.unlink(segment_name(index), dir_fd=self._dir_fd)
         with self._lock:
             self._bytes -= self._segments.pop(index, 0)
-            self._legacy.pop(index, None)
 
     # -- cursor and directory ------------------------------------------------------------------
 

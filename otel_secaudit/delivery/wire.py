@@ -12,7 +12,7 @@ An exporter's ``export()`` answers SUCCESS or FAILURE, and the spool needs to kn
   loop, which retries ``RESOURCE_EXHAUSTED`` for up to its timeout.
 
 The SDK's OTLP log exporters discard the collector's answer and offer no public way to get it.
-So for the SDK's own gRPC and HTTP/protobuf log exporters (built by :mod:`.exporters` from the
+So for the SDK's own gRPC and HTTP/protobuf log exporters (built by :mod:`.otlp` from the
 standard ``OTEL_EXPORTER_OTLP_*`` variables), a batch is encoded with the SDK's OTLP encoder and
 sent over the exporter's own connection: its gRPC stub, metadata and timeout, or its HTTP
 transport, endpoint, headers, compression and timeout. This module is the one place the plugin

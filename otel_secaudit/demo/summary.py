@@ -16,8 +16,6 @@ from .records import LogEntry, MetricPoint, Recording, iso_time
 
 __all__ = ["AbuseSignal", "BlockEvent", "Summary", "security_logs", "summarize"]
 
-#: The block length attribute (``security.abuse.block_s`` of older recordings is read too).
-BLOCK_SECONDS: Final = "security.block.seconds"
 #: abuse.* events are the detector's output, not offences of their own.
 DETECTOR_EVENTS: Final = frozenset(
     {"abuse.host", "abuse.user", "abuse.scan", "abuse.block.started", "abuse.block.ended"}
@@ -166,7 +164,8 @@ class _Blocks:
             )
             return
         address = str(a.get(attr.CLIENT_ADDRESS) or a.get(attr.ABUSE_KEY, ""))
-        seconds = _float(a.get(BLOCK_SECONDS, a.get("security.abuse.block_s")))
+        # security.abuse.block_s: the block length's key in older recordings
+        seconds = _float(a.get(attr.BLOCK_SECONDS, a.get("security.abuse.block_s")))
         if log.event_name == "abuse.block.started":
             self._started[address] = seconds
         elif not seconds:

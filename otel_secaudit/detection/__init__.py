@@ -30,10 +30,10 @@ Usage (the runtime puts these together in :func:`otel_secaudit.runtime.build`)::
 
 from __future__ import annotations
 
+from ..attributes import BLOCK_COUNT, BLOCK_SECONDS
 from ..recorder import SecurityRecorder
 from .blocks import Refusal
 from .detector import AbuseDetector
-from .emission import BLOCK_COUNT, BLOCK_SECONDS
 from .keys import HostKeys
 from .processor import SecAuditSpanProcessor
 from .stores import MemoryStore, RedisStore, Store, build_store, parse_store_uri

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import re
-from typing import Any, Final
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -25,10 +25,8 @@ from .blocks import RefusedRequest
 from .scans import SCAN, SCAN_WINDOW_SECONDS, ScanCrossing
 from .window import HOST, Crossing
 
-__all__ = ["BLOCK_COUNT", "BLOCK_SECONDS", "AbuseEmitter"]
+__all__ = ["AbuseEmitter"]
 
-BLOCK_SECONDS: Final = attr.BLOCK_SECONDS
-BLOCK_COUNT: Final = attr.BLOCK_COUNT
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -144,7 +142,7 @@ class AbuseEmitter:
         started: dict[str, Any] = {
             attr.ABUSE_SCOPE: HOST,
             attr.ABUSE_KEY: key,
-            BLOCK_SECONDS: _number(seconds),
+            attr.BLOCK_SECONDS: _number(seconds),
         }
         _set_client(started, key)
         self.recorder.emit("abuse.block.started", {}, context=context, internal_attributes=started)

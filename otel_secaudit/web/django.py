@@ -47,7 +47,7 @@ from .. import runtime
 from ..auth.patching import Patched, observation_of, patch, unpatch
 from ..context import current_request, request_scope
 from . import django_redirects as redirects
-from .exchange import Refusal
+from .exchange import RefusalResponse
 from .route_check import django_routes, warn_unmatched
 from .user_names import names_from_form, names_from_json
 from .wsgi import (
@@ -116,7 +116,7 @@ def _challenge(response: Any) -> str | None:
     return str(value)[:1024] if value is not None else None
 
 
-def _refusal_response(refusal: Refusal) -> Any:
+def _refusal_response(refusal: RefusalResponse) -> Any:
     from django.http import HttpResponse
 
     response = HttpResponse(refusal.body, status=refusal.status, content_type="text/plain")

@@ -17,7 +17,7 @@ An adapter turns its framework's request into an :class:`Exchange` and acts on i
 What it decides, once per request:
 
 * **blocks** (CONTRACT section 7): a client address the detector blocks gets a
-  :class:`Refusal` (429, ``Retry-After`` = seconds left) before any application code runs;
+  :class:`RefusalResponse` (429, ``Retry-After`` = seconds left) before any application code runs;
   ``request.blocked`` is recorded and ``security.requests.blocked`` counted.
 * **login routes** (OTEL_SECAUDIT_LOGIN_ROUTES): 2xx/3xx -> ``auth.login.succeeded`` (and
   ``auth.login.succeeded_after_failures`` when the user key had violations in the window),
@@ -52,23 +52,21 @@ from .. import runtime as _runtime
 from ..context import RequestContext, request_scope
 from ..detection.attack_tools import attack_tool_matcher
 from ..detection.scans import is_probe_status
-from ..redaction import hash_identity, scrub_path
+from ..redaction import MAX_USER_AGENT_LENGTH, hash_identity, scrub_path
 from ..redaction.urls import scrub_path_emails
 from .client import normalize_ip, resolve_client_address
 from .outcomes import observed_outcome
 from .rules import LoginRoute, StatusRule
 from .user_names import NameSource
 
-__all__ = ["Exchange", "Refusal", "WebRequest", "record_after_failures", "user_violations"]
+__all__ = ["Exchange", "RefusalResponse", "WebRequest", "record_after_failures"]
 
 MAX_ROUTE_LENGTH: Final = 256
 MAX_PATH_LENGTH: Final = 1024
-MAX_USER_AGENT_LENGTH: Final = 512
 LOGIN_SUCCEEDED: Final = "auth.login.succeeded"
 LOGIN_FAILED: Final = "auth.login.failed"
 LOGIN_AFTER_FAILURES: Final = "auth.login.succeeded_after_failures"
 ATTACK_TOOL: Final = "request.attack_tool"
-BLOCK_COUNT: Final = "security.block.count"
 
 #: ``header(name) -> values``: every value of one request header (lower-case name), in order.
 HeaderLookup = Callable[[str], Sequence[str]]
@@ -138,7 +136,7 @@ class WebRequest(RequestContext):
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
+class RefusalResponse:
     """The answer to a blocked client: ``status`` 429, ``Retry-After`` in seconds."""
 
     retry_after: int
@@ -239,10 +237,11 @@ class Exchange:
 
     # -- before the application ---------------------------------------------------------------
 
-    def refusal(self) -> Refusal | None:
-        """A :class:`Refusal` when the client address is blocked, else None. Every refusal is
-        counted in ``security.requests.blocked`` (by the detector); ``request.blocked`` is
-        recorded at most once per key per 60 s, with ``security.block.count``."""
+    def refusal(self) -> RefusalResponse | None:
+        """A :class:`RefusalResponse` when the client address is blocked, else None. Every
+        refusal is counted in ``security.requests.blocked`` (by the detector);
+        ``request.blocked`` is recorded at most once per key per 60 s, with
+        ``security.block.count``."""
         rt = self.runtime
         address = self.request.client_address
         if rt.settings.block_seconds <= 0 or address is None or rt.detector is None:
@@ -256,9 +255,9 @@ class Exchange:
                 self._record(
                     "request.blocked",
                     reason="blocked",
-                    attributes={BLOCK_COUNT: decision.record_count},
+                    attributes={attr.BLOCK_COUNT: decision.record_count},
                 )
-            return Refusal(decision.retry_after)
+            return RefusalResponse(decision.retry_after)
         except Exception as exc:
             rt.recorder.internal_error(exc, "web.block")
             return None
@@ -417,15 +416,6 @@ class Exchange:
         if rule.outcome == "failure" and request.failure_recorded:
             return  # one request, one violation: the application recorded its own
         self._record(rule.event, outcome=rule.outcome)
-
-
-def user_violations(rt: _runtime.Runtime, name: str) -> int:
-    """Violations of the user key (``user.hash`` of ``name``) in the detection window; 0 when
-    detection is off. With a Redis store this is one round trip on the calling thread: never
-    call it on a request thread (:func:`record_after_failures` does not)."""
-    if rt.detector is None:
-        return 0
-    return rt.detector.user_violations(hash_identity(rt.settings.effective_hash_key, name))
 
 
 def record_after_failures(

@@ -156,11 +156,6 @@ class MemoryStore:
                 self.blocks_evicted += 1
                 return
 
-    def block_until(self, key: str) -> float:
-        """Blocked-until time of ``key`` (0.0 when none); may be in the past."""
-        block = self._blocks.get(key)
-        return block.until if block is not None and block.active else 0.0
-
     def active_blocks(self, limit: int = DEFAULT_MAX_BLOCKS) -> dict[str, float]:
         """Up to ``limit`` blocks not yet ended: key -> until."""
         with self._lock:
