@@ -1,4 +1,5 @@
-"""Attribute keys and instrument names of the public contract (CONTRACT sections 3 and 4).
+"""Attribute keys and instrument names users rely on (docs/reference.md, "Attributes" and
+"Metrics").
 
 Semantic-convention keys (``user.id``, ``client.address``, ``http.route``...) are used where
 OpenTelemetry defines them; ``security.*`` keys are this project's.

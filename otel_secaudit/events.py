@@ -1,4 +1,4 @@
-"""The security event catalogue (CONTRACT section 2) and event-name validation.
+"""The security event catalogue (docs/reference.md, "Event catalogue") and event-name validation.
 
 The catalogue is data in one place: every other module (recorder, detection, web
 integration, demo, report) looks event specifications up here.
@@ -77,7 +77,8 @@ class EventSpec:
     @property
     def feeds_detection(self) -> bool:
         """Violations feed abuse detection, except the detector's own ``abuse.*`` events and
-        ``request.blocked`` (a refusal the detector itself decided: CONTRACT section 2)."""
+        ``request.blocked`` (a refusal the detector itself decided: counting it would count the
+        detector's own output as a new offence)."""
         return (
             self.outcome == FAILURE and self.category != "abuse" and self.name != "request.blocked"
         )

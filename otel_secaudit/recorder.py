@@ -2,13 +2,13 @@
 
 The recorder touches no HTTP: request attributes come from :mod:`otel_secaudit.context`.
 
-Signals for one event (CONTRACT section 1):
+Signals for one event (docs/reference.md, "Signals for one event"):
 
 1. a log record through the Logs API (scope ``otel_secaudit``, ``event_name``, severity,
    timestamp, trace context of the current span, sanitized attributes);
 2. a span event with the same name and attributes on the current span when it is recording;
 3. ``security.events`` (every event) and ``security.violations`` (failures), with only the
-   low-cardinality attributes of CONTRACT section 4.
+   low-cardinality attributes of docs/reference.md, "Metrics".
 
 Abuse detection sees every violation exactly once. A violation recorded on a recording span
 of a provider that a :class:`~otel_secaudit.detection.processor.SecAuditSpanProcessor` serves
@@ -416,7 +416,7 @@ class SecurityRecorder:
         """Sanitize a caller- or request-supplied value into ``attributes[key]``.
 
         Identifiers (user.id, tenant and resource ids) are redacted only when they contain a
-        known secret format (CONTRACT section 3); everything else is free text."""
+        known secret format (docs/reference.md, "Attributes"); everything else is free text."""
         limit = MAX_USER_AGENT_LENGTH if key == attr.USER_AGENT else MAX_VALUE_LENGTH
         if key in (attr.USER_ID, attr.TENANT_ID, attr.TENANT_REQUESTED_ID, attr.RESOURCE_ID):
             text = self._redactor.identifier(value, acc, limit)
@@ -479,7 +479,7 @@ class SecurityRecorder:
 
 def _detection_key(value: object) -> str | None:
     """A detection key, never a redacted value: ``[REDACTED]`` would merge every user whose
-    id was blanked into one key (CONTRACT section 3)."""
+    id was blanked into one key (docs/reference.md, "Attributes")."""
     if isinstance(value, str) and value and REDACTED not in value:
         return value
     return None

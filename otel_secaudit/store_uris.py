@@ -207,7 +207,7 @@ def parse_redis_uri(uri: str, *, variable: str | None = STORE_VARIABLE) -> Redis
 def parse_store_uri(raw: str) -> str:
     """Validate a store URI and return it normalized (``memory://``) or as given.
 
-    Forms (CONTRACT section 5): ``memory://`` or any Redis form of
+    Forms (the README's "Configuration"): ``memory://`` or any Redis form of
     :func:`parse_redis_uri` (``redis://``, ``rediss://``, ``unix://``,
     ``redis+sentinel://``, ``redis+cluster://``).
 

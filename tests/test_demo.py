@@ -131,7 +131,8 @@ def test_demo_report_shows_the_attacks(demo: DemoRun) -> None:
     assert started == ended == {ADDRESSES["brute_force"], ADDRESSES["stuffing"]}
     assert all(b.block_s == 2 for b in s.blocks)
     # Every refused request is counted (8 stuffing + 3 brute force); its request.blocked record
-    # is written at most once per address per 60 s (CONTRACT section 7): one each here.
+    # is written at most once per address per 60 s (the README's "Abuse detection and
+    # blocks"): one each here.
     blocked = s.counters[attr.METRIC_REQUESTS_BLOCKED]
     assert sum(v for _, v in blocked) == 11
     assert s.events["request.blocked"] == 2

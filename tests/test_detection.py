@@ -192,7 +192,7 @@ def test_block_starts_and_ends_lazily_on_is_blocked(make_sdk, clock, detectors):
     assert started["security.abuse.scope"] == "host"
     assert started["security.abuse.key"] == ADDRESS
     assert started["client.address"] == ADDRESS
-    assert started["security.block.seconds"] == 30  # CONTRACT section 3 (was block_s)
+    assert started["security.block.seconds"] == 30  # docs/reference.md, "Attributes" (was block_s)
     assert detector.is_blocked(ADDRESS) == pytest.approx(30)
     assert detector.is_blocked("192.0.2.1") == 0.0
     clock.advance(29)
@@ -398,7 +398,7 @@ def test_detection_sees_violations_on_spans_of_another_tracer_provider(make_sdk)
         other.shutdown()
 
 
-# -- repeat offenders (CONTRACT section 7) -----------------------------------------------------
+# -- repeat offenders (README: "Abuse detection and blocks") ----------------------------------
 
 
 def _hosts_and_blocks(sdk: Any) -> list[tuple[str, Any]]:

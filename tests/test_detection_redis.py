@@ -85,7 +85,7 @@ def test_redis_store_matches_memory_store(redis_url):
         ("host", ADDRESS, 3, ids(1, 2, 3), 80 + 30),  # t=80: 50, 70, 80 (t=0 slid out)
         # t=81 and 82 fall in the block (not counted: the count restarts when it ends, 110);
         # t=143: 141, 142, 143 are three fresh violations: a repeat offender, whose second
-        # block is twice as long as its first (CONTRACT section 7)
+        # block is twice as long as its first (README: "Abuse detection and blocks")
         ("host", ADDRESS, 3, ids(6, 7, 8), 143 + 60),
     ]
 
@@ -358,7 +358,7 @@ def test_redis_killed_mid_test_falls_back_and_recovers(make_sdk, detectors):
 def test_a_killed_redis_logs_one_line_per_kind_of_error_and_no_traceback(
     make_sdk, detectors, caplog
 ):
-    """CONTRACT: a store failure is one warning line per kind of failure, without a traceback,
+    """A store failure is one warning line per kind of failure, without a traceback,
     however many batches fail and however many times the worker retries."""
     server = RedisServer().start()
     try:
@@ -411,7 +411,7 @@ def test_full_queue_counts_the_drop_and_still_counts_locally(make_sdk, redis_url
     detector = AbuseDetector(sdk.recorder, queue_size=0)  # every submit finds the queue full
     detectors.append(detector)
     for i in range(3):
-        # distinct /64 networks: one /64 is one host key (CONTRACT section 7)
+        # distinct /64 networks: one /64 is one host key (README: "Abuse detection and blocks")
         detector.submit(violation(i, address=f"2001:db8:{uuid.uuid4().hex[:4]}::1"))
         detector.submit(violation(i))
     assert detector.stats["dropped"] == 6

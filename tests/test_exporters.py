@@ -1,4 +1,4 @@
-"""The ``otlp_json_dir`` exporters (CONTRACT section 6): zero-code under
+"""The ``otlp_json_dir`` exporters (README: "The incident report"): zero-code under
 ``opentelemetry-instrument`` without a collector, read back by ``otel-secaudit report``."""
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def test_sync_worker_delivers_its_records_when_it_exits(
 def test_request_blocked_is_written_once_across_two_workers_sharing_redis(
     otlp_receiver: OTLPReceiver, redis_server: RedisServer
 ) -> None:
-    """CONTRACT: request.blocked at most once per key per 60 s, across every instance that
+    """request.blocked at most once per key per 60 s, across every instance that
     shares the store, not once per process: two gunicorn workers both refuse the attacker,
     many times, and one record (one span event) is written, whose security.block.count is at
     least every refusal made before it; every refusal is counted in security.requests.blocked."""

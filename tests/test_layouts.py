@@ -287,7 +287,7 @@ def test_blocked_request_keeps_its_included_router_route(blocking_sdk: SDK) -> N
 
 @pytest.mark.parametrize("record_user_name", [False, True])
 def test_email_addresses_leave_no_url_attribute(make_sdk: Any, record_user_name: bool) -> None:
-    """CONTRACT: e-mail addresses in URL paths and query values are personal data: they become
+    """E-mail addresses in URL paths and query values are personal data: they become
     [REDACTED] in the plugin's url.path and in contrib's URL attributes (http.route untouched),
     unless OTEL_SECAUDIT_RECORD_USER_NAME=true; the other query values are kept as contrib
     wrote them."""

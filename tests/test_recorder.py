@@ -19,7 +19,8 @@ CONTRACT_SEVERITY = {
     "ERROR": SeverityNumber.ERROR,
 }
 
-# CONTRACT section 2, transcribed independently of events.py so a typo there fails here.
+# docs/reference.md's "Event catalogue", transcribed independently of events.py so a typo
+# there fails here.
 CONTRACT_TABLE = """
 auth.login.succeeded authentication success INFO
 auth.login.failed authentication failure WARN

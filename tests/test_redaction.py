@@ -379,7 +379,7 @@ KNOWN_SECRETS = {
     "assignment": "password=hunter2",
 }
 
-#: Identifiers that must go out as given (CONTRACT section 3).
+#: Identifiers that must go out as given (docs/reference.md, "Attributes").
 IDENTIFIERS = [
     uuid.uuid4().hex,
     str(uuid.uuid4()),

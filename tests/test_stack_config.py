@@ -1,7 +1,7 @@
 """The compose stack's configuration, checked without a Docker engine.
 
 collector-config.yaml: every pipeline references defined components, every component type is
-one the pinned contrib distribution ships, the scrub step deletes what CONTRACT.md says must
+one the pinned contrib distribution ships, the scrub step deletes what docs/reference.md says must
 never leave and keeps the contract's own keys, and security log records (and only those) are
 routed to the audit archive. docker-compose.yml: pinned images, ports that agree with the
 collector and with the SDK's OTLP defaults. Prometheus: a real ``promtool`` checks the rules
@@ -573,7 +573,7 @@ EXPECTED_NAMES = {
     "security_requests_blocked_total",
     "otel_secaudit_internal_errors_total",
 }
-# Labels the contract allows on metrics (CONTRACT.md section 4), as Prometheus labels, plus the
+# Labels allowed on metrics (docs/reference.md, "Metrics"), as Prometheus labels, plus the
 # job/instance the exporter derives from the resource.
 ALLOWED_LABELS = {
     prometheus_label(k)

@@ -1,5 +1,6 @@
-"""Route-scoped status rules and login routes (CONTRACT section 5, issue 12 items 1-2): parsing,
-matching, configuration errors, and the behaviour through a real FastAPI app and real HTTP."""
+"""Route-scoped status rules and login routes (README: "Configuration", issue 12 items 1-2):
+parsing, matching, configuration errors, and the behaviour through a real FastAPI app and real
+HTTP."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ RULES = ",".join(
         ("GET", 401, "/anything", "/anything", "auth.unauthenticated"),
         ("GET", 418, "/teapot", "/teapot", "request.rejected"),  # class
         ("GET", 400, "/auth/reset-password", "/auth/reset-password", "auth.password.reset_failed"),
-        # method+route (a prefix) is more specific than a route alone (CONTRACT section 5)
+        # method+route (a prefix) is more specific than a route alone (README: "Configuration")
         ("POST", 400, "/auth/reset-password", "/auth/reset-password", "auth.login.failed"),
         ("POST", 400, "/auth/register", "/auth/register", "auth.login.failed"),  # prefix
         ("POST", 400, "/auth/jwt/login", "/auth/jwt/login", "auth.token.invalid"),  # longer prefix

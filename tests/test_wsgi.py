@@ -144,7 +144,7 @@ def test_uninstrument_restores_flask_and_flask_login(sdk: Any) -> None:
 
 
 def test_middleware_built_before_instrument_gets_the_security_layer(make_sdk: Any) -> None:
-    """CONTRACT: the security middleware runs inside the server span whatever the order of
+    """The security middleware runs inside the server span whatever the order of
     setup calls: a module-level ``OpenTelemetryMiddleware(app)`` built before the instrumentor
     ran records its status events and exports no query secret."""
     pytest.importorskip("opentelemetry.instrumentation.wsgi")

@@ -1,4 +1,4 @@
-"""The spool directory, opened safely (CONTRACT section 5).
+"""The spool directory, opened safely (the README's "Configuration", ``OTEL_SECAUDIT_SPOOL_DIR``).
 
 The directory is created ``0700``; one that is a symlink, not a directory, or owned by another
 user is refused with :class:`SpoolDirectoryError` (another local user could otherwise read the

@@ -22,11 +22,12 @@ Durability:
   (:attr:`SpoolStats.torn_regions`), and every complete frame after it is still delivered. A
   restarted process never appends to an old segment.
 
-Security (CONTRACT section 5, :mod:`.directory`): the spool directory is created ``0700``; a
-directory (or worker sub-directory) that is a symlink or owned by another user is refused with
-:class:`SpoolDirectoryError`. Every file is opened relative to the directory's descriptor with
-``O_NOFOLLOW`` (new files also ``O_EXCL``), so a link planted in the directory (say
-``cursor.tmp`` pointing at a file of the victim's) is never followed.
+Security (the README's "Configuration", ``OTEL_SECAUDIT_SPOOL_DIR``; :mod:`.directory`): the
+spool directory is created ``0700``; a directory (or worker sub-directory) that is a symlink or
+owned by another user is refused with :class:`SpoolDirectoryError`. Every file is opened
+relative to the directory's descriptor with ``O_NOFOLLOW`` (new files also ``O_EXCL``), so a
+link planted in the directory (say ``cursor.tmp`` pointing at a file of the victim's) is never
+followed.
 """
 
 from __future__ import annotations

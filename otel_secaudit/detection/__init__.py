@@ -1,6 +1,6 @@
 """Abuse detection: escalate repeated violations per client address and per user, block.
 
-Pieces, one job each (CONTRACT sections 5 and 7):
+Pieces, one job each (the README's "Abuse detection and blocks"):
 
 * :mod:`.window`: the moving-window algorithm (:class:`Policy`, :class:`Hit`,
   :class:`Crossing`, :class:`KeyWindow`), repeat-offender doubling;

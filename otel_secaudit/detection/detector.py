@@ -22,9 +22,10 @@ to 500 violations (or what arrived in 50 ms) in one atomic round trip. When the 
 the violation is counted in the local memory store and the drop from the shared view is
 counted (``stats["dropped"]``): never silent.
 
-Blocks (``OTEL_SECAUDIT_BLOCK_SECONDS > 0``, CONTRACT section 7) apply to client addresses
-(host keys) only, never to a user: the user key of a failed login is the *attempted* user
-name, which the attacker chooses, so blocking by user would let anyone lock any account out.
+Blocks (``OTEL_SECAUDIT_BLOCK_SECONDS > 0``, the README's "Abuse detection and blocks") apply to
+client addresses (host keys) only, never to a user: the user key of a failed login is the
+*attempted* user name, which the attacker chooses, so blocking by user would let anyone lock any
+account out.
 ``abuse.block.started`` is emitted by the instance whose batch crossed, ``abuse.block.ended``
 exactly once by whichever instance's housekeeping first sees the expiry.
 """
@@ -184,7 +185,7 @@ class AbuseDetector:
 
         A refusal is counted here in ``security.requests.blocked`` (every one). The caller
         records ``request.blocked`` only when ``refusal.record_count`` is not 0 (at most once
-        per key per 60 s, CONTRACT section 7), in the request's context, with
+        per key per 60 s, so a flood cannot flood the audit trail), in the request's context, with
         ``attributes={"security.block.count": refusal.record_count}``.
         """
         try:

@@ -1,6 +1,6 @@
 """How detection speaks: ``abuse.host``, ``abuse.user``, ``abuse.scan``, ``abuse.block.started``
 and ``abuse.block.ended`` (and a ``request.blocked`` no request was there to write, with a
-shared store), through the recorder (CONTRACT sections 2, 3, 7).
+shared store), through the recorder (docs/reference.md; the README's "Abuse detection and blocks").
 
 ``abuse.*`` events are about a key, not about the request that happens to be current, so they
 are emitted in an empty :mod:`contextvars` context (no request attributes leak in), linked to

@@ -14,7 +14,8 @@ names and trace IDs of the violations that made the key cross are exactly the on
 (trace IDs capped at :attr:`Policy.evidence`). The count reported with a crossing is the
 threshold itself: the window keeps no more than that.
 
-What a crossing does depends on whether the key can be blocked (CONTRACT section 7):
+What a crossing does depends on whether the key can be blocked (the README's "Abuse
+detection and blocks", repeat offenders):
 
 * **observe only** (user keys, allowlisted networks, ``block_seconds == 0``): the key signals
   once per window; a crossing marks it ``signalled_until = now + window``, and it can only
@@ -65,7 +66,7 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
-        """The policy of ``settings`` (CONTRACT section 5)."""
+        """The policy of ``settings`` (the README's "Configuration")."""
         return cls(
             host_threshold=settings.host_threshold,
             user_threshold=settings.user_threshold,

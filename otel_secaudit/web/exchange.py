@@ -16,9 +16,10 @@ An adapter turns its framework's request into an :class:`Exchange` and acts on i
 
 What it decides, once per request:
 
-* **blocks** (CONTRACT section 7): a client address the detector blocks gets a
-  :class:`RefusalResponse` (429, ``Retry-After`` = seconds left) before any application code runs;
-  ``request.blocked`` is recorded and ``security.requests.blocked`` counted.
+* **blocks** (the README's "Abuse detection and blocks"): a client address the detector
+  blocks gets a :class:`RefusalResponse` (429, ``Retry-After`` = seconds left) before any
+  application code runs; ``request.blocked`` is recorded and ``security.requests.blocked``
+  counted.
 * **login routes** (OTEL_SECAUDIT_LOGIN_ROUTES): 2xx/3xx -> ``auth.login.succeeded`` (and
   ``auth.login.succeeded_after_failures`` when the user key had violations in the window),
   4xx other than 429 -> ``auth.login.failed`` with ``security.reason`` ``http_<status>``, with

@@ -55,8 +55,8 @@ __all__ = ["CLUSTER_SHARDS", "DEFAULT_PREFIX", "RedisStore", "shard_prefixes"]
 DEFAULT_PREFIX: Final = "{secaudit:abuse}:"
 #: Shards of a ``redis+cluster://`` store. Fixed: every instance must agree on it.
 CLUSTER_SHARDS: Final = 16
-#: How long one instance holds a blocked key's ``request.blocked`` record (CONTRACT: once per
-#: key per 60 s).
+#: How long one instance holds a blocked key's ``request.blocked`` record (the README's "Abuse
+#: detection and blocks": once per key per 60 s).
 RECORD_INTERVAL: Final = 60.0
 _SLOTS: Final = 16384
 
