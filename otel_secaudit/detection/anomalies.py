@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
@@ -33,10 +33,25 @@ from .handoff import HandOff
 from .scans import MAX_PATH_LENGTH, Probe, ScanCounter, ScanCrossing
 
 if TYPE_CHECKING:
-    from .detector import AbuseDetector
+    from ..config import Settings
+    from ..recorder import SecurityRecorder
     from .emission import AbuseEmitter
+    from .keys import HostKeys
+    from .window import Policy
 
-__all__ = ["NEW_DEVICE_EVENT", "AnomalyDetector"]
+__all__ = ["NEW_DEVICE_EVENT", "AnomalyDetector", "Escalation"]
+
+
+class Escalation(Protocol):
+    """What the anomaly detector uses of its :class:`~.detector.AbuseDetector`."""
+
+    keys: HostKeys
+    policy: Policy
+    recorder: SecurityRecorder
+    settings: Settings
+
+    def escalate(self, key: str, trace_id: str, at: float) -> float:
+        """Block host key ``key`` now; the block's length (0.0: none)."""
 
 NEW_DEVICE_EVENT: Final = "auth.login.new_device"
 _DAY: Final = 86400.0
@@ -50,7 +65,8 @@ class AnomalyDetector:
     docstring).
 
     Args:
-        detector: its host keys, policy, recorder and :meth:`~.detector.AbuseDetector.escalate`.
+        detector: its settings, host keys, policy, recorder and
+            :meth:`~.detector.AbuseDetector.escalate` (:class:`Escalation`).
         emitter: emits ``abuse.scan`` (and the block it started).
         shared: the Redis side (:class:`~.stores.anomalies.SharedAnomalies`), or None to keep
             the state in this process.
@@ -61,7 +77,7 @@ class AnomalyDetector:
 
     def __init__(
         self,
-        detector: AbuseDetector,
+        detector: Escalation,
         emitter: AbuseEmitter,
         shared: Any = None,
         *,
