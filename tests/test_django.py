@@ -33,6 +33,8 @@ pytest.importorskip("gunicorn")
 pytestmark = pytest.mark.slow
 
 ATTACKER = "203.0.113.7"
+#: The ``MIDDLEWARE`` entry contrib's DjangoInstrumentor inserts (its class is contrib's own).
+CONTRIB_ENTRY = "opentelemetry.instrumentation.django.middleware.otel_middleware._DjangoMiddleware"
 WRONG_PASSWORD = "Wr0ng-passw0rd-SECRET-4711"
 
 
@@ -285,7 +287,7 @@ def test_instrument_inserts_after_contrib_and_uninstrument_restores_everything()
         pytest.skip("Django settings were configured elsewhere in this process")
     original = [
         "django.middleware.security.SecurityMiddleware",
-        adapter.CONTRIB_MIDDLEWARE,
+        CONTRIB_ENTRY,
         "django.middleware.csrf.CsrfViewMiddleware",
     ]
     settings.configure(MIDDLEWARE=list(original), CSRF_FAILURE_VIEW="myapp.views.csrf")
@@ -300,7 +302,7 @@ def test_instrument_inserts_after_contrib_and_uninstrument_restores_everything()
         assert settings.MIDDLEWARE is held
         assert settings.MIDDLEWARE == [
             original[0],
-            adapter.CONTRIB_MIDDLEWARE,
+            CONTRIB_ENTRY,
             adapter.MIDDLEWARE_PATH,
             original[2],
         ]
@@ -335,16 +337,16 @@ def test_middleware_setting_is_edited_in_place_in_a_configured_process() -> None
 
     if not settings.configured:
         pytest.skip("covered by the test above, which configures Django itself")
-    was_active = adapter._State.active
+    was_active = adapter.is_instrumented()
     saved = settings.MIDDLEWARE
-    held = ["django.middleware.security.SecurityMiddleware", adapter.CONTRIB_MIDDLEWARE]
+    held = ["django.middleware.security.SecurityMiddleware", CONTRIB_ENTRY]
     adapter.uninstrument_django()
     settings.MIDDLEWARE = held
     try:
         adapter.instrument_django()
         try:
             assert settings.MIDDLEWARE is held
-            assert held == [held[0], adapter.CONTRIB_MIDDLEWARE, adapter.MIDDLEWARE_PATH]
+            assert held == [held[0], CONTRIB_ENTRY, adapter.MIDDLEWARE_PATH]
         finally:
             adapter.uninstrument_django()
         assert settings.MIDDLEWARE is held and adapter.MIDDLEWARE_PATH not in held
@@ -352,6 +354,23 @@ def test_middleware_setting_is_edited_in_place_in_a_configured_process() -> None
         settings.MIDDLEWARE = saved
         if was_active:
             adapter.instrument_django()
+
+
+def test_contrib_middleware_is_found_by_its_public_module_path() -> None:
+    """Fails when contrib moves its Django middleware out of the module the adapter matches:
+    the entry contrib's instrumentor inserts is the one the security middleware goes after."""
+    from opentelemetry.instrumentation.django import DjangoInstrumentor
+
+    from otel_secaudit.web import django as adapter
+
+    inserted = DjangoInstrumentor._opentelemetry_middleware
+    assert adapter.is_contrib_middleware(inserted)
+    assert inserted.rpartition(".")[0] == adapter.CONTRIB_MIDDLEWARE_MODULE
+    assert adapter.is_contrib_middleware(CONTRIB_ENTRY)
+    # contrib's SQL commenter lives beside it, in another module: not the span's middleware
+    assert not adapter.is_contrib_middleware(DjangoInstrumentor._sql_commenter_middleware)
+    assert not adapter.is_contrib_middleware("django.middleware.security.SecurityMiddleware")
+    assert not adapter.is_contrib_middleware(None)
 
 
 @pytest.mark.parametrize(

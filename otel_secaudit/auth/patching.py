@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "Patched",
     "Wrapper",
     "is_own_module",
+    "is_patched",
     "observation_of",
     "patch",
     "patch_references",
@@ -109,6 +110,14 @@ def patch(module_name: str, dotted: str, wrapper: Wrapper) -> list[Patched]:
         return []
     wrap_function_wrapper(module, dotted, wrapper)
     return [(owner, name)]
+
+
+def is_patched(owner: Any, name: str) -> bool:
+    """Whether ``owner.name`` (a class's own attribute, or a module's) is a ``wrapt`` wrapper
+    now: the patch itself says whether an instrumentation is on, no flag beside it."""
+    namespace = getattr(owner, "__dict__", None)
+    current = namespace.get(name) if isinstance(namespace, Mapping) else None
+    return isinstance(current, ObjectProxy)
 
 
 def patch_references(

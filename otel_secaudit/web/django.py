@@ -4,7 +4,8 @@ Zero-code: under ``opentelemetry-instrument`` (with ``opentelemetry-instrumentat
 the ``otel_secaudit`` instrumentor calls :func:`instrument_django`, which
 
 * inserts :class:`SecAuditDjangoMiddleware` into ``settings.MIDDLEWARE`` right after contrib's
-  ``_DjangoMiddleware`` (first when contrib is absent), the way contrib inserts its own, so it
+  middleware (the entry from its module :data:`CONTRIB_MIDDLEWARE_MODULE`; first when contrib
+  is absent), the way contrib inserts its own, so it
   runs inside the server span and before every other middleware: blocks (429 with
   ``Retry-After``, no view, no session lookup), status rules, login routes, trusted-proxy client
   address, URL and captured-header scrubbing of the span. The insertion is done at instrument
@@ -41,31 +42,28 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from typing import Any, Final
 
-from .. import runtime
-from ..auth.patching import Patched, observation_of, patch, unpatch
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from ..auth.patching import is_patched, observation_of, patch
 from ..context import current_request, request_scope
 from . import django_redirects as redirects
+from . import wsgi_core
 from .exchange import RefusalResponse
 from .route_check import django_routes, warn_unmatched
-from .user_names import names_from_form, names_from_json
-from .wsgi import (
-    ENVIRON_MARKER,
-    capture_headers_enabled,
-    open_exchange,
-    record_login_success,
-    record_signal,
-    register_exit_flush,
-    scrub_span,
-)
 
 __all__ = [
+    "CONTRIB_MIDDLEWARE_MODULE",
     "MIDDLEWARE_PATH",
     "SecAuditDjangoMiddleware",
     "csrf_failure",
     "csrf_reason_code",
     "instrument_django",
+    "is_contrib_middleware",
+    "is_instrumented",
     "uninstrument_django",
 ]
 
@@ -73,21 +71,27 @@ _log = logging.getLogger(__name__)
 
 MIDDLEWARE_PATH: Final = "otel_secaudit.web.django.SecAuditDjangoMiddleware"
 CSRF_VIEW_PATH: Final = "otel_secaudit.web.django.csrf_failure"
-CONTRIB_MIDDLEWARE: Final = (
-    "opentelemetry.instrumentation.django.middleware.otel_middleware._DjangoMiddleware"
-)
+#: The public module of contrib's Django middleware (the class in it is private to contrib).
+CONTRIB_MIDDLEWARE_MODULE: Final = "opentelemetry.instrumentation.django.middleware.otel_middleware"
 _DEFAULT_CSRF_VIEW: Final = "django.views.csrf.csrf_failure"
 _DISPATCH_UID: Final = "otel_secaudit"
+_LOGIN_FORM: Final = ("django.contrib.auth.forms", "AuthenticationForm", "clean")
+#: The ``CSRF_FAILURE_VIEW`` configured before instrumenting (a setting, kept to answer with it).
+_configured_csrf_view: list[str] = []
 
 
-class _State:
-    active = False
-    original_csrf_view: str | None = None
-    original_load_middleware: Any = None
-    login_form_patches: list[Patched] | None = None
+def is_contrib_middleware(entry: object) -> bool:
+    """Whether a ``MIDDLEWARE`` entry is contrib's server-span middleware, matched by its
+    public module path."""
+    return isinstance(entry, str) and entry.rpartition(".")[0] == CONTRIB_MIDDLEWARE_MODULE
 
 
-_FORM_TYPES: Final = ("application/x-www-form-urlencoded", "multipart/form-data")
+def is_instrumented() -> bool:
+    """Whether :func:`instrument_django` is in effect (its patch of Django's
+    ``BaseHandler.load_middleware`` is in place)."""
+    from django.core.handlers.base import BaseHandler
+
+    return is_patched(BaseHandler, "load_middleware")
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,10 +114,9 @@ def _user_id_of(request: Any) -> str | None:
 
 def _challenge(response: Any) -> str | None:
     try:
-        value = response.get("WWW-Authenticate")
+        return response.get("WWW-Authenticate")  # type: ignore[no-any-return]
     except Exception:  # not an HttpResponse: no challenge to read
         return None
-    return str(value)[:1024] if value is not None else None
 
 
 def _refusal_response(refusal: RefusalResponse) -> Any:
@@ -126,31 +129,29 @@ def _refusal_response(refusal: RefusalResponse) -> Any:
 
 def _user_names(request: Any, fields: tuple[str, ...]) -> tuple[str, ...]:
     """The submitted user names as the view read them: ``request.POST`` (parsed now when the
-    view did not) or the JSON ``request.body``. A body Django refuses (too large, too many
-    fields, a stream the view consumed itself) names no user."""
+    view did not) or the JSON ``request.body`` (Django holds the whole body,
+    DATA_UPLOAD_MAX_MEMORY_SIZE; decoded as the view decodes it, ``json.loads``). A body Django
+    refuses (too large, too many fields, a stream the view consumed itself) names no user."""
     from django.core.exceptions import BadRequest, RequestDataTooBig, TooManyFieldsSent
     from django.http.multipartparser import MultiPartParserError
     from django.http.request import RawPostDataException
 
     content_type = getattr(request, "content_type", None) or ""
-    try:
-        if content_type in _FORM_TYPES:
-            return names_from_form(request.POST, fields)
-        if content_type.startswith("application/") and content_type.endswith("json"):
-            # Django holds the whole body (DATA_UPLOAD_MAX_MEMORY_SIZE): decoded as the view
-            # decodes it, json.loads
-            return names_from_json(json.loads(request.body), fields)
-    except (
-        ValueError,
-        RecursionError,
-        BadRequest,
-        RequestDataTooBig,
-        TooManyFieldsSent,
-        MultiPartParserError,
-        RawPostDataException,
-    ):
-        return ()
-    return ()
+    is_json = content_type.startswith("application/") and content_type.endswith("json")
+    return wsgi_core.parsed_user_names(
+        fields,
+        form=(lambda: request.POST) if content_type in wsgi_core.FORM_TYPES else None,
+        document=(lambda: json.loads(request.body)) if is_json else None,
+        refused=(
+            ValueError,
+            RecursionError,
+            BadRequest,
+            RequestDataTooBig,
+            TooManyFieldsSent,
+            MultiPartParserError,
+            RawPostDataException,
+        ),
+    )
 
 
 class SecAuditDjangoMiddleware:
@@ -161,31 +162,25 @@ class SecAuditDjangoMiddleware:
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
-        self._capture_headers = capture_headers_enabled()
+        self._capture_headers = wsgi_core.capture_headers_enabled()
         _patch_login_form()  # the apps are ready now: django.contrib.auth.forms imports
 
     def __call__(self, request: Any) -> Any:
-        environ = request.META
-        if not _State.active or ENVIRON_MARKER in environ:
-            return self.get_response(request)
-        try:
-            exchange = open_exchange(
-                environ,
+        exchange = None
+        if is_instrumented():
+            exchange = wsgi_core.begin(
+                request.META,
+                where="django.prepare",
+                capture_headers=self._capture_headers,
                 route_of=functools.partial(_route_of, request),
                 user_id_of=functools.partial(_user_id_of, request),
             )
-            scrub_span(environ, headers=self._capture_headers)
-        except Exception as exc:  # security plumbing never breaks the request
-            runtime.current().recorder.internal_error(exc, "django.prepare")
+        if exchange is None:
             return self.get_response(request)
         with request_scope(exchange.request):
-            refusal = exchange.refusal()
+            refusal = wsgi_core.admit(exchange, functools.partial(_user_names, request))
             if refusal is not None:
                 return _refusal_response(refusal)
-            if exchange.user_fields:
-                exchange.read_user_names(
-                    functools.partial(_user_names, request, exchange.user_fields)
-                )
             with redirects.watching() as noted:
                 # Django turns a view's exception into a response (403 for PermissionDenied,
                 # 500) inside get_response, so the status is always known here.
@@ -196,7 +191,7 @@ class SecAuditDjangoMiddleware:
                 redirects.record_login_redirect(exchange, status, noted, user_id)
             except Exception as exc:
                 exchange.runtime.recorder.internal_error(exc, "django.login_redirect")
-            exchange.respond(status, _challenge(response) if status == 401 else None)
+            wsgi_core.finish(exchange, status, functools.partial(_challenge, response))
             return response
 
 
@@ -212,14 +207,14 @@ def _expect_login_signal(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
 
 
 def _patch_login_form() -> None:
-    if _State.login_form_patches is not None or not _State.active:
+    """Observe ``AuthenticationForm.clean`` (idempotent: a wrapped method is left alone)."""
+    if not is_instrumented():
         return
+    module, cls, method = _LOGIN_FORM
     try:
-        _State.login_form_patches = patch(
-            "django.contrib.auth.forms", "AuthenticationForm.clean", _expect_login_signal
-        )
+        patch(module, f"{cls}.{method}", _expect_login_signal)
     except Exception:  # django.contrib.auth not installed in this project
-        _State.login_form_patches = []
+        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,11 +246,11 @@ def csrf_reason_code(reason: str) -> str:
 def csrf_failure(request: Any, reason: str = "", **kwargs: Any) -> Any:
     """``CSRF_FAILURE_VIEW`` while instrumented: records ``request.csrf_mismatch`` and answers
     with the view that was configured before."""
-    if _State.active:
-        record_signal("request.csrf_mismatch", reason=csrf_reason_code(str(reason)))
+    if is_instrumented():
+        wsgi_core.record_signal("request.csrf_mismatch", reason=csrf_reason_code(str(reason)))
     from django.urls import get_callable
 
-    view = get_callable(_State.original_csrf_view or _DEFAULT_CSRF_VIEW)
+    view = get_callable(_configured_csrf_view[0] if _configured_csrf_view else _DEFAULT_CSRF_VIEW)
     return view(request, reason=reason, **kwargs)
 
 
@@ -276,14 +271,14 @@ def _on_login_failed(sender: Any, credentials: Any = None, request: Any = None, 
     fields: dict[str, Any] = {"reason": "invalid_credentials"}
     if isinstance(name, str) and name:
         fields["user_name"] = name
-    record_signal("auth.login.failed", **fields)
+    wsgi_core.record_signal("auth.login.failed", **fields)
 
 
 def _on_logged_in(sender: Any, request: Any = None, user: Any = None, **kw: Any) -> None:
     pk = getattr(user, "pk", None)
     get_username = getattr(user, "get_username", None)
     name = get_username() if callable(get_username) else None
-    record_login_success(
+    wsgi_core.record_login_success(
         name if isinstance(name, str) else None,
         **({"user_id": str(pk)} if pk is not None else {}),
     )
@@ -291,7 +286,7 @@ def _on_logged_in(sender: Any, request: Any = None, user: Any = None, **kw: Any)
 
 def _on_logged_out(sender: Any, request: Any = None, user: Any = None, **kw: Any) -> None:
     pk = getattr(user, "pk", None)
-    record_signal("auth.logout", **({"user_id": str(pk)} if pk is not None else {}))
+    wsgi_core.record_signal("auth.logout", **({"user_id": str(pk)} if pk is not None else {}))
 
 
 def _signals() -> list[tuple[Any, Any]]:
@@ -309,8 +304,6 @@ def _signals() -> list[tuple[Any, Any]]:
 
 
 def _settings_ready() -> bool:
-    import os
-
     from django.conf import settings
 
     return bool(settings.configured or os.environ.get("DJANGO_SETTINGS_MODULE"))
@@ -328,20 +321,25 @@ def _install_into_settings() -> None:
 
     current = getattr(settings, "MIDDLEWARE", None)
     middleware = current if isinstance(current, list) else list(current or [])
-    position = middleware.index(CONTRIB_MIDDLEWARE) + 1 if CONTRIB_MIDDLEWARE in middleware else 0
+    position = _after_contrib(middleware)
     if position >= len(middleware) or middleware[position] != MIDDLEWARE_PATH:
         while MIDDLEWARE_PATH in middleware:
             middleware.remove(MIDDLEWARE_PATH)
-        position = (
-            middleware.index(CONTRIB_MIDDLEWARE) + 1 if CONTRIB_MIDDLEWARE in middleware else 0
-        )
-        middleware.insert(position, MIDDLEWARE_PATH)
+        middleware.insert(_after_contrib(middleware), MIDDLEWARE_PATH)
     if middleware is not current:
         settings.MIDDLEWARE = middleware
     current = getattr(settings, "CSRF_FAILURE_VIEW", _DEFAULT_CSRF_VIEW)
     if current != CSRF_VIEW_PATH:
-        _State.original_csrf_view = current
+        _configured_csrf_view[:] = [str(current)]
         settings.CSRF_FAILURE_VIEW = CSRF_VIEW_PATH
+
+
+def _after_contrib(middleware: list[Any]) -> int:
+    """The position right after contrib's middleware entry (0 when it has none)."""
+    for index, entry in enumerate(middleware):
+        if is_contrib_middleware(entry):
+            return index + 1
+    return 0
 
 
 def _remove_from_settings() -> None:
@@ -356,82 +354,61 @@ def _remove_from_settings() -> None:
     elif middleware is not None and MIDDLEWARE_PATH in middleware:
         settings.MIDDLEWARE = type(middleware)(i for i in middleware if i != MIDDLEWARE_PATH)
     if getattr(settings, "CSRF_FAILURE_VIEW", None) == CSRF_VIEW_PATH:
-        settings.CSRF_FAILURE_VIEW = _State.original_csrf_view or _DEFAULT_CSRF_VIEW
+        view = _configured_csrf_view[0] if _configured_csrf_view else _DEFAULT_CSRF_VIEW
+        settings.CSRF_FAILURE_VIEW = view
 
 
-def _patch_load_middleware() -> None:
+def _building_middleware(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``BaseHandler.load_middleware``: the middleware put in place again before Django reads
+    the setting, and Django's auth views observed once its apps are loaded."""
+    try:
+        _install_into_settings()
+    except Exception:
+        _log.exception("otel_secaudit: could not add the Django middleware")
+    result = wrapped(*args, **kwargs)
+    try:  # Django's apps are loaded now: its auth views can be imported
+        redirects.patch()
+    except Exception:
+        _log.exception("otel_secaudit: could not observe Django's redirect_to_login")
+    warn_unmatched(django_routes, "Django")
+    return result
+
+
+def _install() -> None:
+    from django.apps import apps
     from django.core.handlers.base import BaseHandler
 
-    if _State.original_load_middleware is not None:
-        return
-    original = BaseHandler.load_middleware
+    for signal, receiver in _signals():
+        signal.connect(receiver, weak=False, dispatch_uid=_DISPATCH_UID)
+    if not is_patched(BaseHandler, "load_middleware"):
+        wrap_function_wrapper(BaseHandler, "load_middleware", _building_middleware)
+    if apps.ready:  # instrumented after django.setup(): nothing else will patch it
+        redirects.patch()
+    if _settings_ready():
+        try:
+            _install_into_settings()
+        except Exception:  # settings not importable yet (gunicorn --chdir/--pythonpath)
+            _log.debug("otel_secaudit: Django settings not loaded yet", exc_info=True)
 
-    @functools.wraps(original)
-    def load_middleware(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if _State.active:
-            try:
-                _install_into_settings()
-            except Exception:
-                _log.exception("otel_secaudit: could not add the Django middleware")
-        result = original(self, *args, **kwargs)
-        if _State.active:  # Django's apps are loaded now: its auth views can be imported
-            try:
-                redirects.patch()
-            except Exception:
-                _log.exception("otel_secaudit: could not observe Django's redirect_to_login")
-            warn_unmatched(django_routes, "Django")
-        return result
 
-    _State.original_load_middleware = original
-    BaseHandler.load_middleware = load_middleware  # type: ignore[method-assign]
+def _uninstall() -> None:
+    from django.core.handlers.base import BaseHandler
+
+    unwrap(BaseHandler, "load_middleware")
+    for signal, _receiver in _signals():
+        signal.disconnect(dispatch_uid=_DISPATCH_UID)
+    redirects.unpatch()
+    module, cls, method = _LOGIN_FORM
+    unwrap(f"{module}.{cls}", method)  # nothing when it was never imported
+    _remove_from_settings()
 
 
 def instrument_django() -> bool:
     """Instrument Django when it is installed; False (and nothing done) when it is not.
     Never raises."""
-    try:
-        import django  # noqa: F401
-    except ImportError:
-        return False
-    register_exit_flush()
-    try:
-        _State.active = True
-        for signal, receiver in _signals():
-            signal.connect(receiver, weak=False, dispatch_uid=_DISPATCH_UID)
-        _patch_load_middleware()
-        from django.apps import apps
-
-        if apps.ready:  # instrumented after django.setup(): nothing else will patch it
-            redirects.patch()
-        if _settings_ready():
-            try:
-                _install_into_settings()
-            except Exception:  # settings not importable yet (gunicorn --chdir/--pythonpath)
-                _log.debug("otel_secaudit: Django settings not loaded yet", exc_info=True)
-    except Exception:
-        _log.exception("otel_secaudit: Django instrumentation failed; the app runs without it")
-    return True
+    return wsgi_core.install_adapter("Django", "django", _install)
 
 
 def uninstrument_django() -> None:
     """Undo :func:`instrument_django`. Never raises."""
-    try:
-        import django  # noqa: F401
-    except ImportError:
-        return
-    _State.active = False
-    try:
-        for signal, _receiver in _signals():
-            signal.disconnect(dispatch_uid=_DISPATCH_UID)
-        if _State.original_load_middleware is not None:
-            from django.core.handlers.base import BaseHandler
-
-            BaseHandler.load_middleware = _State.original_load_middleware  # type: ignore
-            _State.original_load_middleware = None
-        redirects.unpatch()
-        if _State.login_form_patches:
-            unpatch(_State.login_form_patches)
-        _State.login_form_patches = None
-        _remove_from_settings()
-    except Exception:
-        _log.exception("otel_secaudit: could not fully undo the Django instrumentation")
+    wsgi_core.uninstall_adapter("Django", "django", _uninstall)

@@ -28,7 +28,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from .exchange import Exchange
-from .wsgi import record_signal
+from .wsgi_core import record_signal
 
 __all__ = ["patch", "record_login_redirect", "unpatch", "watching"]
 

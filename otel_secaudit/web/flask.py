@@ -34,19 +34,13 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Final
 
-from .. import runtime
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from ..auth.patching import is_patched
 from ..context import request_scope
+from . import wsgi_core
 from .route_check import flask_routes, warn_unmatched
-from .user_names import names_from_form, names_from_json
-from .wsgi import (
-    ENVIRON_MARKER,
-    capture_headers_enabled,
-    open_exchange,
-    record_login_success,
-    record_signal,
-    register_exit_flush,
-    scrub_span,
-)
 
 __all__ = ["csrf_reason_code", "instrument_flask", "uninstrument_flask"]
 
@@ -55,6 +49,7 @@ _log = logging.getLogger(__name__)
 _EXCHANGE_KEY: Final = "otel_secaudit.flask.exchange"
 _SCOPE_KEY: Final = "otel_secaudit.flask.scope"
 _HOOKED: Final = "_otel_secaudit_hooks"
+_PATCHED: Final = ("preprocess_request", "handle_http_exception")
 
 _CSRF_REASONS: Final = {
     "The CSRF token is missing.": "csrf_token_missing",
@@ -67,12 +62,8 @@ _CSRF_REASONS: Final = {
 }
 
 
-class _State:
-    active = False
-    capture_headers = False
-    originals: dict[str, Any] = {}
-    apps: weakref.WeakSet[Any] = weakref.WeakSet()
-    signals: list[tuple[Any, Any]] = []
+#: The apps that got the hooks, to take them out again.
+_hooked_apps: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def csrf_reason_code(description: str | None) -> str:
@@ -126,46 +117,42 @@ def _user_id() -> str | None:
 
 def _user_names(request: Any, fields: tuple[str, ...]) -> tuple[str, ...]:
     """The submitted user names as the view read them: Werkzeug's parsed form (parsed now, from
-    the cached or unread stream, when the view did not) or JSON document."""
+    the cached or unread stream, when the view did not) or JSON document. A form Werkzeug
+    refuses (413, 400) names no user."""
     from werkzeug.exceptions import HTTPException
 
-    if request.is_json:
-        return names_from_json(request.get_json(silent=True), fields)
-    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        try:
-            return names_from_form(request.form, fields)
-        except HTTPException:  # a form Werkzeug refuses (413, 400) names no user
-            return ()
-    return ()
+    is_form = not request.is_json and request.mimetype in wsgi_core.FORM_TYPES
+    return wsgi_core.parsed_user_names(
+        fields,
+        form=(lambda: request.form) if is_form else None,
+        document=(lambda: request.get_json(silent=True)) if request.is_json else None,
+        refused=(HTTPException,),
+    )
 
 
 def _before_request() -> Any:
+    """Inside contrib's server span (its own ``before_request`` hook runs first)."""
     import flask
 
     proxy: Any = flask.request
     request = proxy._get_current_object()  # the real object: route_of outlives the proxy
     environ = request.environ
-    if not _State.active or ENVIRON_MARKER in environ:
-        return None
-    try:
-        exchange = open_exchange(
-            environ,
-            route_of=lambda: getattr(request.url_rule, "rule", None),
-            user_id_of=_user_id,
-        )
-        scrub_span(environ, headers=_State.capture_headers)
-    except Exception as exc:  # security plumbing never breaks the request
-        runtime.current().recorder.internal_error(exc, "flask.prepare")
+    exchange = wsgi_core.begin(
+        environ,
+        where="flask.prepare",
+        capture_headers=wsgi_core.capture_headers_enabled(),
+        route_of=lambda: getattr(request.url_rule, "rule", None),
+        user_id_of=_user_id,
+    )
+    if exchange is None:
         return None
     scope: AbstractContextManager[Any] = request_scope(exchange.request)
     scope.__enter__()
     environ[_SCOPE_KEY] = scope  # left in teardown_request
-    refusal = exchange.refusal()
+    refusal = wsgi_core.admit(exchange, functools.partial(_user_names, request))
     if refusal is not None:
         return flask.Response(refusal.body, status=refusal.status, headers=refusal.headers())
     environ[_EXCHANGE_KEY] = exchange
-    if exchange.user_fields:
-        exchange.read_user_names(functools.partial(_user_names, request, exchange.user_fields))
     return None
 
 
@@ -174,15 +161,14 @@ def _after_request(response: Any) -> Any:
 
     exchange = flask.request.environ.get(_EXCHANGE_KEY)
     if exchange is not None:
-        status = response.status_code
         observation = exchange.request.auth
         if observation is not None and observation.checks:
             # Flask-Login sends user_logged_in for every login it lets in: an app that has a
             # LoginManager and checked a password without that signal refused the login.
             if getattr(flask.current_app, "login_manager", None) is not None:
                 observation.expects_login_signal = True
-        challenge = response.headers.get("WWW-Authenticate") if status == 401 else None
-        exchange.respond(status, challenge)
+        challenge = functools.partial(response.headers.get, "WWW-Authenticate")
+        wsgi_core.finish(exchange, response.status_code, challenge)
     return response
 
 
@@ -211,7 +197,7 @@ def _hook_app(app: Any) -> None:
     app.after_request_funcs.setdefault(None, []).insert(0, _after_request)
     app.teardown_request_funcs.setdefault(None, []).append(_teardown_request)
     setattr(app, _HOOKED, True)
-    _State.apps.add(app)
+    _hooked_apps.add(app)
     warn_unmatched(lambda: flask_routes(app), "Flask")
 
 
@@ -228,18 +214,15 @@ def _unhook_app(app: Any) -> None:
         delattr(app, _HOOKED)
 
 
-def _patched_preprocess_request(original: Any) -> Any:
-    @functools.wraps(original)
-    def preprocess_request(self: Any) -> Any:
-        if _State.active and not self.__dict__.get(_HOOKED):
-            try:
-                _hook_app(self)
-            except Exception:
-                _log.exception("otel_secaudit: could not add the Flask hooks to %r", self)
-                setattr(self, _HOOKED, True)  # do not retry on every request
-        return original(self)
-
-    return preprocess_request
+def _hooking_app(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``Flask.preprocess_request``: the app gets its hooks at its first request."""
+    if not instance.__dict__.get(_HOOKED):
+        try:
+            _hook_app(instance)
+        except Exception:
+            _log.exception("otel_secaudit: could not add the Flask hooks to %r", instance)
+            setattr(instance, _HOOKED, True)  # do not retry on every request
+    return wrapped(*args, **kwargs)
 
 
 def _is_csrf_error(error: Any) -> bool:
@@ -250,14 +233,12 @@ def _is_csrf_error(error: Any) -> bool:
     return isinstance(error, CSRFError)
 
 
-def _patched_handle_http_exception(original: Any) -> Any:
-    @functools.wraps(original)
-    def handle_http_exception(self: Any, e: Any) -> Any:
-        if _State.active and _is_csrf_error(e):
-            record_signal("request.csrf_mismatch", reason=csrf_reason_code(e.description))
-        return original(self, e)
-
-    return handle_http_exception
+def _noting_csrf_error(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``Flask.handle_http_exception``: Flask-WTF's ``CSRFError`` is ``request.csrf_mismatch``."""
+    error = args[0] if args else kwargs.get("e")
+    if _is_csrf_error(error):
+        wsgi_core.record_signal("request.csrf_mismatch", reason=csrf_reason_code(error.description))
+    return wrapped(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,77 +253,61 @@ def _user_fields(user: Any) -> dict[str, Any]:
 
 def _on_logged_in(sender: Any, user: Any = None, **kw: Any) -> None:
     fields = _user_fields(user)
-    record_login_success(fields.get("user_id"), **fields)
+    wsgi_core.record_login_success(fields.get("user_id"), **fields)
 
 
 def _on_logged_out(sender: Any, user: Any = None, **kw: Any) -> None:
-    record_signal("auth.logout", **_user_fields(user))
+    wsgi_core.record_signal("auth.logout", **_user_fields(user))
 
 
 def _on_unauthorized(sender: Any, **kw: Any) -> None:
-    record_signal("auth.unauthenticated", reason="login_required")
+    wsgi_core.record_signal("auth.unauthenticated", reason="login_required")
 
 
-def _connect_flask_login() -> None:
+def _flask_login_signals() -> list[tuple[Any, Any]]:
     try:
         from flask_login import signals
     except ImportError:
-        return
-    for signal, receiver in (
+        return []
+    return [
         (signals.user_logged_in, _on_logged_in),
         (signals.user_logged_out, _on_logged_out),
         (signals.user_unauthorized, _on_unauthorized),
-    ):
-        signal.connect(receiver, weak=False)
-        _State.signals.append((signal, receiver))
+    ]
 
 
 # --------------------------------------------------------------------------------------------
 # Installing
 
 
+def _install() -> None:
+    from flask.app import Flask
+
+    if not is_patched(Flask, "preprocess_request"):
+        wrap_function_wrapper(Flask, "preprocess_request", _hooking_app)
+        wrap_function_wrapper(Flask, "handle_http_exception", _noting_csrf_error)
+    for signal, receiver in _flask_login_signals():
+        signal.connect(receiver, weak=False)  # once: blinker keys receivers by identity
+
+
+def _uninstall() -> None:
+    from flask.app import Flask
+
+    for name in _PATCHED:
+        unwrap(Flask, name)
+    for signal, receiver in _flask_login_signals():
+        signal.disconnect(receiver)
+    for app in list(_hooked_apps):
+        _unhook_app(app)
+    _hooked_apps.clear()
+
+
 def instrument_flask() -> bool:
     """Instrument Flask when it is installed; False (and nothing done) when it is not.
     Never raises."""
-    try:
-        from flask.app import Flask
-    except ImportError:
-        return False
-    register_exit_flush()
-    try:
-        _State.active = True
-        _State.capture_headers = capture_headers_enabled()
-        if not _State.originals:
-            for name, patch in (
-                ("preprocess_request", _patched_preprocess_request),
-                ("handle_http_exception", _patched_handle_http_exception),
-            ):
-                original = Flask.__dict__[name]
-                _State.originals[name] = original
-                setattr(Flask, name, patch(original))
-        if not _State.signals:
-            _connect_flask_login()
-    except Exception:
-        _log.exception("otel_secaudit: Flask instrumentation failed; the app runs without it")
-    return True
+    return wsgi_core.install_adapter("Flask", "flask.app", _install)
 
 
 def uninstrument_flask() -> None:
     """Undo :func:`instrument_flask`. Never raises."""
-    try:
-        from flask.app import Flask
-    except ImportError:
-        return
-    _State.active = False
-    try:
-        for name, original in _State.originals.items():
-            setattr(Flask, name, original)
-        _State.originals = {}
-        for signal, receiver in _State.signals:
-            signal.disconnect(receiver)
-        _State.signals = []
-        for app in list(_State.apps):
-            _unhook_app(app)
-        _State.apps = weakref.WeakSet()
-    except Exception:
-        _log.exception("otel_secaudit: could not fully undo the Flask instrumentation")
+    wsgi_core.uninstall_adapter("Flask", "flask.app", _uninstall)
