@@ -23,6 +23,9 @@ which checks once per built stack that the middleware is in it. The second one c
 that ``FastAPIInstrumentor.instrument_app(app)`` wrapped *before* we patched the class: contrib
 keeps the bound method it wrapped, which never reaches our class patch, so the stack is rebuilt
 through contrib's wrapper with the middleware in the list.
+
+Both are ``wrapt`` wrappers (undone with contrib's ``unwrap``); the middleware's options ride in
+the wrappers, so whether Starlette is patched, and with what, is read from Starlette itself.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
+from opentelemetry.instrumentation.utils import unwrap
+from wrapt import wrap_function_wrapper
+
+from ..auth.patching import is_patched
 from .asgi import SecAuditMiddleware
 from .route_check import starlette_routes, warn_unmatched
 
@@ -40,14 +47,18 @@ __all__ = ["patch", "unpatch", "with_secaudit"]
 
 _log = logging.getLogger(__name__)
 
-_PATCHED_FLAG: Final = "_otel_secaudit_patched"
 #: The stack an app was last checked with (so the check runs once per built stack).
 _CHECKED: Final = "_otel_secaudit_checked_stack"
 _MAX_STACK_DEPTH: Final = 64
 
-_originals: dict[tuple[type, str], Any] = {}
+#: The apps whose stack was built with the middleware (rebuilt without it by :func:`unpatch`).
 _apps: weakref.WeakSet[Any] = weakref.WeakSet()
-_options: dict[str, Any] = {}
+#: The patch points: (module, class, method).
+_POINTS: Final = (
+    ("starlette.applications", "Starlette", "build_middleware_stack"),
+    ("starlette.applications", "Starlette", "__call__"),
+    ("fastapi.applications", "FastAPI", "build_middleware_stack"),
+)
 
 
 def _is_otel_middleware(cls: Any) -> bool:
@@ -89,11 +100,11 @@ def _stack_has_secaudit(stack: Any) -> bool:
     return False
 
 
-def _build_with_secaudit(app: Any, build: Callable[[], Any]) -> Any:
+def _build_with_secaudit(app: Any, build: Callable[[], Any], options: dict[str, Any]) -> Any:
     """Build ``app``'s stack with the security middleware in its user middleware list."""
     saved = app.user_middleware
     try:
-        app.user_middleware = with_secaudit(list(saved), **_options)
+        app.user_middleware = with_secaudit(list(saved), **options)
         stack = build()
     finally:
         app.user_middleware = saved
@@ -103,48 +114,41 @@ def _build_with_secaudit(app: Any, build: Callable[[], Any]) -> Any:
     return stack
 
 
-def _patched_build(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    @functools.wraps(original)
-    def build_middleware_stack(self: Any) -> Any:
-        if not _originals or has_secaudit(self.user_middleware):
-            return original(self)
-        try:
-            stack = _build_with_secaudit(self, lambda: original(self))
-        except Exception:
-            _log.exception("otel_secaudit: could not add the middleware to %r", self)
-            return original(self)
-        setattr(self, _CHECKED, stack)
-        return stack
-
-    setattr(build_middleware_stack, _PATCHED_FLAG, True)
-    return build_middleware_stack
+def _build(options: dict[str, Any], wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """``build_middleware_stack`` with the security middleware in the list."""
+    if has_secaudit(instance.user_middleware):
+        return wrapped(*args, **kwargs)
+    try:
+        stack = _build_with_secaudit(instance, lambda: wrapped(*args, **kwargs), options)
+    except Exception:
+        _log.exception("otel_secaudit: could not add the middleware to %r", instance)
+        return wrapped(*args, **kwargs)
+    setattr(instance, _CHECKED, stack)
+    return stack
 
 
-def _ensure_in_stack(app: Any) -> None:
+def _ensure_in_stack(app: Any, options: dict[str, Any]) -> None:
     """Rebuild a stack that bypassed the class patch (see the module documentation)."""
     stack = app.middleware_stack
     if stack is None or getattr(app, _CHECKED, None) is stack:
         return
     if not _stack_has_secaudit(stack):
-        stack = _build_with_secaudit(app, app.build_middleware_stack)
+        stack = _build_with_secaudit(app, app.build_middleware_stack, options)
         app.middleware_stack = stack
     setattr(app, _CHECKED, stack)
 
 
-def _patched_call(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
-        if _originals:
-            try:
-                if self.middleware_stack is None:
-                    self.middleware_stack = self.build_middleware_stack()
-                _ensure_in_stack(self)
-            except Exception:
-                _log.exception("otel_secaudit: could not check the middleware of %r", self)
-        await original(self, scope, receive, send)
-
-    setattr(__call__, _PATCHED_FLAG, True)
-    return __call__
+async def _call(
+    options: dict[str, Any], wrapped: Any, instance: Any, args: Any, kwargs: Any
+) -> None:
+    """``Starlette.__call__``: the built stack checked once for the middleware."""
+    try:
+        if instance.middleware_stack is None:
+            instance.middleware_stack = instance.build_middleware_stack()
+        _ensure_in_stack(instance, options)
+    except Exception:
+        _log.exception("otel_secaudit: could not check the middleware of %r", instance)
+    await wrapped(*args, **kwargs)
 
 
 def _real_class(module: str, name: str) -> type | None:
@@ -161,39 +165,36 @@ def _real_class(module: str, name: str) -> type | None:
     return None
 
 
-def _patch_method(klass: type, name: str, wrap: Callable[[Any], Any]) -> None:
-    current = klass.__dict__.get(name)
-    if current is None or getattr(current, _PATCHED_FLAG, False) or (klass, name) in _originals:
-        return
-    _originals[(klass, name)] = current
-    setattr(klass, name, wrap(current))
-
-
 def patch(**options: Any) -> bool:
     """Patch Starlette (and FastAPI, when installed); False when Starlette is not installed.
-    ``options`` are the middleware's keyword arguments (``user_id_resolver``)."""
-    _options.clear()
-    _options.update(options)
-    starlette = _real_class("starlette.applications", "Starlette")
-    if starlette is None:
+    ``options`` are the middleware's keyword arguments (``user_id_resolver``); patching again
+    replaces them."""
+    if _real_class("starlette.applications", "Starlette") is None:
         return False
-    _patch_method(starlette, "build_middleware_stack", _patched_build)
-    _patch_method(starlette, "__call__", _patched_call)
-    fastapi = _real_class("fastapi.applications", "FastAPI")
-    if fastapi is not None:
-        _patch_method(fastapi, "build_middleware_stack", _patched_build)
+    _unwrap_points()
+    wrappers = {"build_middleware_stack": _build, "__call__": _call}
+    for module, name, method in _POINTS:
+        klass = _real_class(module, name)
+        # a class's own method only (FastAPI inherits __call__ from Starlette)
+        if klass is not None and method in klass.__dict__ and not is_patched(klass, method):
+            wrap_function_wrapper(klass, method, functools.partial(wrappers[method], options))
     return True
+
+
+def _unwrap_points() -> None:
+    for module, name, method in _POINTS:
+        klass = _real_class(module, name)
+        if klass is not None and is_patched(klass, method):  # its own, not an inherited one
+            try:
+                unwrap(klass, method)
+            except Exception:
+                _log.exception("otel_secaudit: could not restore %s.%s", name, method)
 
 
 def unpatch() -> None:
     """Restore the original methods; apps that built their stack with the middleware rebuild
     it without on their next request."""
-    for (klass, name), original in list(_originals.items()):
-        try:
-            setattr(klass, name, original)
-        except Exception:
-            _log.exception("otel_secaudit: could not restore %s.%s", klass.__qualname__, name)
-    _originals.clear()
+    _unwrap_points()
     for app in list(_apps):
         try:
             app.middleware_stack = None
@@ -202,7 +203,6 @@ def unpatch() -> None:
         except Exception:
             pass
     _apps.clear()
-    _options.clear()
 
 
 def add_to_app(app: Any, **options: Any) -> None:
