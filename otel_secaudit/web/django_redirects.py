@@ -27,6 +27,7 @@ from typing import Any, Final
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from ..auth.patching import ObjectProxy
 from .exchange import Exchange
 from .wsgi_core import record_signal
 
@@ -34,11 +35,10 @@ __all__ = ["patch", "record_login_redirect", "unpatch", "watching"]
 
 _DEFINED_IN: Final = "django.contrib.auth.views"
 _MODULES: Final = (_DEFINED_IN, "django.contrib.auth.mixins", "django.contrib.auth.middleware")
+_NAME: Final = "redirect_to_login"
 _noted: ContextVar[list[bool] | None] = ContextVar(
     "otel_secaudit_django_login_redirects", default=None
 )
-#: Modules whose ``redirect_to_login`` is wrapped.
-_patched: list[str] = []
 
 
 @contextmanager
@@ -74,24 +74,26 @@ def _noting(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return response
 
 
+def _ours(module: Any) -> bool:
+    """Whether ``module``'s ``redirect_to_login`` is our wrapper (its own, or the wrapped
+    definition it imported by name after :func:`patch`)."""
+    current = getattr(module, _NAME, None)
+    return isinstance(current, ObjectProxy) and getattr(current, "_self_wrapper", None) is _noting
+
+
 def patch() -> None:
     """Wrap ``redirect_to_login`` where Django defines it and where it was imported by name;
     idempotent. Needs Django's apps loaded."""
     importlib.import_module(_DEFINED_IN)
     for name in _MODULES:
         module = sys.modules.get(name)
-        if module is None or name in _patched:
-            continue
-        if hasattr(getattr(module, "redirect_to_login", None), "__wrapped__"):
-            continue  # imported from the wrapped definition (a wrapt wrapper)
-        wrap_function_wrapper(module, "redirect_to_login", _noting)
-        _patched.append(name)
+        if module is not None and not isinstance(getattr(module, _NAME, None), ObjectProxy):
+            wrap_function_wrapper(module, _NAME, _noting)
 
 
 def unpatch() -> None:
-    """Undo :func:`patch`."""
-    for name in _patched:
+    """Undo :func:`patch` (a module that imported the wrapped definition gets the original)."""
+    for name in _MODULES:
         module = sys.modules.get(name)
-        if module is not None:
-            unwrap(module, "redirect_to_login")
-    _patched.clear()
+        if module is not None and _ours(module):
+            unwrap(module, _NAME)
