@@ -308,3 +308,45 @@ def test_email_addresses_leave_no_url_attribute(make_sdk: Any, record_user_name:
     assert record.attributes["url.path"] == "/password-recovery/[REDACTED]"
     url = span.attributes.get("http.url") or span.attributes.get("url.full")
     assert url.endswith("/password-recovery/[REDACTED]?notify=[REDACTED]&q=juniper lumen"), url
+
+
+def _security_middleware(app: Any) -> Any:
+    from otel_secaudit.web.asgi import SecAuditMiddleware
+
+    stack = app.build_middleware_stack()
+    while stack is not None and not isinstance(stack, SecAuditMiddleware):
+        stack = getattr(stack, "app", None)
+    return stack
+
+
+def test_patching_again_takes_the_new_options_and_unpatch_restores_the_originals() -> None:
+    from otel_secaudit.web import starlette as adapter
+
+    starlette_class = starlette.applications.Starlette
+    originals = {
+        (klass, name): klass.__dict__[name]
+        for klass, name in (
+            (starlette_class, "build_middleware_stack"),
+            (starlette_class, "__call__"),
+            (fastapi.applications.FastAPI, "build_middleware_stack"),
+        )
+    }
+
+    def first(scope: Any) -> None:
+        return None
+
+    def second(scope: Any) -> None:
+        return None
+
+    adapter.patch(user_id_resolver=first)
+    adapter.patch(user_id_resolver=second)
+    try:
+        for (klass, name), original in originals.items():
+            assert klass.__dict__[name].__wrapped__ is original  # one wrapper, not two
+        middleware = _security_middleware(fastapi.FastAPI())
+        assert middleware is not None and middleware._user_id_resolver is second
+    finally:
+        adapter.unpatch()
+    for (klass, name), original in originals.items():
+        assert klass.__dict__[name] is original
+    assert _security_middleware(fastapi.FastAPI()) is None

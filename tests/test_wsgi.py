@@ -204,3 +204,77 @@ def test_uninstrument_restores_contribs_wsgi_middleware(sdk: Any) -> None:
     # the one it added before passes requests through now
     assert Client(wrapped).get("/forbidden").status_code == 403
     assert len(sdk.logs()) == 1
+
+
+def test_a_failing_adapter_install_is_logged_and_never_raises(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from otel_secaudit.web import wsgi_core
+
+    def install() -> None:
+        raise RuntimeError("patching failed")
+
+    with caplog.at_level("ERROR", logger="otel_secaudit.web.wsgi_core"):
+        assert wsgi_core.install_adapter("Flask", "flask.app", install) is True
+        wsgi_core.uninstall_adapter("Flask", "flask.app", install)
+    assert [r.getMessage() for r in caplog.records] == [
+        "otel_secaudit: Flask instrumentation failed; the app runs without it",
+        "otel_secaudit: could not fully undo the Flask instrumentation",
+    ]
+    assert wsgi_core.install_adapter("Nothing", "otel_secaudit_no_such_module", install) is False
+
+
+def test_the_exit_flush_runs_once_at_exit_however_often_it_was_registered() -> None:
+    """Each adapter registers the exit flush when instrumented: a process that exits flushes
+    its runtime once."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        from otel_secaudit.web import wsgi_core
+
+        class Runtime:
+            def flush(self):
+                print("flushed", flush=True)
+
+        wsgi_core.runtime.current = Runtime
+        for _ in range(3):
+            wsgi_core.register_exit_flush()
+        print("exiting", flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["exiting", "flushed"]
+
+
+def test_instrumenting_twice_wraps_once_and_uninstrument_restores_the_originals() -> None:
+    pytest.importorskip("opentelemetry.instrumentation.wsgi")
+    from flask.app import Flask
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+    from otel_secaudit.auth.patching import is_patched
+
+    wsgi_adapter.uninstrument_wsgi()  # whatever an earlier test left instrumented
+    flask_adapter.uninstrument_flask()
+    originals = (
+        OpenTelemetryMiddleware.__dict__["__init__"],
+        Flask.__dict__["preprocess_request"],
+    )
+    for _ in range(2):
+        wsgi_adapter.instrument_wsgi()
+        flask_adapter.instrument_flask()
+    try:
+        assert is_patched(OpenTelemetryMiddleware, "__init__")
+        assert is_patched(Flask, "preprocess_request")
+        # one wrapper each, around the original
+        assert OpenTelemetryMiddleware.__dict__["__init__"].__wrapped__ is originals[0]
+        assert Flask.__dict__["preprocess_request"].__wrapped__ is originals[1]
+    finally:
+        wsgi_adapter.uninstrument_wsgi()
+        flask_adapter.uninstrument_flask()
+    assert not is_patched(OpenTelemetryMiddleware, "__init__")
+    assert OpenTelemetryMiddleware.__dict__["__init__"] is originals[0]
+    assert Flask.__dict__["preprocess_request"] is originals[1]
