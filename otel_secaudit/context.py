@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .auth.state import AuthObservation
 
-__all__ = ["RequestContext", "current_request", "request_scope"]
+__all__ = ["RequestContext", "current_request", "enter_request", "leave_request", "request_scope"]
 
 
 @dataclass(slots=True)
@@ -78,6 +78,17 @@ _current_request: ContextVar[RequestContext | None] = ContextVar(
 def current_request() -> RequestContext | None:
     """The request being served in this context, if any."""
     return _current_request.get()
+
+
+def enter_request(request: RequestContext) -> Token[RequestContext | None]:
+    """Make ``request`` current until :func:`leave_request` with the returned token: the
+    adapters' hot path (one ContextVar set, no context-manager object per request)."""
+    return _current_request.set(request)
+
+
+def leave_request(token: Token[RequestContext | None]) -> None:
+    """Undo :func:`enter_request`."""
+    _current_request.reset(token)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ before any scan. Time is linear in the input.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Final, NamedTuple
 
 from .pipeline import (
@@ -366,8 +367,12 @@ def scrub_path(
     body = path[1:] if leading else path
     trailing = body.endswith("/")
     segments = (body[:-1] if trailing else body).split("/")
-    template = _template_segments(route) if route else []
-    names = _align(template, len(segments))
+    if route:
+        names, literal = _route_names(route, len(segments))
+        if literal and not (emails and ("@" in path or "%40" in path)):
+            return path, 0  # every segment a literal of the template, no e-mail: nothing to do
+    else:
+        names = ("",) * len(segments)
     count = 0
     for index, segment in enumerate(segments):
         name = names[index]
@@ -381,6 +386,15 @@ def scrub_path(
     if not count:
         return path, 0
     return ("/" if leading else "") + "/".join(segments) + ("/" if trailing else ""), count
+
+
+@lru_cache(maxsize=1024)
+def _route_names(route: str, length: int) -> tuple[tuple[str | None, ...], bool]:
+    """:func:`_align` of ``route``'s template for ``length`` segments (a route template is
+    low-cardinality: computed once per template and length), and whether every segment is a
+    literal one."""
+    names = tuple(_align(_template_segments(route), length))
+    return names, all(name is None for name in names)
 
 
 def _align(template: list[str], length: int) -> list[str | None]:

@@ -31,7 +31,7 @@ from typing import Any, Final
 from opentelemetry import trace
 
 from .. import runtime as _runtime
-from ..context import request_scope
+from ..context import enter_request, leave_request
 from .client import header_values
 from .exchange import Exchange
 from .server_span import scrub_server_span
@@ -72,7 +72,7 @@ def _fastapi_effective_path(scope: Scope) -> str | None:
     carries. Private FastAPI state, read in this one place (tests/test_layouts.py fails when it
     moves); contrib's FastAPI instrumentation reports the same template."""
     state = scope.get("fastapi")
-    if not isinstance(state, Mapping):
+    if state is None or not (type(state) is dict or isinstance(state, Mapping)):
         return None
     path = getattr(state.get("effective_route_context"), "path", None)
     return path if isinstance(path, str) else None
@@ -151,7 +151,7 @@ def user_id_from_scope(scope: Scope) -> str | None:
             if found is not None:
                 return found
     state = scope.get("state")
-    if isinstance(state, Mapping):
+    if type(state) is dict or isinstance(state, Mapping):
         return _id_text(state.get("user_id"))
     return _id_text(getattr(state, "user_id", None)) if state is not None else None
 
@@ -248,8 +248,11 @@ class SecAuditMiddleware:
             _runtime.current().recorder.internal_error(exc, "asgi.prepare")
             await self.app(scope, receive, send)
             return
-        with request_scope(exchange.request):
+        token = enter_request(exchange.request)
+        try:
             await self._serve(exchange, scope, receive, send)
+        finally:
+            leave_request(token)
 
     def _open(self, scope: Scope) -> Exchange:
         headers = scope.get("headers") or ()
@@ -263,7 +266,9 @@ class SecAuditMiddleware:
                     return str(value)
             return user_id_from_scope(scope)
 
+        span = trace.get_current_span()
         exchange = Exchange.open(
+            span=span,
             method=scope.get("method"),
             path=scope.get("path"),
             peer=client[0] if client else None,
@@ -277,7 +282,7 @@ class SecAuditMiddleware:
             # Captured headers are scrubbed whether contrib was asked for them through the
             # environment or through instrument_app(http_capture_headers_server_request=...).
             scrub_server_span(
-                trace.get_current_span(),
+                span,
                 scope.get("query_string") or b"",
                 emails=not exchange.runtime.settings.record_user_name,
             )

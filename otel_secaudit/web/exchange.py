@@ -153,10 +153,12 @@ class RefusalResponse:
         ]
 
 
-def _server_span() -> object | None:
-    """The current span when it is a recording server span (adapters open the exchange
-    inside the HTTP instrumentation's server span), else None."""
-    span = trace.get_current_span()
+def _server_span(span: trace.Span | None = None) -> object | None:
+    """The current span (or ``span``, the current one the adapter looked up already) when
+    it is a recording server span (adapters open the exchange inside the HTTP
+    instrumentation's server span), else None."""
+    if span is None:
+        span = trace.get_current_span()
     if span.is_recording() and getattr(span, "kind", None) is trace.SpanKind.SERVER:
         return span
     return None
@@ -196,6 +198,7 @@ class Exchange:
         user_id_of: Callable[[], str | None] | None = None,
         runtime: _runtime.Runtime | None = None,
         route_path: str | None = None,
+        span: trace.Span | None = None,
     ) -> Exchange:
         """Start the exchange of one request (the runtime is looked up now, once).
 
@@ -208,6 +211,7 @@ class Exchange:
             user_id_of: returns the authenticated user's id (called lazily, at most once).
             route_path: the path the framework routes on, when it differs from ``path``
                 (ASGI: ``path`` without ``root_path``); login routes are matched on it.
+            span: the current span, when the adapter has looked it up already.
         """
         rt = runtime if runtime is not None else _runtime.current()
         settings = rt.settings
@@ -230,7 +234,7 @@ class Exchange:
             peer_address=peer_ip if peer_ip is not None else peer_text,
             user_agent=_text(user_agent, MAX_USER_AGENT_LENGTH),
             user_id_resolver=user_id_of,
-            server_span=_server_span(),
+            server_span=_server_span(span),
         )
         routed = _text(route_path, MAX_PATH_LENGTH) if route_path is not None else path_text
         login = settings.login_routes.for_request(method_text, routed)

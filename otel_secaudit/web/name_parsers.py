@@ -18,6 +18,7 @@ __all__ = [
     "Picker",
     "UrlencodedParser",
     "candidates",
+    "urlencoded_names",
 ]
 
 #: A user-field value longer than this (in characters) is no user name.
@@ -163,6 +164,28 @@ class UrlencodedParser(NameParser):
         if not self.finished:
             self.finished = True
             self._parser.finalize()
+
+
+def urlencoded_names(body: bytes, fields: Sequence[str]) -> tuple[str, ...] | None:
+    """The candidates of a whole ``application/x-www-form-urlencoded`` body, read in one
+    pass exactly as :class:`UrlencodedParser` (python-multipart's ``QuerystringParser``, as
+    Starlette) reads them: fields split on ``&`` (empty ones skipped), the name up to the first
+    ``=``, both ``unquote_plus``-decoded from latin-1, the same caps. None when the body holds
+    a ``;`` (left to the streaming parser, whose versions differ on it)."""
+    if b";" in body:
+        return None
+    picker = Picker(fields)
+    for pair in body.split(b"&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition(b"=")
+        if len(name) > _MAX_KEY_RAW:
+            continue
+        key = unquote_plus(name.decode("latin-1"))
+        if key in picker.fields:
+            text = unquote_plus(value.decode("latin-1")) if len(value) <= MAX_RAW else UNUSABLE
+            picker.put(key, text)
+    return picker.names()
 
 
 def _safe_decode(data: bytes | bytearray, charset: str) -> str:

@@ -26,6 +26,7 @@ URL_ATTRIBUTES: Final = ("http.url", "http.target", "url.full")
 QUERY_ATTRIBUTE: Final = "url.query"
 PATH_ATTRIBUTE: Final = "url.path"
 HEADER_PREFIX: Final = "http.request.header."
+_URL_KEYS: Final = (*URL_ATTRIBUTES, QUERY_ATTRIBUTE, PATH_ATTRIBUTE)
 
 
 def _scrub_url(key: str, value: str, raw: bytes | str, scan: QueryScan | None, emails: bool) -> str:
@@ -40,22 +41,30 @@ def _scrub_url(key: str, value: str, raw: bytes | str, scan: QueryScan | None, e
     return value
 
 
-def _scrub_url_attributes(span: Any, attributes: Any, raw: bytes | str, emails: bool) -> None:
+def _may_hold_email(value: str) -> bool:
+    """False when ``value`` holds no ``@`` in any form: no e-mail address to replace."""
+    return "@" in value or "%40" in value
+
+
+def _scrub_url_attributes(
+    span: Any, attributes: Any, keys: list[str], raw: bytes | str, emails: bool
+) -> None:
     scan: QueryScan | None = scan_query(raw, emails=emails) if raw else None
     if scan is not None and not scan.secret and not scan.truncated:
         scan = None
     if scan is None and not emails:
         return
-    for key in (*URL_ATTRIBUTES, QUERY_ATTRIBUTE, PATH_ATTRIBUTE):
-        value = attributes.get(key)
-        if isinstance(value, str):
+    for key in keys:
+        value = attributes[key]
+        # Without a secret query only e-mail addresses are replaced: most requests have no '@'.
+        if isinstance(value, str) and (scan is not None or _may_hold_email(value)):
             cleaned = _scrub_url(key, value, raw, scan, emails)
             if cleaned != value:
                 span.set_attribute(key, cleaned)
 
 
-def _scrub_headers(span: Any, attributes: Any) -> None:
-    for key in [k for k in attributes if k.startswith(HEADER_PREFIX)]:
+def _scrub_headers(span: Any, attributes: Any, keys: list[str]) -> None:
+    for key in keys:
         value = attributes[key]
         values = value if isinstance(value, (tuple, list)) else (value,)
         if all(v == REDACTED for v in values):
@@ -77,7 +86,15 @@ def scrub_server_span(
     attributes = getattr(span, "attributes", None)
     if not attributes or not span.is_recording():
         return
+    # One pass over the attribute names (no lookup of absent keys, each a KeyError inside
+    # Mapping.get); URL attributes in their fixed order.
+    names = list(attributes)
     if raw_query or emails:
-        _scrub_url_attributes(span, attributes, raw_query, emails)
+        present = set(names)
+        url_keys = [key for key in _URL_KEYS if key in present]
+        if url_keys:
+            _scrub_url_attributes(span, attributes, url_keys, raw_query, emails)
     if headers:
-        _scrub_headers(span, attributes)
+        header_keys = [key for key in names if key.startswith(HEADER_PREFIX)]
+        if header_keys:
+            _scrub_headers(span, attributes, header_keys)

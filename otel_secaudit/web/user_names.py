@@ -43,6 +43,7 @@ from .name_parsers import (
     Picker,
     UrlencodedParser,
     candidates,
+    urlencoded_names,
 )
 
 __all__ = [
@@ -183,6 +184,11 @@ class BodyNames:
                 if self._spool is None:  # <= 64 KiB, in memory: json.loads itself decides
                     return names_from_json(json.loads(b"".join(self._pending)), self._fields)
                 self._scan_spool()
+            if self._parser is None and self._kind == "urlencoded" and self._complete:
+                # A whole small form in memory: one pass, no streaming parser to set up.
+                found = urlencoded_names(b"".join(self._pending), self._fields)
+                if found is not None:
+                    return found
             if self._parser is None:
                 self._start()
             assert self._parser is not None
