@@ -930,7 +930,6 @@ def test_forked_child_gets_its_own_worker_dir_and_sender(
     if pid == 0:  # the child: exit status tells the parent what happened
         code = 1
         try:
-            recorder.delivery.after_fork_in_child()  # a Delivery without spool: no-op
             processor.after_fork_in_child()
             recorder.record("auth.logout", user_id="child")
             ok = processor.spool.path != parent_dir and processor.force_flush(5000)

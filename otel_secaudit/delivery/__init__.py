@@ -139,14 +139,6 @@ class Delivery:
         except Exception as exc:
             self._error(exc, "delivery.close")
 
-    def after_fork_in_child(self) -> None:
-        """In a forked child: give it a spool worker directory and a sender thread of its own."""
-        if self.spool is not None:
-            try:
-                self.spool.after_fork_in_child()
-            except Exception as exc:
-                self._error(exc, "delivery.fork")
-
     def _error(self, exc: BaseException, where: str) -> None:
         with contextlib.suppress(Exception):
             if self._on_error is not None:
