@@ -29,15 +29,65 @@ recorded a failure itself.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .. import attributes as attr
 from ..auth.state import AuthObservation, TokenFailure
 
 if TYPE_CHECKING:
-    from .exchange import Exchange
+    from .. import runtime as _runtime
+    from .rules import StatusRule
 
-__all__ = ["bearer_invalid_token", "observed_outcome"]
+__all__ = ["ExchangeView", "RequestView", "bearer_invalid_token", "observed_outcome"]
+
+
+class RequestView(Protocol):
+    """What observed outcomes use of the exchange's request (a :class:`~.exchange.WebRequest`)."""
+
+    @property
+    def auth(self) -> AuthObservation | None:
+        """What the observed libraries saw during the request."""
+
+    @property
+    def method(self) -> str | None:
+        """The request method."""
+
+    @property
+    def route(self) -> str | None:
+        """The matched route template."""
+
+    @property
+    def raw_path(self) -> str | None:
+        """The request path as received, for matching rules."""
+
+    @property
+    def recorded_names(self) -> set[str]:
+        """The event names recorded for the request so far."""
+
+    @property
+    def failure_recorded(self) -> bool:
+        """Whether a violation was recorded for the request."""
+
+
+class ExchangeView(Protocol):
+    """What observed outcomes use of a :class:`~.exchange.Exchange` (which calls them)."""
+
+    @property
+    def runtime(self) -> _runtime.Runtime:
+        """The runtime the exchange records through."""
+
+    @property
+    def request(self) -> RequestView:
+        """The request."""
+
+    def scoped_rule(self, status: int) -> StatusRule | None:
+        """The route-scoped status rule matching this answer, if any."""
+
+    def submitted_user_names(self) -> tuple[str, ...]:
+        """The user names the login request submitted."""
+
+    def login_succeeded(self, name: str | None) -> None:
+        """Record ``auth.login.succeeded`` (once per request)."""
 
 LOGIN_SUCCEEDED: Final = "auth.login.succeeded"
 LOGIN_FAILED: Final = "auth.login.failed"
@@ -54,7 +104,7 @@ def bearer_invalid_token(value: str | None) -> bool:
     return bool(value) and _BEARER_INVALID.search(value[:1024]) is not None  # type: ignore[index]
 
 
-def observed_outcome(exchange: Exchange, status: int, www_authenticate: str | None) -> bool:
+def observed_outcome(exchange: ExchangeView, status: int, www_authenticate: str | None) -> bool:
     """Record the request's observed authentication event, if any; True when that settles the
     response (no login-route or status rule is applied then)."""
     observation = exchange.request.auth
@@ -69,7 +119,7 @@ def observed_outcome(exchange: Exchange, status: int, www_authenticate: str | No
     return False
 
 
-def _token_failed(exchange: Exchange, status: int, failure: TokenFailure) -> bool:
+def _token_failed(exchange: ExchangeView, status: int, failure: TokenFailure) -> bool:
     request = exchange.request
     if request.failure_recorded:
         return True  # one request, one violation: the application recorded its own
@@ -82,13 +132,13 @@ def _token_failed(exchange: Exchange, status: int, failure: TokenFailure) -> boo
     return True
 
 
-def _app_decided(exchange: Exchange) -> bool:
+def _app_decided(exchange: ExchangeView) -> bool:
     request = exchange.request
     names = request.recorded_names
     return request.failure_recorded or LOGIN_SUCCEEDED in names or PASSWORD_CHANGED in names
 
 
-def _checked(exchange: Exchange, status: int, observation: AuthObservation) -> bool:
+def _checked(exchange: ExchangeView, status: int, observation: AuthObservation) -> bool:
     if _app_decided(exchange):
         return True
     request = exchange.request
@@ -121,7 +171,7 @@ def _checked(exchange: Exchange, status: int, observation: AuthObservation) -> b
     return True
 
 
-def _record_each(exchange: Exchange, event: str, names: tuple[str, ...], **fields: Any) -> None:
+def _record_each(exchange: ExchangeView, event: str, names: tuple[str, ...], **fields: Any) -> None:
     """One event per submitted user name candidate (an ambiguous body counts the failure for
     each), or one without ``user.hash`` when the body named nobody."""
     recorder = exchange.runtime.recorder
