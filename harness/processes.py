@@ -9,6 +9,7 @@ under ``CI=true``; a benchmark just stops with the message.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 #: True under ``CI=true`` (or 1/yes): a missing server is a failure there, never a skip.
@@ -49,8 +51,34 @@ def require_binary(name: str) -> str:
     return path
 
 
+# Not the module-level generator: hypothesis and tests seed it, and parallel processes would
+# then try the same ports in the same order.
+_random = random.SystemRandom()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, chosen below the kernel's ephemeral
+    range: a server that goes down and comes back on its port (a collector outage) cannot
+    find it taken by an outgoing connection, nor by a client's reconnect attempt that TCP
+    connected to itself (both take ephemeral ports)."""
+    low, _ = _ephemeral_range()
+    ceiling = max(low, 12000)
+    for _ in range(200):
+        port = _random.randrange(10000, ceiling)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
