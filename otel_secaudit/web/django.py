@@ -5,13 +5,13 @@ the ``otel_secaudit`` instrumentor calls :func:`instrument_django`, which
 
 * inserts :class:`SecAuditDjangoMiddleware` into ``settings.MIDDLEWARE`` right after contrib's
   middleware (the entry from its module :data:`CONTRIB_MIDDLEWARE_MODULE`; first when contrib
-  is absent), the way contrib inserts its own, so it
-  runs inside the server span and before every other middleware: blocks (429 with
-  ``Retry-After``, no view, no session lookup), status rules, login routes, trusted-proxy client
-  address, URL and captured-header scrubbing of the span. The insertion is done at instrument
-  time when ``DJANGO_SETTINGS_MODULE`` is set, and checked again when Django builds its
-  middleware chain (``BaseHandler.load_middleware``), so the order of instrumentors and of
-  ``django.setup()`` does not matter;
+  is absent), the way contrib inserts its own, so it runs inside the server span and before
+  every other middleware: blocks (429 with ``Retry-After``, no view, no session lookup),
+  status rules, login routes, trusted-proxy client address, URL and captured-header scrubbing
+  of the span. The insertion is done at instrument time when ``DJANGO_SETTINGS_MODULE`` is
+  set, and checked again when Django builds its middleware chain (``BaseHandler.
+  load_middleware``, wrapped with ``wrapt``; whether that wrapper is in place is whether the
+  adapter is on), so the order of instrumentors and of ``django.setup()`` does not matter;
 * connects ``user_login_failed`` -> ``auth.login.failed`` (``user.hash`` of the credentials'
   user name; nothing else of the credentials), ``user_logged_in`` -> ``auth.login.succeeded``
   (``user.id`` = the user's pk; plus ``auth.login.succeeded_after_failures`` when that user
@@ -34,7 +34,8 @@ after it: ``request.POST`` (the last of duplicate fields) or a JSON ``request.bo
 contrib puts it on the span); rules written with or without a leading ``/`` match it. Events
 of a request carry the authenticated user's id (``request.user.pk``, read only when an event is
 recorded). :func:`uninstrument_django` undoes all of it; a middleware chain Django already
-built keeps the middleware object, which then passes requests through untouched.
+built keeps the middleware object, which then passes requests through untouched. The
+request's steps are :mod:`otel_secaudit.web.wsgi_core`'s, as for any WSGI application.
 """
 
 from __future__ import annotations
