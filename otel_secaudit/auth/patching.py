@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
@@ -115,8 +115,10 @@ def patch(module_name: str, dotted: str, wrapper: Wrapper) -> list[Patched]:
 def is_patched(owner: Any, name: str) -> bool:
     """Whether ``owner.name`` (a class's own attribute, or a module's) is a ``wrapt`` wrapper
     now: the patch itself says whether an instrumentation is on, no flag beside it."""
-    namespace = getattr(owner, "__dict__", None)
-    current = namespace.get(name) if isinstance(namespace, Mapping) else None
+    try:
+        current = vars(owner).get(name)
+    except TypeError:  # None, or an object without a namespace: nothing patched there
+        return False
     return isinstance(current, ObjectProxy)
 
 

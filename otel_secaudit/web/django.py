@@ -87,12 +87,15 @@ def is_contrib_middleware(entry: object) -> bool:
     return isinstance(entry, str) and entry.rpartition(".")[0] == CONTRIB_MIDDLEWARE_MODULE
 
 
-def is_instrumented() -> bool:
+def is_instrumented(handler: type | None = None) -> bool:
     """Whether :func:`instrument_django` is in effect (its patch of Django's
-    ``BaseHandler.load_middleware`` is in place)."""
-    from django.core.handlers.base import BaseHandler
+    ``BaseHandler.load_middleware`` is in place); ``handler`` is ``BaseHandler`` when the caller
+    holds it already."""
+    if handler is None:
+        from django.core.handlers.base import BaseHandler
 
-    return is_patched(BaseHandler, "load_middleware")
+        handler = BaseHandler
+    return is_patched(handler, "load_middleware")
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,11 +167,14 @@ class SecAuditDjangoMiddleware:
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
         self._capture_headers = wsgi_core.capture_headers_enabled()
+        from django.core.handlers.base import BaseHandler
+
+        self._handler = BaseHandler  # is_instrumented() without an import per request
         _patch_login_form()  # the apps are ready now: django.contrib.auth.forms imports
 
     def __call__(self, request: Any) -> Any:
         exchange = None
-        if is_instrumented():
+        if is_instrumented(self._handler):
             exchange = wsgi_core.begin(
                 request.META,
                 where="django.prepare",
