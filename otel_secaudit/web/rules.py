@@ -26,11 +26,13 @@ Nothing here records anything or knows about a web framework.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeVar
 
 from ..events import FAILURE, SUCCESS, InvalidEventError, resolve_event
+
+_Rule = TypeVar("_Rule")
 
 __all__ = [
     "LoginRoute",
@@ -289,6 +291,20 @@ def _split_items(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def _parse_each(
+    items: Iterable[str], parse: Callable[[str], _Rule]
+) -> tuple[list[_Rule], list[str]]:
+    """Each item parsed, and the problems of the items that are not (one message each)."""
+    parsed: list[_Rule] = []
+    problems: list[str] = []
+    for item in items:
+        try:
+            parsed.append(parse(item))
+        except RuleError as exc:
+            problems.append(str(exc))
+    return parsed, problems
+
+
 def parse_status_rules(raw: str | Iterable[str] | Mapping[int, str]) -> StatusRules:
     """Parse status rules from the environment string, a list of rule strings, or a mapping
     of status code to event name.
@@ -302,13 +318,7 @@ def parse_status_rules(raw: str | Iterable[str] | Mapping[int, str]) -> StatusRu
         items = _split_items(raw)
     else:
         items = [str(item).strip() for item in raw]
-    rules: list[StatusRule] = []
-    problems: list[str] = []
-    for item in items:
-        try:
-            rules.append(StatusRule.parse(item))
-        except RuleError as exc:
-            problems.append(str(exc))
+    rules, problems = _parse_each(items, StatusRule.parse)
     parsed = StatusRules(rules)
     if problems:  # with no good rule left, lenient configuration falls back to the default
         raise RuleProblems(problems, parsed if rules else None)
@@ -416,13 +426,7 @@ def parse_login_routes(raw: str | Iterable[str]) -> LoginRoutes:
         RuleProblems: when some entries are bad; ``exc.usable`` holds the others.
     """
     items = _login_route_items(raw) if isinstance(raw, str) else [str(i).strip() for i in raw]
-    routes: list[LoginRoute] = []
-    problems: list[str] = []
-    for item in items:
-        try:
-            routes.append(LoginRoute.parse(item))
-        except RuleError as exc:
-            problems.append(str(exc))
+    routes, problems = _parse_each(items, LoginRoute.parse)
     parsed = LoginRoutes(routes)
     if problems:
         raise RuleProblems(problems, parsed if routes else None)
