@@ -109,11 +109,9 @@ class SecurityRecorder:
 
     Args:
         settings: configuration; default :meth:`Settings.load` with ``lenient=True``.
-        logger_provider: Logs API provider (default: the global one); ignored when
-            ``delivery`` is given (the records go to ``delivery.records_provider``).
+        logger_provider: Logs API provider (default: the global one); unused with ``delivery``.
         meter_provider: Metrics API provider (default: the global one).
-        delivery: where the log records go (:func:`otel_secaudit.delivery.build`); default:
-            built here from ``settings`` and the providers.
+        delivery: where the records go (default: :func:`otel_secaudit.delivery.build` here).
         errors: the internal-error count shared with the other parts (default: a new one).
         violation_sink: receives every violation that feeds abuse detection.
         login_sink: receives every ``auth.login.succeeded`` (new-device detection).
@@ -154,13 +152,11 @@ class SecurityRecorder:
         self._user_hashes: dict[str, str] = {}
         self._logged_problems: set[str] = set()
         self.stats = RecorderStats(self._errors)
-        #: Receives every violation that feeds abuse detection (see the module doc).
-        self.violation_sink = violation_sink
+        self.violation_sink = violation_sink  # see the module doc
+        self.login_sink = login_sink
         from .detection.processor import hold_violation
 
         self._hold_violation = hold_violation
-        #: Receives every ``auth.login.succeeded`` (new-device detection).
-        self.login_sink = login_sink
         if delivery is None:
             from . import delivery as delivering  # the SDK is imported only when needed
 
