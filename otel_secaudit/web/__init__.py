@@ -8,8 +8,10 @@
   name(s) of an authentication attempt, read as the application's framework reads the body.
 * :mod:`.server_span`: scrubbing the server span other instrumentations opened.
 * :mod:`.asgi`: the pure ASGI middleware; :mod:`.starlette`: where it goes in Starlette/FastAPI.
-* :mod:`.wsgi`, :mod:`.django`, :mod:`.flask`: the WSGI middleware and the Django and Flask
-  adapters, on the same core; :mod:`.django_redirects`: a signed-in user sent to a login page.
+* :mod:`.wsgi_core`: the one WSGI request lifecycle (open and scrub, refuse or admit, finish)
+  and the framework signals' recording; :mod:`.wsgi`, :mod:`.django`, :mod:`.flask`: the WSGI
+  middleware and the Django and Flask adapters on it; :mod:`.django_redirects`: a signed-in
+  user sent to a login page.
 * :mod:`.instrumentor`: :class:`SecAuditInstrumentor`, wiring only.
 
 Importing this package imports no web framework.
