@@ -30,13 +30,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from ..context import current_request
 from .patching import (
     Patched,
     Wrapper,
+    current_observation,
     internal_error,
     is_own_module,
-    observation_of,
     patch,
     patch_references,
 )
@@ -64,15 +63,9 @@ def check_wrapper(
     passed; an exception in ``failed_on`` is a failed check (re-raised untouched)."""
 
     def observe_check(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        request = current_request()
-        if request is None:
-            return wrapped(*args, **kwargs)
-        observation = request.auth
-        if observation is None:
-            observation = observation_of(request)
-            if observation is None:
-                return wrapped(*args, **kwargs)
-        if observation.busy:  # inside another observed check: the same check
+        observation = current_observation()
+        # None outside a request; busy inside another observed check (the same check).
+        if observation is None or observation.busy:
             return wrapped(*args, **kwargs)
         observation.busy = True
         try:

@@ -34,7 +34,7 @@ except ImportError:  # wrapt 1
     from wrapt import ObjectProxy  # type: ignore[assignment]
 
 from .. import runtime as _runtime
-from ..context import RequestContext
+from ..context import RequestContext, current_request
 from .state import AuthObservation
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Wrapper",
     "is_own_module",
     "is_patched",
+    "current_observation",
     "observation_of",
     "patch",
     "patch_references",
@@ -66,6 +67,16 @@ def observation_of(request: RequestContext) -> AuthObservation | None:
     except Exception as exc:
         internal_error(exc, "auth.observe")
         return None
+
+
+def current_observation() -> AuthObservation | None:
+    """The observation of the request being served (created on first use), or None outside a
+    request or when it cannot be made: what every library wrapper asks first."""
+    request = current_request()
+    if request is None:
+        return None
+    observation = request.auth
+    return observation if observation is not None else observation_of(request)
 
 
 def internal_error(exc: BaseException, where: str) -> None:

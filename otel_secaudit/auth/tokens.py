@@ -37,13 +37,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from .. import runtime as _runtime
-from ..context import current_request
 from .patching import (
     Patched,
     Wrapper,
+    current_observation,
     internal_error,
     is_own_module,
-    observation_of,
     patch,
     patch_references,
 )
@@ -148,15 +147,12 @@ def decode_wrapper(
     def observe_decode(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         # The hot path of every decode in a request: few calls, no ABC checks (benchmarks/
         # observed_auth.py measures it against the bare PyJWT decode).
-        request = current_request()
-        if request is None:
-            return wrapped(*args, **kwargs)
-        observation = request.auth
-        if observation is None:
-            observation = observation_of(request)
-            if observation is None:
-                return wrapped(*args, **kwargs)
-        if observation.busy or (skip is not None and _skipped(skip, instance)):
+        observation = current_observation()
+        if (
+            observation is None
+            or observation.busy
+            or (skip is not None and _skipped(skip, instance))
+        ):
             return wrapped(*args, **kwargs)
         observation.busy = True
         try:
