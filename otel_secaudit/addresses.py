@@ -23,9 +23,18 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
-__all__ = ["NAT64_LOCAL_USE", "NAT64_WELL_KNOWN", "embedded_ipv4", "is_local_use_nat64"]
+__all__ = [
+    "CLIENT_ADDRESS_HEADERS",
+    "NAT64_LOCAL_USE",
+    "NAT64_WELL_KNOWN",
+    "embedded_ipv4",
+    "is_local_use_nat64",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: The forwarding headers a trusted proxy may set (OTEL_SECAUDIT_CLIENT_ADDRESS_HEADER).
+CLIENT_ADDRESS_HEADERS: Final = ("x-forwarded-for", "forwarded", "x-real-ip")
 
 #: RFC 6052 well-known prefix; the IPv4 address is the last 32 bits.
 NAT64_WELL_KNOWN: Final = ipaddress.IPv6Network("64:ff9b::/96")

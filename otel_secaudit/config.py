@@ -29,8 +29,8 @@ from typing import Any, Final
 from . import config_values as values
 from .config_values import IntParser, IPNetwork
 from .errors import ConfigError
+from .route_rules import LoginRoutes, StatusRules, login_rule_conflicts
 from .store_uris import parse_store_uri, redact_uri_password
-from .web.rules import LoginRoutes, StatusRules, login_rule_conflicts
 
 __all__ = [
     "ENV_PREFIX",

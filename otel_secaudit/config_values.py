@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
-from .web.client import CLIENT_ADDRESS_HEADERS
-from .web.rules import LoginRoutes, StatusRules, parse_login_routes, parse_status_rules
+from .addresses import CLIENT_ADDRESS_HEADERS
+from .route_rules import LoginRoutes, StatusRules, parse_login_routes, parse_status_rules
 
 __all__ = [
     "DEFAULT_INT_MAXIMUM",
@@ -127,7 +127,7 @@ def parse_list(raw: str) -> tuple[str, ...]:
 def parse_attack_tools(raw: str) -> tuple[str, ...]:
     """Extra attack-tool tokens; the matcher is built once here to refuse a bad token at
     start (the web core reuses it)."""
-    from .detection.attack_tools import attack_tool_matcher
+    from .attack_tools import attack_tool_matcher
 
     tokens = parse_list(raw)
     attack_tool_matcher(tokens)

@@ -73,9 +73,7 @@ SIEM_MAPPING: Final[Mapping[str, SiemFields]] = {
     "auth.login.succeeded_after_failures": _f(
         "authn_login_successafterfail", _AUTHN, "start", 3002
     ),
-    "auth.login.new_device": _f(
-        "authn_impossible_travel", _AUTHN, "start,info", 3002, exact=False
-    ),
+    "auth.login.new_device": _f("authn_impossible_travel", _AUTHN, "start,info", 3002, exact=False),
     "auth.account.locked": _f("authn_login_lock", _AUTHN, "start", 3002),
     "auth.logout": _f("session_expired", _AUTHN, "end", 3002),  # reason: logout
     "auth.sessions.revoked": _f("session_expired", _AUTHN, "end", 3002),  # reason: revoked

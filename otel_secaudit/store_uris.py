@@ -46,6 +46,8 @@ _URI_PASSWORD: Final = re.compile(
     r"|(?P<param>[?&][A-Za-z_]*pass(?:word|wd)?=)[^&#\s'\"]*",
     re.IGNORECASE,
 )
+
+
 def redact_uri_password(text: str) -> str:
     """``text`` with the password of every URI in it replaced by ``[REDACTED]``
     (``redis://user:[REDACTED]@host:6379/0``); the rest (scheme, user, host, port, path) is
@@ -69,6 +71,7 @@ SCHEMES: Final[Mapping[str, str]] = {
     "redis+sentinel": SENTINEL,
     "redis+cluster": CLUSTER,
 }
+
 
 @dataclass(frozen=True)
 class RedisTarget:

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 import otel_secaudit
 from otel_secaudit import Violation
+from otel_secaudit.attack_tools import ATTACK_TOOLS, AttackToolMatcher
 from otel_secaudit.context import request_scope
 from otel_secaudit.detection import AbuseDetector, enable_detection
-from otel_secaudit.detection.attack_tools import ATTACK_TOOLS, AttackToolMatcher
 from otel_secaudit.detection.devices import (
     MAX_REMEMBERED,
     DeviceHistory,

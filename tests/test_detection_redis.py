@@ -222,7 +222,6 @@ def test_a_record_right_no_request_used_is_written_by_the_worker(make_sdk, redis
     assert record.attributes["client.address"] == ADDRESS
 
 
-
 def test_a_record_the_worker_writes_carries_the_refused_requests_context(
     make_sdk, redis_url, detectors
 ):

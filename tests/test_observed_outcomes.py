@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from otel_secaudit import Settings
 from otel_secaudit.auth.state import TokenFailure
 from otel_secaudit.context import request_scope
+from otel_secaudit.route_rules import RuleProblems, parse_login_routes
 from otel_secaudit.web.exchange import Exchange
 from otel_secaudit.web.outcomes import bearer_invalid_token
-from otel_secaudit.web.rules import RuleProblems, parse_login_routes
 
 from .conftest import SDK
 

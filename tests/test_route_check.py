@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from otel_secaudit.route_rules import parse_login_routes, parse_status_rules
 from otel_secaudit.web.route_check import (
     flask_routes,
     starlette_routes,
     unmatched,
     warn_unmatched,
 )
-from otel_secaudit.web.rules import parse_login_routes, parse_status_rules
 
 
 def test_unmatched_names_only_the_missing_routes() -> None:

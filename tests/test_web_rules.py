@@ -18,13 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from otel_secaudit import ConfigError, Settings, helpers, runtime
-from otel_secaudit.web.asgi import SecAuditMiddleware
-from otel_secaudit.web.rules import (
+from otel_secaudit.route_rules import (
     RuleProblems,
     StatusRule,
     parse_login_routes,
     parse_status_rules,
 )
+from otel_secaudit.web.asgi import SecAuditMiddleware
 
 from .conftest import SDK
 
@@ -327,6 +327,7 @@ def test_succeeded_after_failures(make_sdk: Any, detectors: list[Any]) -> None:
 
 
 # -- hostile input ----------------------------------------------------------------------------
+
 
 @settings(max_examples=300, deadline=None)
 @given(raw=st.text(max_size=300), status=st.integers(100, 599), path=st.text(max_size=100))

@@ -10,9 +10,10 @@ Pieces, one job each (the README's "Abuse detection and blocks"):
 * :mod:`.failover`, :mod:`.handoff`, :mod:`.blocks`, :mod:`.emission`: Redis failover, the
   request-path queue and its worker, the blocks enforced here and ``request.blocked``
   aggregation, the ``abuse.*`` events;
-* :mod:`.scans`, :mod:`.devices`, :mod:`.attack_tools`: ``abuse.scan`` (404/405 per client
-  address), ``auth.login.new_device``, ``request.attack_tool``'s list; :mod:`.anomalies` feeds
-  the first two off the request path;
+* :mod:`.scans`, :mod:`.devices`: ``abuse.scan`` (404/405 per client address) and
+  ``auth.login.new_device`` (``request.attack_tool``'s list is :mod:`otel_secaudit.attack_tools`,
+  below configuration, which validates its extra tokens); :mod:`.anomalies` feeds both off the
+  request path;
 * :mod:`.detector`: :class:`AbuseDetector`, which wires them;
 * :mod:`.processor`: :class:`SecAuditSpanProcessor`, which hands a span's violations to the
   detector when the span ends (violations without such a span go to it directly).

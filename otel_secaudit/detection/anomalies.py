@@ -53,6 +53,7 @@ class Escalation(Protocol):
     def escalate(self, key: str, trace_id: str, at: float) -> float:
         """Block host key ``key`` now; the block's length (0.0: none)."""
 
+
 NEW_DEVICE_EVENT: Final = "auth.login.new_device"
 _DAY: Final = 86400.0
 

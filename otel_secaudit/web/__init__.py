@@ -1,7 +1,8 @@
 """Web integration: the framework-independent request core and its adapters.
 
 * :mod:`.client`: the client address through trusted proxies (one configured header).
-* :mod:`.rules`: status rules and login routes (parsing and matching).
+* status rules and login routes are parsed and matched in :mod:`otel_secaudit.route_rules`
+  (below configuration, which parses them from the environment).
 * :mod:`.exchange`: the request core every adapter shares (blocks, login routes, status
   events, one request one violation); see its documentation for the adapter protocol.
 * :mod:`.user_names` (with :mod:`.name_parsers`, :mod:`.json_names`): the submitted user

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Final
 
-from ..addresses import embedded_ipv4
+from ..addresses import CLIENT_ADDRESS_HEADERS, embedded_ipv4
 
 __all__ = [
     "CLIENT_ADDRESS_HEADERS",
@@ -39,7 +39,6 @@ __all__ = [
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The headers OTEL_SECAUDIT_CLIENT_ADDRESS_HEADER may name.
-CLIENT_ADDRESS_HEADERS: Final = ("x-forwarded-for", "forwarded", "x-real-ip")
 MAX_FORWARDED_HEADER_BYTES: Final = 4096
 MAX_FORWARDED_HOPS: Final = 32
 MAX_PEER_LENGTH: Final = 64

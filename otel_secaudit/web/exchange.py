@@ -28,7 +28,7 @@ What it decides, once per request:
   success for none of them). On a login route these take the place of the status rules.
 * **status rules** (OTEL_SECAUDIT_STATUS_EVENTS): the most specific rule's event.
 * **attack tools**: a User-Agent naming a known scanner or brute-forcer records
-  ``request.attack_tool`` (the request's violation, :mod:`otel_secaudit.detection.attack_tools`);
+  ``request.attack_tool`` (the request's violation, :mod:`otel_secaudit.attack_tools`);
   a 404/405 answer is a probe counted towards ``abuse.scan`` (not recorded itself).
 * **one request, one violation**: no failure event when the application already recorded one
   during the request; no event name twice for one request.
@@ -50,14 +50,14 @@ from opentelemetry import trace
 
 from .. import attributes as attr
 from .. import runtime as _runtime
+from ..attack_tools import attack_tool_matcher
 from ..context import RequestContext, request_scope
-from ..detection.attack_tools import attack_tool_matcher
 from ..detection.scans import is_probe_status
 from ..redaction import MAX_USER_AGENT_LENGTH, hash_identity, scrub_path
 from ..redaction.urls import scrub_path_emails
+from ..route_rules import LoginRoute, StatusRule
 from .client import normalize_ip, resolve_client_address
 from .outcomes import observed_outcome
-from .rules import LoginRoute, StatusRule
 from .user_names import NameSource
 
 __all__ = ["Exchange", "RefusalResponse", "WebRequest", "record_after_failures"]

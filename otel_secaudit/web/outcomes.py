@@ -36,7 +36,7 @@ from ..auth.state import AuthObservation, TokenFailure
 
 if TYPE_CHECKING:
     from .. import runtime as _runtime
-    from .rules import StatusRule
+    from ..route_rules import StatusRule
 
 __all__ = ["ExchangeView", "RequestView", "bearer_invalid_token", "observed_outcome"]
 
@@ -88,6 +88,7 @@ class ExchangeView(Protocol):
 
     def login_succeeded(self, name: str | None) -> None:
         """Record ``auth.login.succeeded`` (once per request)."""
+
 
 LOGIN_SUCCEEDED: Final = "auth.login.succeeded"
 LOGIN_FAILED: Final = "auth.login.failed"

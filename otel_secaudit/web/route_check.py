@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 from .. import runtime as _runtime
-from .rules import RouteTemplate
+from ..route_rules import RouteTemplate
 
 __all__ = ["django_routes", "flask_routes", "starlette_routes", "unmatched", "warn_unmatched"]
 

@@ -210,6 +210,7 @@ class _ClosingIterable:
 # --------------------------------------------------------------------------------------------
 # Inside contrib's OpenTelemetryMiddleware
 
+
 def _secure_at_init(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
     """``OpenTelemetryMiddleware.__init__``: its application wrapped in the security
     middleware."""

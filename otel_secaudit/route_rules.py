@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
-from ..events import FAILURE, SUCCESS, InvalidEventError, resolve_event
+from .events import FAILURE, SUCCESS, InvalidEventError, resolve_event
 
 _Rule = TypeVar("_Rule")
 
