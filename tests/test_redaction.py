@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote, unquote_plus
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
@@ -846,6 +846,8 @@ def test_scrub_query_changes_only_the_secret_value(
 ) -> None:
     """Property: a query without secrets comes back byte-identical; with one secret-named
     parameter inserted anywhere, only that value becomes [REDACTED]."""
+    # A value that is already a redaction marker (contrib writes ``REDACTED``) is left as it is.
+    assume(secret != "REDACTED")
     raw = "&".join(f"{n}={v}" for n, v in pairs)
     assert scrub_query(raw.encode()) == (raw, 0)
     at = min(secret_at, len(pairs))
