@@ -18,7 +18,7 @@ from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber, get_logger
 from opentelemetry.metrics import get_meter
 
-from tests.apps.secapp import create_app
+from harness.apps.secapp import create_app
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

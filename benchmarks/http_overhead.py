@@ -185,7 +185,7 @@ def start_server(
     endpoint: str,
     *,
     plugin: bool,
-    app: str = "tests.apps.secapp:app",
+    app: str = "harness.apps.secapp:app",
     settings: dict[str, str] | None = None,
 ) -> Served:
     """One arm: ``app`` under ``opentelemetry-instrument uvicorn``, with or without the

@@ -10,7 +10,7 @@ decode, and per request of the test app's login and token routes.
    (the target: under 5 us and under 1.05x), a PyJWT decode that raises (expired), werkzeug
    ``check_password_hash`` (pbkdf2, 1000 rounds, so the hash does not hide the wrapper) and
    ``bcrypt.checkpw`` (cost 4).
-2. **Per request**: tests/apps/observed_auth_app.py driven as ASGI calls under contrib's
+2. **Per request**: harness/apps/observed_auth_app.py driven as ASGI calls under contrib's
    FastAPI instrumentation with real SDK pipelines whose exporters drop (A), and with
    otel_secaudit's middleware and the library patches too (B); A2 as above. Routes: the
    OAuth2 password login (argon2 via pwdlib; target A/B >= 0.95) and a bearer-token
@@ -191,8 +191,8 @@ def _apps() -> tuple[dict[str, Any], list[Any]]:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from benchmarks.web_middleware import _DropLogs, _DropSpans
+    from harness.apps import observed_auth_app
     from otel_secaudit.web.asgi import SecAuditMiddleware
-    from tests.apps import observed_auth_app
 
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(BatchSpanProcessor(_DropSpans()))
@@ -230,7 +230,7 @@ def _fresh_app(module: Any) -> Any:
 
 
 async def per_request(patches: Patches, rounds: int, block: int) -> None:
-    from tests.apps import observed_auth_app as served
+    from harness.apps import observed_auth_app as served
 
     apps, providers = _apps()
     token = served.issue_token("u-1001", 86400)

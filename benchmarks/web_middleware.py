@@ -39,10 +39,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from benchmarks.handwritten_app import HandWrittenSecurityMiddleware
+from harness.apps.secapp import create_app
 from otel_secaudit import Settings, runtime
 from otel_secaudit.detection.processor import ensure_processor
 from otel_secaudit.web.asgi import SecAuditMiddleware
-from tests.apps.secapp import create_app
 
 LOGIN_BODY = b"username=alice&password=correct+horse+battery+staple"
 #: label -> (method, path, body)

@@ -2,9 +2,9 @@
 under ``opentelemetry-instrument``, exporting to an OTLP receiver.
 
 - :func:`serve_uvicorn`: an ASGI app (``module:attribute``) under uvicorn;
-- :func:`serve_django`: the Django project (tests/apps/django_project) under gunicorn or
+- :func:`serve_django`: the Django project (harness/apps/django_project) under gunicorn or
   ``manage.py runserver --noreload``, on a database made by :func:`prepare_django_db`;
-- :func:`serve_flask`: the Flask app (tests/apps/flask_app.py) under gunicorn.
+- :func:`serve_flask`: the Flask app (harness/apps/flask_app.py) under gunicorn.
 
 :func:`telemetry_env` is the environment of an instrumented app. The WSGI apps export over
 OTLP/HTTP rather than gRPC: gRPC channels do not survive gunicorn's fork of its workers.
@@ -22,7 +22,7 @@ from pathlib import Path
 from .processes import MissingBinary, Served, free_port, serve_subprocess
 
 ROOT = Path(__file__).resolve().parents[1]
-DJANGO_PROJECT = ROOT / "tests" / "apps" / "django_project"
+DJANGO_PROJECT = ROOT / "harness" / "apps" / "django_project"
 DJANGO_USERS = {"alice": "correct horse battery staple", "bob": "tr0ub4dor&3-bob-password"}
 #: Staff accounts of the Django project (the admin lets them in; alice and bob are staff-less).
 DJANGO_STAFF = {"carol": "staff-carol-0ff1ce-passphrase"}
@@ -132,10 +132,10 @@ def serve_flask(
     workers: int = 1,
     instrument: bool = True,
     gunicorn_args: tuple[str, ...] = (),
-    app: str = "tests.apps.flask_app:app",
+    app: str = "harness.apps.flask_app:app",
 ) -> Served:
     """A Flask app under gunicorn (``gunicorn_args`` as for :func:`serve_django`): by default
-    tests/apps/flask_app.py (Flask-Login); ``app="tests.apps.flask_form_app:app"`` is the
+    harness/apps/flask_app.py (Flask-Login); ``app="harness.apps.flask_form_app:app"`` is the
     form login on werkzeug password hashes."""
     port = free_port()
     env = {**env, "PYTHONPATH": str(ROOT)}

@@ -156,7 +156,7 @@ def alert_path(tmp_path: Path) -> Iterator[dict[str, Any]]:
             OTEL_EXPORTER_PROMETHEUS_HOST="127.0.0.1",
             OTEL_EXPORTER_PROMETHEUS_PORT=str(metrics_port),
         )
-        app = serve_uvicorn(env, "tests.apps.secapp:app")
+        app = serve_uvicorn(env, "harness.apps.secapp:app")
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(rules_for_a_test(tmp_path))],

@@ -25,8 +25,7 @@ from harness import (
     telemetry_env,
     wait_for,
 )
-
-from .apps.secapp import GOOD_PASSWORD
+from harness.apps.secapp import GOOD_PASSWORD
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +52,7 @@ def env_for(receiver: OTLPReceiver, **settings: str) -> dict[str, str]:
 
 @pytest.fixture
 def uvicorn_app(otlp_receiver: OTLPReceiver) -> Iterator[Served]:
-    served = serve_uvicorn(env_for(otlp_receiver), "tests.apps.secapp:app")
+    served = serve_uvicorn(env_for(otlp_receiver), "harness.apps.secapp:app")
     yield served
     served.stop()
 
@@ -169,8 +168,8 @@ def test_two_instances_share_scans_and_devices_through_redis(
     client.flushdb()
     client.close()
     env = env_for(otlp_receiver, store=redis_server.url)
-    first = serve_uvicorn(env, "tests.apps.secapp:app")
-    second = serve_uvicorn(env, "tests.apps.secapp:app")
+    first = serve_uvicorn(env, "harness.apps.secapp:app")
+    second = serve_uvicorn(env, "harness.apps.secapp:app")
     try:
         apps: list[Any] = [first, second]
         for i in range(5):  # the scan alternates between the instances

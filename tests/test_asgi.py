@@ -22,11 +22,11 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from harness.apps.secapp import VALID_TOKEN, create_app
 from otel_secaudit import runtime
 from otel_secaudit.web.asgi import SecAuditMiddleware
 from otel_secaudit.web.client import resolve_client_address
 
-from .apps.secapp import VALID_TOKEN, create_app
 from .conftest import SDK, http_scope
 
 

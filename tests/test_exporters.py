@@ -192,7 +192,7 @@ def test_zero_code_web_app_without_a_collector(tmp_path: Path) -> None:
         OTEL_SECAUDIT_EXPORT_DIR=str(out),
         OTEL_SECAUDIT_HOST_THRESHOLD="1000",
     )
-    served = serve_uvicorn(env, "tests.apps.secapp:app")
+    served = serve_uvicorn(env, "harness.apps.secapp:app")
     try:
         with httpx.Client(base_url=served.base_url) as http:
             for _ in range(3):

@@ -1,4 +1,4 @@
-"""An app on the real fastapi-users library (tests/apps/fastapi_members.py: SQLAlchemy on
+"""An app on the real fastapi-users library (harness/apps/fastapi_members.py: SQLAlchemy on
 SQLite, JWT bearer sign-in, fastapi-users' own routers) under ``opentelemetry-instrument
 uvicorn``, configured only through environment variables (README, "FastAPI Users in one
 variable"), exporting over OTLP/gRPC to the real receiver of the ``harness``.
@@ -124,7 +124,7 @@ def serve_members(receiver: OTLPReceiver, db_dir: str, *uvicorn_args: str) -> Se
         "PYTHONUNBUFFERED": "1",
         **SECAUDIT_ENV,
     }
-    return serve_uvicorn(env, "tests.apps.fastapi_members:app", *uvicorn_args)
+    return serve_uvicorn(env, "harness.apps.fastapi_members:app", *uvicorn_args)
 
 
 @pytest.fixture(scope="module")

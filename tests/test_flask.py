@@ -1,4 +1,4 @@
-"""End to end: a Flask + Flask-Login + Flask-WTF app (tests/apps/flask_app.py) under
+"""End to end: a Flask + Flask-Login + Flask-WTF app (harness/apps/flask_app.py) under
 ``opentelemetry-instrument`` with contrib's Flask instrumentation, served by gunicorn with two
 forked workers sharing a real Redis, real HTTP and the real OTLP receiver. Nothing in the app
 mentions otel_secaudit; the login route comes from OTEL_SECAUDIT_LOGIN_ROUTES."""

@@ -39,7 +39,7 @@ def test_uvicorn_workers_forked_by_gunicorn_detect_abuse(otlp_receiver: OTLPRece
     args = [
         instrument_command(), sys.executable, "-m", "gunicorn", "-w", "2",
         "-k", "uvicorn.workers.UvicornWorker", "-b", f"127.0.0.1:{port}",
-        "tests.apps.secapp:app",
+        "harness.apps.secapp:app",
     ]  # fmt: skip
     served = serve_subprocess(args, port, env, cwd=str(ROOT))
     try:

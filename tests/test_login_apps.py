@@ -1,7 +1,7 @@
 """The login test apps behave like the apps they stand for, under ``opentelemetry-instrument``
-gunicorn with the plugin installed: the werkzeug-hash Flask form (tests/apps/flask_form_app.py)
+gunicorn with the plugin installed: the werkzeug-hash Flask form (harness/apps/flask_form_app.py)
 re-renders the form with 200 on a wrong password and redirects with 302 on success; the Django
-project's admin (tests/apps/django_project) refuses a staff-less account's correct password with
+project's admin (harness/apps/django_project) refuses a staff-less account's correct password with
 200 and lets a staff account in. Other test files assert what the plugin records for them."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ pytest.importorskip("gunicorn")
 
 pytestmark = pytest.mark.slow
 
-FLASK_FORM_APP = "tests.apps.flask_form_app:app"
+FLASK_FORM_APP = "harness.apps.flask_form_app:app"
 
 
 @pytest.fixture(scope="module")

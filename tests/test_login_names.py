@@ -113,7 +113,7 @@ def assert_no_secret(receiver: OTLPReceiver, *secrets: str) -> None:
 @pytest.fixture
 def flask_form(otlp_receiver: OTLPReceiver) -> Iterator[Served]:
     env = telemetry_env(otlp_receiver.http_endpoint, **settings("POST /auth/token,POST /api/login"))
-    served = serve_flask(env, app="tests.apps.flask_form_app:app")
+    served = serve_flask(env, app="harness.apps.flask_form_app:app")
     yield served
     served.stop()
 
@@ -186,7 +186,7 @@ def test_flask_g_user_is_the_user_when_flask_login_is_only_importable(
 @pytest.fixture
 def fastapi_form(otlp_receiver: OTLPReceiver) -> Iterator[Served]:
     env = telemetry_env(otlp_receiver.http_endpoint, **settings("POST /token,POST /api/login"))
-    served = serve_uvicorn(env, "tests.apps.fastapi_form_app:app")
+    served = serve_uvicorn(env, "harness.apps.fastapi_form_app:app")
     yield served
     served.stop()
 

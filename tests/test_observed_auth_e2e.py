@@ -1,4 +1,4 @@
-"""Observed authentication end to end: tests/apps/observed_auth_app.py (FastAPI, an OAuth2
+"""Observed authentication end to end: harness/apps/observed_auth_app.py (FastAPI, an OAuth2
 password form on pwdlib, PyJWT bearer tokens, an itsdangerous reset token) under
 ``opentelemetry-instrument uvicorn`` with NO login-route variable, exporting over OTLP/gRPC to
 the real receiver of the ``harness``.
@@ -110,7 +110,7 @@ def app() -> Iterator[App]:
     }
     env.pop("OTEL_SECAUDIT_LOGIN_ROUTES", None)  # no login-route variable at all
     try:
-        served = serve_uvicorn(env, "tests.apps.observed_auth_app:app")
+        served = serve_uvicorn(env, "harness.apps.observed_auth_app:app")
     except BaseException:
         receiver.stop()
         raise

@@ -1,7 +1,7 @@
 """Observed login outcomes on the login test apps under ``opentelemetry-instrument gunicorn``,
 with NO login-route variable, exported over OTLP/HTTP to the real receiver:
 
-* the werkzeug-hash Flask form (tests/apps/flask_form_app.py): a wrong password re-rendered
+* the werkzeug-hash Flask form (harness/apps/flask_form_app.py): a wrong password re-rendered
   with 200 is ``auth.login.failed`` (``invalid_credentials``) with the name's ``user.hash``,
   never a forged success; the right one (302) is ``auth.login.succeeded``, and
   ``auth.login.succeeded_after_failures`` after failures;
@@ -70,7 +70,7 @@ def records(receiver: OTLPReceiver, address: str, count: int) -> list[tuple[str,
 def flask_form(otlp_receiver: OTLPReceiver) -> Iterator[Served]:
     env = telemetry_env(otlp_receiver.http_endpoint, **SETTINGS)
     env.pop("OTEL_SECAUDIT_LOGIN_ROUTES", None)
-    served = serve_flask(env, app="tests.apps.flask_form_app:app")
+    served = serve_flask(env, app="harness.apps.flask_form_app:app")
     yield served
     served.stop()
 

@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from harness import OTLPReceiver, RedisServer, Served, wait_for
+from harness.apps.secapp import GOOD_PASSWORD
 from otel_secaudit import SecAuditSpanProcessor
 from otel_secaudit.detection.stores import MemoryStore
 from otel_secaudit.detection.stores.base import DEFAULT_MAX_BLOCKS
 
-from .apps.secapp import GOOD_PASSWORD
 from .test_web_e2e import start_app
 
 pytestmark = pytest.mark.slow
@@ -153,11 +153,11 @@ def test_no_shared_store_call_on_the_request_thread_by_construction(make_sdk: An
     serves the requests."""
     from opentelemetry.trace import SpanKind
 
+    from harness.apps.secapp import create_app
     from otel_secaudit import runtime
     from otel_secaudit.detection import AbuseDetector
     from otel_secaudit.web.asgi import SecAuditMiddleware
 
-    from .apps.secapp import create_app
     from .conftest import http_scope
 
     sdk = make_sdk(

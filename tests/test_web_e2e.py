@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from harness import OTLPReceiver, RedisServer, Served, serve_uvicorn, telemetry_env, wait_for
-
-from .apps.secapp import GOOD_PASSWORD, VALID_TOKEN
+from harness.apps.secapp import GOOD_PASSWORD, VALID_TOKEN
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.slow
 def start_app(
     receiver: OTLPReceiver,
     extra_env: dict[str, str] | None = None,
-    app: str = "tests.apps.secapp:app",
+    app: str = "harness.apps.secapp:app",
     **settings: str,
 ) -> Served:
     env = {
@@ -243,7 +242,7 @@ def test_last_records_before_sigterm_reach_the_collector(otlp_receiver: OTLPRece
 
 
 def test_app_without_lifespan_support_still_serves(otlp_receiver: OTLPReceiver) -> None:
-    served = start_app(otlp_receiver, app="tests.apps.no_lifespan:app")
+    served = start_app(otlp_receiver, app="harness.apps.no_lifespan:app")
     try:
         with httpx.Client(base_url=served.base_url) as http:
             assert http.get("/denied").status_code == 403

@@ -120,7 +120,7 @@ def test_uninstrument_restores_flask_and_flask_login(sdk: Any) -> None:
     from flask.app import Flask
     from flask_login import signals
 
-    from .apps.flask_app import create_app
+    from harness.apps.flask_app import create_app
 
     flask_adapter.uninstrument_flask()  # whatever an earlier test left instrumented
     before = (Flask.__dict__["preprocess_request"], Flask.__dict__["handle_http_exception"])

@@ -20,7 +20,7 @@ is one line on stdout, ``... Reset token: <token>`` or ``... Verification token:
 where the test reads it. Nothing here knows otel_secaudit: the test configures the plugin with
 ``OTEL_SECAUDIT_*`` environment variables only.
 
-Serve it with ``MEMBERS_DB_DIR=/some/folder uvicorn tests.apps.fastapi_members:app``.
+Serve it with ``MEMBERS_DB_DIR=/some/folder uvicorn harness.apps.fastapi_members:app``.
 """
 
 import os

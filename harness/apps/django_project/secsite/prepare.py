@@ -1,5 +1,5 @@
 """Create the SQLite database and the test users: ``python -m secsite.prepare`` (run from
-tests/apps/django_project with SECSITE_DB set). Each user's e-mail address is
+harness/apps/django_project with SECSITE_DB set). Each user's e-mail address is
 ``<name>@example.com``."""
 
 from __future__ import annotations
