@@ -27,13 +27,13 @@ by :mod:`benchmarks.span_processor`.)
 from __future__ import annotations
 
 import gc
-import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from benchmarks.common import interleaved
 from harness import RedisServer
 from otel_secaudit import SecurityRecorder, Settings, Violation
 from otel_secaudit.detection import AbuseDetector
@@ -53,23 +53,6 @@ def violations(n: int) -> list[Violation]:
         )
         for i in range(n)
     ]
-
-
-def interleaved(
-    arm_a: Callable[[], float], arm_b: Callable[[], float], pairs: int
-) -> tuple[float, float, float]:
-    """Run A and B in A B B A order ``pairs`` times; median B/A ratio and median of each."""
-    arm_a(), arm_b()  # warm up
-    ratios, a_values, b_values = [], [], []
-    for i in range(pairs):
-        if i % 2 == 0:
-            a, b = arm_a(), arm_b()
-        else:
-            b, a = arm_b(), arm_a()
-        ratios.append(b / a)
-        a_values.append(a)
-        b_values.append(b)
-    return statistics.median(ratios), statistics.median(a_values), statistics.median(b_values)
 
 
 # -- submit cost ---------------------------------------------------------------------------------

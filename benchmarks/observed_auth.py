@@ -31,6 +31,7 @@ from typing import Any
 
 import jwt
 
+from benchmarks.common import form_request_scope
 from otel_secaudit import Settings, runtime
 from otel_secaudit.auth import instrument_auth, uninstrument_auth
 from otel_secaudit.context import RequestContext, request_scope
@@ -132,31 +133,6 @@ def per_call(patches: Patches, rounds: int, block: int) -> None:
 # -- per request --------------------------------------------------------------------------------
 
 
-def _scope(method: str, path: str, body: bytes, token: str | None) -> dict[str, Any]:
-    headers = [(b"host", b"bench"), (b"user-agent", b"bench")]
-    if body:
-        headers += [
-            (b"content-type", b"application/x-www-form-urlencoded"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-    if token:
-        headers.append((b"authorization", f"Bearer {token}".encode()))
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("203.0.113.1", 5000),
-        "server": ("bench", 80),
-    }
-
-
 async def _request_us(app: Any, route: tuple[str, str, bytes, str | None], count: int) -> float:
     method, path, body, token = route
     statuses: list[int] = []
@@ -176,7 +152,7 @@ async def _request_us(app: Any, route: tuple[str, str, bytes, str | None], count
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await app(_scope(method, path, body, token), receive, send)
+        await app(form_request_scope(method, path, body, token), receive, send)
     assert set(statuses) == {200}, statuses
     return (time.process_time() - start) / count * 1e6
 

@@ -21,7 +21,6 @@ the span's resource: one id and one set lookup).
 from __future__ import annotations
 
 import gc
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from typing import Any
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from benchmarks.common import interleaved
 from otel_secaudit import SecAuditSpanProcessor, Violation
 
 
@@ -77,23 +77,6 @@ def cycle_arm(tracer: Any, block: int) -> Callable[[], float]:
         return elapsed / block
 
     return run
-
-
-def interleaved(
-    arm_a: Callable[[], float], arm_b: Callable[[], float], pairs: int
-) -> tuple[float, float, float]:
-    """A B B A ... ``pairs`` times: median B/A ratio, median A, median B."""
-    arm_a(), arm_b()  # warm up
-    ratios, a_values, b_values = [], [], []
-    for i in range(pairs):
-        if i % 2 == 0:
-            a, b = arm_a(), arm_b()
-        else:
-            b, a = arm_b(), arm_a()
-        ratios.append(b / a)
-        a_values.append(a)
-        b_values.append(b)
-    return statistics.median(ratios), statistics.median(a_values), statistics.median(b_values)
 
 
 def main() -> None:

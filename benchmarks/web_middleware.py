@@ -38,6 +38,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from benchmarks.common import form_request_scope
 from benchmarks.handwritten_app import HandWrittenSecurityMiddleware
 from harness.apps.secapp import create_app
 from otel_secaudit import Settings, runtime
@@ -97,29 +98,6 @@ def _app(
     return app
 
 
-def _scope(method: str, path: str, body: bytes) -> dict[str, Any]:
-    headers = [(b"host", b"bench"), (b"user-agent", b"bench")]
-    if body:
-        headers += [
-            (b"content-type", b"application/x-www-form-urlencoded"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": headers,
-        "client": ("203.0.113.1", 5000),
-        "server": ("bench", 80),
-    }
-
-
 async def _cpu_per_request(app: Any, label: str, count: int) -> float:
     method, path, body = ROUTES[label]
 
@@ -137,7 +115,7 @@ async def _cpu_per_request(app: Any, label: str, count: int) -> float:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await app(_scope(method, path, body), receive, send)
+        await app(form_request_scope(method, path, body), receive, send)
     return (time.process_time() - start) / count * 1e6
 
 
