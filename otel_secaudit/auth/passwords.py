@@ -32,12 +32,11 @@ from typing import Any, Final
 
 from .patching import (
     Patched,
+    Target,
     Wrapper,
     current_observation,
     internal_error,
-    is_own_module,
-    patch,
-    patch_references,
+    patch_targets,
 )
 from .state import AuthObservation
 
@@ -120,35 +119,18 @@ def instrument_passwords() -> list[Patched]:
     """Patch every installed password library; returns what was patched (for
     :func:`~otel_secaudit.auth.patching.unpatch`). A library that is not installed is
     skipped; never raises."""
-    patched: list[Patched] = []
-    functions: list[Patched] = []
     targets = list(_TARGETS)
     try:
         targets.extend(_django_targets())
     except Exception:  # Django not installed (or not importable yet): nothing to patch
         pass
-    for module, name, passed_of, exported in targets:
-        try:
-            places = patch(module, name, check_wrapper(passed_of))
-        except ImportError:
-            continue
-        except Exception as exc:
-            internal_error(exc, "auth.instrument")
-            continue
-        patched.extend(places)
-        if exported:
-            functions.extend(places)
-    try:
-        places = patch(
-            "argon2", "PasswordHasher.verify", check_wrapper(_none_is_pass, _argon2_failures())
-        )
-        patched.extend(places)
+    wrapped: list[Target] = [
+        (module, name, check_wrapper(passed_of), exported)
+        for module, name, passed_of, exported in targets
+    ]
+    try:  # argon2 raises on a mismatch: its exception class is a failed check
+        argon2 = check_wrapper(_none_is_pass, _argon2_failures())
+        wrapped.append(("argon2", "PasswordHasher.verify", argon2, False))
     except ImportError:
         pass
-    except Exception as exc:
-        internal_error(exc, "auth.instrument")
-    try:
-        patched.extend(patch_references(functions, skip=is_own_module))
-    except Exception as exc:
-        internal_error(exc, "auth.instrument")
-    return patched
+    return patch_targets(wrapped)

@@ -44,7 +44,9 @@ __all__ = [
     "is_own_module",
     "is_patched",
     "current_observation",
+    "Target",
     "observation_of",
+    "patch_targets",
     "patch",
     "patch_references",
     "unpatch",
@@ -77,6 +79,35 @@ def current_observation() -> AuthObservation | None:
         return None
     observation = request.auth
     return observation if observation is not None else observation_of(request)
+
+
+#: One patch to make: module, attribute path, wrapper, and whether the function is imported by
+#: name into applications' modules (its references there are patched too).
+Target = tuple[str, str, Wrapper, bool]
+
+
+def patch_targets(targets: Iterable[Target]) -> list[Patched]:
+    """Make every patch of ``targets`` whose library is installed (a missing one is skipped,
+    any other failure counted), then patch the references to the exported functions that
+    applications' modules already imported by name. Returns what was patched; never raises."""
+    patched: list[Patched] = []
+    functions: list[Patched] = []
+    for module, name, wrapper, exported in targets:
+        try:
+            places = patch(module, name, wrapper)
+        except ImportError:
+            continue
+        except Exception as exc:
+            internal_error(exc, "auth.instrument")
+            continue
+        patched.extend(places)
+        if exported:
+            functions.extend(places)
+    try:
+        patched.extend(patch_references(functions, skip=is_own_module))
+    except Exception as exc:
+        internal_error(exc, "auth.instrument")
+    return patched
 
 
 def internal_error(exc: BaseException, where: str) -> None:

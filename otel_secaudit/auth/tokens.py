@@ -42,9 +42,7 @@ from .patching import (
     Wrapper,
     current_observation,
     internal_error,
-    is_own_module,
-    patch,
-    patch_references,
+    patch_targets,
 )
 from .state import MAX_USER_ID_LENGTH, AuthObservation, TokenFailure
 
@@ -269,22 +267,11 @@ _TARGETS: Final[tuple[tuple[str, str, str, ClaimsOf, bool], ...]] = (
 def instrument_tokens() -> list[Patched]:
     """Patch every installed token library; returns what was patched. A library that is not
     installed is skipped; never raises."""
-    patched: list[Patched] = []
-    functions: list[Patched] = []
-    for module, name, family, claims_of, exported in _TARGETS:
-        skip = _flask_session if family == "itsdangerous" else None
-        try:
-            places = patch(module, name, decode_wrapper(family, claims_of, skip))
-        except ImportError:
-            continue
-        except Exception as exc:
-            internal_error(exc, "auth.instrument")
-            continue
-        patched.extend(places)
-        if exported:
-            functions.extend(places)
-    try:
-        patched.extend(patch_references(functions, skip=is_own_module))
-    except Exception as exc:
-        internal_error(exc, "auth.instrument")
-    return patched
+    return patch_targets(
+        (module, name, decode_wrapper(family, claims_of, _skip_of(family)), exported)
+        for module, name, family, claims_of, exported in _TARGETS
+    )
+
+
+def _skip_of(family: str) -> Callable[[Any], bool] | None:
+    return _flask_session if family == "itsdangerous" else None
