@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -243,3 +243,39 @@ def otlp_receiver() -> Iterator[OTLPReceiver]:
     receiver = OTLPReceiver().start()
     yield receiver
     receiver.stop()
+
+
+@pytest.fixture
+def app_runtime(make_sdk: Any) -> Iterator[Callable[..., tuple[Any, runtime.Runtime]]]:
+    """Factory: an SDK plus a runtime with abuse detection on, installed for the test."""
+    built: list[runtime.Runtime] = []
+
+    def factory(**settings: Any) -> tuple[Any, runtime.Runtime]:
+        sdk = make_sdk(**settings)
+        rt = runtime.build(
+            recorder=sdk.recorder,
+            tracer_provider=sdk.tracer_provider,
+            meter_provider=sdk.meter_provider,
+            logger_provider=sdk.logger_provider,
+        )
+        runtime.swap(rt)
+        built.append(rt)
+        return sdk, rt
+
+    yield factory
+    for rt in built:
+        rt.close()
+
+
+def otlp_json_attributes(attributes: dict[str, Any]) -> list[dict[str, Any]]:
+    """``attributes`` as OTLP/JSON key-values (what the json-file exporters write), for the
+    report tests' hand-made recordings: lists, ints and strings."""
+
+    def value(v: Any) -> dict[str, Any]:
+        if isinstance(v, list):
+            return {"arrayValue": {"values": [value(item) for item in v]}}
+        if isinstance(v, int):
+            return {"intValue": str(v)}
+        return {"stringValue": str(v)}
+
+    return [{"key": k, "value": value(v)} for k, v in attributes.items()]

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from harness import (
     free_port,
     wait_for,
 )
-from otel_secaudit import runtime
 from otel_secaudit.cli import main
 from otel_secaudit.detection.keys import operator_key
 from otel_secaudit.detection.stores import MemoryStore, RedisStore
@@ -130,27 +129,6 @@ def test_list_is_longest_first_and_bounded(store: Any) -> None:
 
 
 # -- in-process release (memory store) ---------------------------------------------------------
-
-
-@pytest.fixture
-def app_runtime(make_sdk: Any) -> Iterator[Callable[..., tuple[Any, runtime.Runtime]]]:
-    built: list[runtime.Runtime] = []
-
-    def factory(**settings: Any) -> tuple[Any, runtime.Runtime]:
-        sdk = make_sdk(**settings)
-        rt = runtime.build(
-            recorder=sdk.recorder,
-            tracer_provider=sdk.tracer_provider,
-            meter_provider=sdk.meter_provider,
-            logger_provider=sdk.logger_provider,
-        )
-        runtime.swap(rt)
-        built.append(rt)
-        return sdk, rt
-
-    yield factory
-    for rt in built:
-        rt.close()
 
 
 def _admin_actions(sdk: Any) -> list[dict[str, Any]]:

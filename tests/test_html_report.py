@@ -19,6 +19,7 @@ from otel_secaudit.demo.html_report import Links, render_html, violation_chart
 from otel_secaudit.demo.report import ReportError, load, summarize
 
 from .browser import DOM, Browser, dump_dom, screenshot
+from .conftest import otlp_json_attributes
 from .test_report import _hostile_archive
 
 HOSTILE_UA = '<script>document.documentElement.dataset.pwned="ua"</script>'
@@ -26,17 +27,6 @@ HOSTILE_USER = '"><img src=x onerror="document.title=\'pwned\'">[/]'
 HOSTILE_ADDRESS = "</td></tr></table><script>alert(1)</script>"
 BASE_NS = 1_764_043_200_000_000_000  # 2025-11-25T04:00:00Z
 ATTACKER = "203.0.113.7"
-
-
-def _kv(attributes: dict[str, Any]) -> list[dict[str, Any]]:
-    def value(v: Any) -> dict[str, Any]:
-        if isinstance(v, list):
-            return {"arrayValue": {"values": [value(item) for item in v]}}
-        if isinstance(v, int):
-            return {"intValue": str(v)}
-        return {"stringValue": str(v)}
-
-    return [{"key": k, "value": value(v)} for k, v in attributes.items()]
 
 
 def _trace_id(n: int) -> str:
@@ -65,7 +55,7 @@ def _archive(folder: Path) -> dict[str, Any]:
                 "severityText": "WARN",
                 "traceId": _trace_id(n),
                 "spanId": "a" * 16,
-                "attributes": _kv(attributes),
+                "attributes": otlp_json_attributes(attributes),
             }
         )
         spans.append(
@@ -75,12 +65,14 @@ def _archive(folder: Path) -> dict[str, Any]:
                 "name": "POST /auth/login",
                 "startTimeUnixNano": str(t),
                 "endTimeUnixNano": str(t + 5_000_000),
-                "attributes": _kv({"http.route": "/auth/login", "http.response.status_code": 401}),
+                "attributes": otlp_json_attributes(
+                    {"http.route": "/auth/login", "http.response.status_code": 401}
+                ),
                 "events": [
                     {
                         "timeUnixNano": str(t + 1_000_000),
                         "name": "auth.login.failed",
-                        "attributes": _kv(attributes),
+                        "attributes": otlp_json_attributes(attributes),
                     }
                 ],
             }
@@ -90,7 +82,7 @@ def _archive(folder: Path) -> dict[str, Any]:
             {
                 "timeUnixNano": str(BASE_NS + n * 1_000_000_000),
                 "eventName": "authz.permission_denied",
-                "attributes": _kv({**failure, "client.address": HOSTILE_ADDRESS}),
+                "attributes": otlp_json_attributes({**failure, "client.address": HOSTILE_ADDRESS}),
             }
         )
     evidence = [_trace_id(n) for n in range(9)] + ["f" * 32, HOSTILE_USER]
@@ -101,7 +93,7 @@ def _archive(folder: Path) -> dict[str, Any]:
             "eventName": "abuse.host",
             "traceId": _trace_id(9),
             "spanId": "a" * 16,
-            "attributes": _kv(
+            "attributes": otlp_json_attributes(
                 {
                     **failure,
                     "security.event.category": "abuse",
@@ -113,7 +105,7 @@ def _archive(folder: Path) -> dict[str, Any]:
                     "security.abuse.trace_ids": evidence,
                 }
             ),
-            "body": {"kvlistValue": {"values": _kv({"auth.login.failed": 10})}},
+            "body": {"kvlistValue": {"values": otlp_json_attributes({"auth.login.failed": 10})}},
         }
     )
     for name, offset in (("abuse.block.started", 0), ("abuse.block.ended", 300)):
@@ -121,7 +113,7 @@ def _archive(folder: Path) -> dict[str, Any]:
             {
                 "timeUnixNano": str(end + offset * 1_000_000_000),
                 "eventName": name,
-                "attributes": _kv(
+                "attributes": otlp_json_attributes(
                     {
                         "security.event.outcome": "success",
                         "client.address": ATTACKER,

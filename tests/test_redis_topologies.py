@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from redis.retry import Retry
 
 import otel_secaudit
 from harness import RedisClusterServers, RedisSentinelServers, RedisServer, wait_for
-from otel_secaudit import Settings, Violation, runtime
+from otel_secaudit import Settings, Violation
 from otel_secaudit.config import ConfigError
 from otel_secaudit.detection import AbuseDetector
 from otel_secaudit.detection.stores import MemoryStore, RedisStore, build_store
@@ -37,28 +37,6 @@ from otel_secaudit.store_uris import redact_uri_password as redact_password
 
 SECRET = "hunter2-s3cret"
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture
-def app_runtime(make_sdk: Any) -> Iterator[Callable[..., tuple[Any, runtime.Runtime]]]:
-    """Factory: an SDK plus a runtime with abuse detection on, installed for the test."""
-    built: list[runtime.Runtime] = []
-
-    def factory(**settings: Any) -> tuple[Any, runtime.Runtime]:
-        sdk = make_sdk(**settings)
-        rt = runtime.build(
-            recorder=sdk.recorder,
-            tracer_provider=sdk.tracer_provider,
-            meter_provider=sdk.meter_provider,
-            logger_provider=sdk.logger_provider,
-        )
-        runtime.swap(rt)
-        built.append(rt)
-        return sdk, rt
-
-    yield factory
-    for rt in built:
-        rt.close()
 
 
 def abuse_hosts(sdk: Any) -> list[str]:

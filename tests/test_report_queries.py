@@ -36,21 +36,11 @@ from otel_secaudit.demo.summary import summarize
 from otel_secaudit.redaction.pipeline import hash_identity
 
 from .browser import DOM, Browser
+from .conftest import otlp_json_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW_S = 1_765_000_000  # 2025-12-06T05:46:40Z
 HASH_KEY = "an-operator-hash-key-0123456789"
-
-
-def _kv(attributes: dict[str, Any]) -> list[dict[str, Any]]:
-    def value(v: Any) -> dict[str, Any]:
-        if isinstance(v, list):
-            return {"arrayValue": {"values": [value(item) for item in v]}}
-        if isinstance(v, int):
-            return {"intValue": str(v)}
-        return {"stringValue": str(v)}
-
-    return [{"key": k, "value": value(v)} for k, v in attributes.items()]
 
 
 def _record(name: str, at_s: float, trace: int, **attributes: Any) -> dict[str, Any]:
@@ -62,7 +52,7 @@ def _record(name: str, at_s: float, trace: int, **attributes: Any) -> dict[str, 
         "eventName": name,
         "traceId": f"{trace:032x}",
         "spanId": "1" * 16,
-        "attributes": _kv({"security.event.outcome": outcome, **attributes}),
+        "attributes": otlp_json_attributes({"security.event.outcome": outcome, **attributes}),
     }
 
 
@@ -79,7 +69,7 @@ def _spans_line(traces: list[int], padding: int = 0) -> str:
             "name": "POST /login",
             "startTimeUnixNano": str(NOW_S * 10**9),
             "endTimeUnixNano": str(NOW_S * 10**9 + 1000),
-            "attributes": _kv({"http.route": "/login", "padding": "x" * padding}),
+            "attributes": otlp_json_attributes({"http.route": "/login", "padding": "x" * padding}),
         }
         for trace in traces
     ]
