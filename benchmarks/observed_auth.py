@@ -32,6 +32,7 @@ from typing import Any
 import jwt
 
 from benchmarks.common import form_request_scope
+from harness.asgi import body_once
 from otel_secaudit import Settings, runtime
 from otel_secaudit.auth import instrument_auth, uninstrument_auth
 from otel_secaudit.context import RequestContext, request_scope
@@ -143,16 +144,7 @@ async def _request_us(app: Any, route: tuple[str, str, bytes, str | None], count
 
     start = time.process_time()  # CPU of the process, SDK batch threads included
     for _ in range(count):
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await app(form_request_scope(method, path, body, token), receive, send)
+        await app(form_request_scope(method, path, body, token), body_once(body), send)
     assert set(statuses) == {200}, statuses
     return (time.process_time() - start) / count * 1e6
 

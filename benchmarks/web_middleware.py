@@ -41,6 +41,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from benchmarks.common import form_request_scope
 from benchmarks.handwritten_app import HandWrittenSecurityMiddleware
 from harness.apps.secapp import create_app
+from harness.asgi import body_once
 from otel_secaudit import Settings, runtime
 from otel_secaudit.detection.processor import ensure_processor
 from otel_secaudit.web.asgi import SecAuditMiddleware
@@ -106,16 +107,7 @@ async def _cpu_per_request(app: Any, label: str, count: int) -> float:
 
     start = time.process_time()
     for _ in range(count):
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await app(form_request_scope(method, path, body), receive, send)
+        await app(form_request_scope(method, path, body), body_once(body), send)
     return (time.process_time() - start) / count * 1e6
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from harness import OTLPReceiver, RedisServer, Served, wait_for
 from harness.apps.secapp import GOOD_PASSWORD
+from harness.asgi import body_once
 from otel_secaudit import SecAuditSpanProcessor
 from otel_secaudit.detection.stores import MemoryStore
 from otel_secaudit.detection.stores.base import DEFAULT_MAX_BLOCKS
@@ -191,21 +192,13 @@ def test_no_shared_store_call_on_the_request_thread_by_construction(make_sdk: An
             headers += [(b"content-type", FORM["content-type"].encode())]
             headers += [(b"content-length", str(len(body)).encode())]
         statuses = []
-        sent = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
 
         with sdk.tracer.start_as_current_span(f"{path}", kind=SpanKind.SERVER):
-            await app(scope, receive, send)
+            await app(scope, body_once(body), send)
         return statuses[0]
 
     wrong = b"username=alice&password=wrong"
