@@ -59,8 +59,14 @@ class AbuseEmitter:
         try:
             internal: dict[str, Any] = {attr.BLOCK_COUNT: count}
             context = None
-            if last is not None and last.span_context is not None:
-                context = trace.set_span_in_context(NonRecordingSpan(last.span_context))
+            span_context = last.span_context if last is not None else None
+            if span_context is None and last is not None and last.request is not None:
+                # refused before its server span opened (the ASGI gate): that span's trace
+                server_span = last.request.server_span
+                if isinstance(server_span, trace.Span):
+                    span_context = server_span.get_span_context()
+            if span_context is not None and span_context.is_valid:
+                context = trace.set_span_in_context(NonRecordingSpan(span_context))
             if last is not None and last.request is not None:
                 with request_scope(last.request):
                     self.recorder.emit(

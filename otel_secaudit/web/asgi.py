@@ -37,7 +37,14 @@ from .exchange import Exchange
 from .server_span import scrub_server_span
 from .user_names import BodyNames
 
-__all__ = ["SCOPE_MARKER", "SecAuditMiddleware", "UserIdResolver", "route_template"]
+__all__ = [
+    "BLOCK_CHECKED",
+    "SCOPE_MARKER",
+    "SecAuditMiddleware",
+    "UserIdResolver",
+    "open_exchange",
+    "route_template",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,6 +56,9 @@ UserIdResolver = Callable[[Scope], "str | int | None"]
 
 #: Scope key marking a request already handled by an outer SecAuditMiddleware (mounted apps).
 SCOPE_MARKER: Final = "otel_secaudit.request"
+#: Scope key set by the gate (:mod:`otel_secaudit.web.gate`) when it found the client not
+#: blocked before the server span opened: the middleware does not look it up again.
+BLOCK_CHECKED: Final = "otel_secaudit.block_checked"
 _MOUNT_KEY: Final = "otel_secaudit.mount"
 MAX_ROUTE_LENGTH: Final = 256
 
@@ -211,6 +221,34 @@ def _route_path(scope: Scope) -> str | None:
     return None
 
 
+def open_exchange(
+    scope: Scope, span: trace.Span, user_id_resolver: UserIdResolver | None = None
+) -> Exchange:
+    """The :class:`~otel_secaudit.web.exchange.Exchange` of one HTTP ``scope``; ``span`` is the
+    current span (the request's server span when the instrumentation opened one)."""
+    headers = scope.get("headers") or ()
+    client = scope.get("client")
+
+    def user_id_of() -> str | None:
+        if user_id_resolver is not None:
+            value = user_id_resolver(scope)
+            if value is not None:
+                return str(value)
+        return user_id_from_scope(scope)
+
+    return Exchange.open(
+        span=span,
+        method=scope.get("method"),
+        path=scope.get("path"),
+        peer=client[0] if client else None,
+        header=lambda name: header_values(headers, name),
+        user_agent=_first_header(scope, b"user-agent"),
+        route_of=_route_of(scope),
+        user_id_of=user_id_of,
+        route_path=_route_path(scope),
+    )
+
+
 # -- the middleware ---------------------------------------------------------------------------
 
 
@@ -255,29 +293,8 @@ class SecAuditMiddleware:
             leave_request(token)
 
     def _open(self, scope: Scope) -> Exchange:
-        headers = scope.get("headers") or ()
-        client = scope.get("client")
-        resolver = self._user_id_resolver
-
-        def user_id_of() -> str | None:
-            if resolver is not None:
-                value = resolver(scope)
-                if value is not None:
-                    return str(value)
-            return user_id_from_scope(scope)
-
         span = trace.get_current_span()
-        exchange = Exchange.open(
-            span=span,
-            method=scope.get("method"),
-            path=scope.get("path"),
-            peer=client[0] if client else None,
-            header=lambda name: header_values(headers, name),
-            user_agent=_first_header(scope, b"user-agent"),
-            route_of=_route_of(scope),
-            user_id_of=user_id_of,
-            route_path=_route_path(scope),
-        )
+        exchange = open_exchange(scope, span, self._user_id_resolver)
         try:
             # Captured headers are scrubbed whether contrib was asked for them through the
             # environment or through instrument_app(http_capture_headers_server_request=...).
@@ -291,7 +308,8 @@ class SecAuditMiddleware:
         return exchange
 
     async def _serve(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
-        refusal = exchange.refusal()
+        # A client the gate (before the server span) found not blocked is not looked up again.
+        refusal = None if scope.get(BLOCK_CHECKED) else exchange.refusal()
         if refusal is not None:
             await send(
                 {

@@ -52,6 +52,7 @@ from .. import attributes as attr
 from .. import runtime as _runtime
 from ..attack_tools import attack_tool_matcher
 from ..context import RequestContext, request_scope
+from ..detection.blocks import Refusal
 from ..detection.scans import is_probe_status
 from ..redaction import MAX_USER_AGENT_LENGTH, hash_identity, scrub_path
 from ..redaction.urls import scrub_path_emails
@@ -247,25 +248,37 @@ class Exchange:
         refusal is counted in ``security.requests.blocked`` (by the detector);
         ``request.blocked`` is recorded at most once per key per 60 s, with
         ``security.block.count``."""
+        decision = self.block_decision()
+        return self.refuse(decision) if decision is not None else None
+
+    def block_decision(self) -> Refusal | None:
+        """The detector's decision for this request's client address: None when it is not
+        blocked (or blocks are off). A refusal is counted in ``security.requests.blocked`` when
+        decided; answer it with :meth:`refuse`."""
         rt = self.runtime
         address = self.request.client_address
         if rt.settings.block_seconds <= 0 or address is None or rt.detector is None:
             return None
         try:
-            decision = rt.detector.refusal(address)
-            if decision is None:
-                return None
-            self.request.status_code = 429
-            if decision.record_count:
+            return rt.detector.refusal(address)
+        except Exception as exc:
+            rt.recorder.internal_error(exc, "web.block")
+            return None
+
+    def refuse(self, decision: Refusal) -> RefusalResponse:
+        """Answer a blocked client (``decision`` from :meth:`block_decision`): records
+        ``request.blocked`` when the decision says so (at most once per key per 60 s)."""
+        self.request.status_code = 429
+        if decision.record_count:
+            try:
                 self._record(
                     "request.blocked",
                     reason="blocked",
                     attributes={attr.BLOCK_COUNT: decision.record_count},
                 )
-            return RefusalResponse(decision.retry_after)
-        except Exception as exc:
-            rt.recorder.internal_error(exc, "web.block")
-            return None
+            except Exception as exc:
+                self.runtime.recorder.internal_error(exc, "web.block")
+        return RefusalResponse(decision.retry_after)
 
     @property
     def user_fields(self) -> tuple[str, ...]:

@@ -41,6 +41,7 @@ from wrapt import wrap_function_wrapper
 
 from ..auth.patching import is_patched
 from .asgi import SecAuditMiddleware
+from .gate import refused_early
 from .route_check import starlette_routes, warn_unmatched
 
 __all__ = ["patch", "unpatch", "with_secaudit"]
@@ -141,13 +142,16 @@ def _ensure_in_stack(app: Any, options: dict[str, Any]) -> None:
 async def _call(
     options: dict[str, Any], wrapped: Any, instance: Any, args: Any, kwargs: Any
 ) -> None:
-    """``Starlette.__call__``: the built stack checked once for the middleware."""
+    """``Starlette.__call__``: the built stack checked once for the middleware; a blocked
+    client refused before the stack (and the server span in it) runs (:mod:`.gate`)."""
     try:
         if instance.middleware_stack is None:
             instance.middleware_stack = instance.build_middleware_stack()
         _ensure_in_stack(instance, options)
     except Exception:
         _log.exception("otel_secaudit: could not check the middleware of %r", instance)
+    if len(args) == 3 and await refused_early(args[0], args[2], instance):
+        return
     await wrapped(*args, **kwargs)
 
 

@@ -1,0 +1,162 @@
+"""Refuse a blocked client before the HTTP instrumentation runs: a flood gets cheaper once it
+is blocked, not dearer.
+
+:class:`~otel_secaudit.web.asgi.SecAuditMiddleware` runs inside the server span, so a refused
+request used to cost everything contrib's instrumentation does for any request (the server
+span, a span per ``send``, the HTTP duration and size metrics) plus the refusal itself: about
+what contrib's own 403 costs. The gate runs earlier, in ``Starlette.__call__`` (patched by
+:mod:`otel_secaudit.web.starlette`), before the application's middleware stack, where
+contrib's ``FastAPIInstrumentor``/``StarletteInstrumentor`` open the server span:
+
+* With no block active in the process (the usual case) it costs one length check.
+* With blocks active, it resolves the client address (trusted proxies included) and asks the
+  detector, which counts every refusal in ``security.requests.blocked``. A client that is not
+  blocked goes on and the middleware does not look it up again (scope key
+  :data:`~otel_secaudit.web.asgi.BLOCK_CHECKED`).
+* A blocked client gets 429 with ``Retry-After`` from the gate, under a server span of
+  otel_secaudit's own (scope ``otel_secaudit``; named after the method; ``http.request.method``,
+  ``url.scheme``, ``url.path`` (scrubbed), ``client.address``, ``network.peer.address``,
+  ``user_agent.original``, ``http.response.status_code`` 429; not routed, so no
+  ``http.route``: the ``request.blocked`` record has it). It is a root span: the
+  client's ``traceparent`` is not continued (a blocked client is not trusted to place its
+  requests in a trace). ``request.blocked``, when due (at most once per key per 60 s), is a
+  span event on it and a log record carrying its trace id. Contrib's HTTP server metrics do
+  not count these requests; ``security.requests.blocked`` counts every one.
+
+When a span is already recording at that point (FastAPI's own telemetry, an
+``OpenTelemetryMiddleware`` wrapped around the whole application, an ASGI server's
+instrumentation), the gate steps aside and the middleware refuses inside that span, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any, Final
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from .. import attributes as attr
+from .. import runtime as _runtime
+from ..context import enter_request, leave_request
+from ..redaction.urls import scrub_path_emails
+from ..version import __version__
+from .asgi import BLOCK_CHECKED, Send, open_exchange
+
+__all__ = ["refused_early"]
+
+Scope = MutableMapping[str, Any]
+
+_SCOPE_NAME: Final = "otel_secaudit"
+#: The tracer of each tracer provider the gate has used (the runtime's, or the global one).
+_tracers: dict[int, tuple[Any, trace.Tracer]] = {}
+
+
+def _tracer(rt: _runtime.Runtime) -> trace.Tracer:
+    provider = rt.tracer_provider or trace.get_tracer_provider()
+    cached = _tracers.get(id(provider))
+    if cached is not None and cached[0] is provider:
+        return cached[1]
+    tracer = trace.get_tracer(_SCOPE_NAME, __version__, tracer_provider=provider)
+    if len(_tracers) > 8:
+        _tracers.clear()
+    _tracers[id(provider)] = (provider, tracer)
+    return tracer
+
+
+async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
+    """Answer ``scope``'s request with 429 when its client is blocked and no span is recording
+    yet (``app``: the Starlette application, whose routes name the refused request's route);
+    True when answered (the application must not run). Never raises on its own account
+    (an error is counted and the request goes on to the middleware); what ``send`` raises
+    (a client gone) propagates as it would from the application."""
+    try:
+        rt = _runtime.current()
+        detector = rt.detector
+        if (
+            detector is None
+            or rt.settings.block_seconds <= 0
+            or not len(detector.blocks)
+            or scope.get("type") != "http"
+        ):
+            return False
+        if trace.get_current_span().is_recording():
+            return False  # inside a server span already: the middleware refuses there
+        if app is not None and "app" not in scope:
+            scope["app"] = app  # as Starlette sets it: the route a refused request would match
+        exchange = open_exchange(scope, trace.INVALID_SPAN)
+    except Exception as exc:  # security plumbing never breaks the request
+        _runtime.current().recorder.internal_error(exc, "asgi.gate")
+        return False
+    request = exchange.request
+    # Current while the detector decides: with a shared store a refusal that writes no record
+    # now is remembered with its request, for the record another instance may leave to this one.
+    token = enter_request(request)
+    try:
+        decision = exchange.block_decision()  # never raises
+        if decision is None:
+            scope[BLOCK_CHECKED] = True
+            return False
+        span = _server_span(rt, scope, request)
+        if span.is_recording():
+            request.server_span = span
+        context_token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            refusal = exchange.refuse(decision)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": refusal.status,
+                    "headers": [(k.encode(), v.encode()) for k, v in refusal.headers()],
+                }
+            )
+            await send({"type": "http.response.body", "body": refusal.body})
+        finally:
+            otel_context.detach(context_token)
+            span.end()
+        return True
+    finally:
+        leave_request(token)
+
+
+def _server_span(rt: _runtime.Runtime, scope: Scope, request: Any) -> trace.Span:
+    """The refused request's own server span (a root span); never raises (an invalid span
+    when the tracer fails: the refusal still goes out, and the error is counted)."""
+    try:
+        return _tracer(rt).start_span(
+            request.method or "HTTP",
+            context=otel_context.Context(),  # a root span: the client's traceparent is not trusted
+            kind=trace.SpanKind.SERVER,
+            attributes=_span_attributes(rt, scope, request),
+        )
+    except Exception as exc:
+        rt.recorder.internal_error(exc, "asgi.gate_span")
+        return trace.INVALID_SPAN
+
+
+def _path(rt: _runtime.Runtime, path: str | None) -> str | None:
+    """``url.path`` as the security middleware leaves it on contrib's server spans: e-mail
+    addresses replaced (unless RECORD_USER_NAME=true). Not routed (routing a refused request
+    would cost more than the rest of the refusal): path parameters are scrubbed by their
+    route template in the ``request.blocked`` record, as in every record."""
+    if path is None or rt.settings.record_user_name:
+        return path
+    return scrub_path_emails(path)[0]
+
+
+def _span_attributes(rt: _runtime.Runtime, scope: Scope, request: Any) -> dict[str, Any]:
+    """The refused request's server span attributes (semantic conventions), from the
+    exchange's sanitized request."""
+    attributes: dict[str, Any] = {attr.HTTP_STATUS: 429}
+    scheme = scope.get("scheme")
+    for key, value in (
+        (attr.HTTP_METHOD, request.method),
+        ("url.scheme", scheme if scheme in ("http", "https") else None),
+        (attr.URL_PATH, _path(rt, request.raw_path)),
+        (attr.CLIENT_ADDRESS, request.client_address),
+        (attr.NETWORK_PEER_ADDRESS, request.peer_address),
+        (attr.USER_AGENT, request.user_agent),
+    ):
+        if isinstance(value, str) and value:
+            attributes[key] = value
+    return attributes

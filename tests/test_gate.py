@@ -1,0 +1,200 @@
+"""The gate: a blocked client is refused before contrib's instrumentation opens its server span
+(otel_secaudit.web.gate), under a server span of otel_secaudit's own, with real FastAPI and
+Starlette apps over httpx's ASGI transport."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import fastapi
+import httpx
+import pytest
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from opentelemetry.instrumentation.starlette import StarletteInstrumentor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+from otel_secaudit import SecAuditInstrumentor, runtime
+
+from .conftest import SDK
+
+ATTACKER = "203.0.113.7"
+OBSERVER = "198.51.100.20"
+#: a traceparent the attacker sends: its trace must not be continued
+FORGED_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+FORGED = {"traceparent": f"00-{FORGED_TRACE}-00f067aa0ba902b7-01"}
+
+
+@pytest.fixture(autouse=True)
+def clean_instrumentation() -> Iterator[None]:
+    yield
+    for instrumentor in (SecAuditInstrumentor(), FastAPIInstrumentor(), StarletteInstrumentor()):
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
+
+
+def _app(calls: list[str]) -> fastapi.FastAPI:
+    app = fastapi.FastAPI()
+
+    @app.get("/private")
+    async def private() -> None:
+        calls.append("private")
+        raise fastapi.HTTPException(401)
+
+    @app.get("/ok")
+    async def ok() -> dict[str, str]:
+        calls.append("ok")
+        return {"ok": "yes"}
+
+    return app
+
+
+def _get(
+    app: Any, path: str, client: str = ATTACKER, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=(client, 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.get(path, headers=headers)
+
+    return asyncio.run(run())
+
+
+def _block(app: Any) -> None:
+    """Two 401s from the attacker block it (host_threshold=2)."""
+    for _ in range(2):
+        assert _get(app, "/private").status_code == 401
+    detector = runtime.current().detector
+    assert detector is not None and detector.flush(5.0)
+    assert len(detector.blocks) == 1
+
+
+def _server_spans(sdk: SDK) -> list[Any]:
+    return [span for span in sdk.spans() if span.kind.name == "SERVER"]
+
+
+def _security_logs(sdk: SDK, name: str) -> list[Any]:
+    return [
+        log.log_record
+        for log in sdk.logs()
+        if log.instrumentation_scope.name == "otel_secaudit" and log.log_record.event_name == name
+    ]
+
+
+@pytest.fixture
+def blocking(make_sdk: Any) -> SDK:
+    sdk: SDK = make_sdk(host_threshold=2, block_seconds=60)
+    FastAPIInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    return sdk
+
+
+def test_a_blocked_client_is_refused_under_a_server_span_of_our_own(blocking: SDK) -> None:
+    calls: list[str] = []
+    app = _app(calls)
+    _block(app)
+    before = len(_server_spans(blocking))
+    every_before = len(blocking.spans())
+    path = "/private/alice@example.com"
+    response = _get(app, path, headers={**FORGED, "user-agent": "curl/8"})
+    assert response.status_code == 429
+    assert 1 <= int(response.headers["retry-after"]) <= 60
+    assert calls == ["private", "private"]  # the application never ran for the refusal
+    spans = _server_spans(blocking)
+    assert len(spans) == before + 1  # contrib opened none (and no send spans either)
+    assert len(blocking.spans()) == every_before + 1
+    span = spans[-1]
+    assert span.instrumentation_scope.name == "otel_secaudit"
+    assert span.name == "GET"
+    assert span.parent is None  # a root span
+    assert format(span.context.trace_id, "032x") != FORGED_TRACE
+    assert dict(span.attributes) == {
+        "http.response.status_code": 429,
+        "http.request.method": "GET",
+        "url.scheme": "http",
+        "url.path": "/private/[REDACTED]",
+        "client.address": ATTACKER,
+        "network.peer.address": ATTACKER,
+        "user_agent.original": "curl/8",
+    }
+    # request.blocked: a span event on that span (without the request attributes the span
+    # carries) and a log record (with them) in its trace
+    (event,) = [e for e in span.events if e.name == "request.blocked"]
+    assert event.attributes["security.block.count"] == 1
+    assert "client.address" not in event.attributes
+    (record,) = _security_logs(blocking, "request.blocked")
+    assert record.trace_id == span.context.trace_id
+    assert record.attributes["client.address"] == ATTACKER
+    assert record.attributes["http.response.status_code"] == 429
+    assert "alice" not in repr(dict(record.attributes))
+    assert blocking.total("security.requests.blocked") == 1
+
+
+def test_every_refusal_is_counted_and_recorded_once_a_minute(blocking: SDK) -> None:
+    calls: list[str] = []
+    app = _app(calls)
+    _block(app)
+    for _ in range(5):
+        assert _get(app, "/private").status_code == 429
+    assert blocking.total("security.requests.blocked") == 5
+    assert len(_security_logs(blocking, "request.blocked")) == 1
+    ours = [s for s in _server_spans(blocking) if s.instrumentation_scope.name == "otel_secaudit"]
+    assert len(ours) == 5
+
+
+def test_other_clients_go_through_once_checked(blocking: SDK) -> None:
+    """While a block is active, another client passes the gate (looked up once, not again in
+    the middleware) and gets contrib's span as before."""
+    calls: list[str] = []
+    app = _app(calls)
+    _block(app)
+    before = len(_server_spans(blocking))
+    assert _get(app, "/ok", client=OBSERVER).status_code == 200
+    assert calls[-1] == "ok"
+    (span,) = _server_spans(blocking)[before:]
+    assert span.instrumentation_scope.name == "opentelemetry.instrumentation.fastapi"
+    assert span.attributes["http.route"] == "/ok"
+    assert blocking.total("security.requests.blocked") == 0
+
+
+def test_an_unsampled_refusal_still_counts_and_records(make_sdk: Any) -> None:
+    """Sampling never hides a violation: with every span dropped, the refusal is counted and
+    request.blocked still goes out as a log record."""
+    sdk: SDK = make_sdk(ALWAYS_OFF, host_threshold=2, block_seconds=60)
+    FastAPIInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    app = _app([])
+    _block(app)
+    assert _get(app, "/private").status_code == 429
+    assert list(sdk.spans()) == []
+    assert len(_security_logs(sdk, "request.blocked")) == 1
+    assert sdk.total("security.requests.blocked") == 1
+
+
+def test_inside_an_outer_server_span_the_middleware_refuses_there(make_sdk: Any) -> None:
+    """An OpenTelemetryMiddleware around the whole application opens the span before
+    Starlette runs: the gate steps aside and the refusal happens inside that span."""
+    sdk: SDK = make_sdk(host_threshold=2, block_seconds=60)
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    app = OpenTelemetryMiddleware(_app([]), tracer_provider=sdk.tracer_provider)
+    _block(app)
+    before = len(_server_spans(sdk))
+    assert _get(app, "/private").status_code == 429
+    (span,) = _server_spans(sdk)[before:]
+    assert span.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"
+    assert [e.name for e in span.events] == ["request.blocked"]
+    assert sdk.total("security.requests.blocked") == 1
+
+
+def test_without_blocks_the_gate_does_nothing(make_sdk: Any) -> None:
+    """Observe-only (BLOCK_SECONDS=0): no refusal, contrib's span for every request."""
+    sdk: SDK = make_sdk(host_threshold=2)
+    FastAPIInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    app = _app([])
+    for _ in range(4):
+        assert _get(app, "/private").status_code == 401
+    scopes = {s.instrumentation_scope.name for s in _server_spans(sdk)}
+    assert scopes == {"opentelemetry.instrumentation.fastapi"}
