@@ -41,7 +41,7 @@ from wrapt import wrap_function_wrapper
 
 from ..auth.patching import is_patched
 from .asgi import SecAuditMiddleware
-from .gate import refused_early
+from . import gate
 from .route_check import starlette_routes, warn_unmatched
 
 __all__ = ["patch", "unpatch", "with_secaudit"]
@@ -150,7 +150,7 @@ async def _call(
         _ensure_in_stack(instance, options)
     except Exception:
         _log.exception("otel_secaudit: could not check the middleware of %r", instance)
-    if len(args) == 3 and await refused_early(args[0], args[2], instance):
+    if len(args) == 3 and gate.wanted(args[0]) and await gate.refused_early(args[0], args[2], instance):
         return
     await wrapped(*args, **kwargs)
 
