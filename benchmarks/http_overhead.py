@@ -195,6 +195,9 @@ def start_server(
 
     env = {
         **os.environ,
+        # One hash seed for every arm: string hashing decides dict layouts, and two processes
+        # with different seeds differ by several percent on the same code.
+        "PYTHONHASHSEED": "0",
         "OTEL_SERVICE_NAME": "secaudit-bench",
         "OTEL_TRACES_EXPORTER": "otlp",
         "OTEL_METRICS_EXPORTER": "otlp",

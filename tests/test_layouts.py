@@ -23,6 +23,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from otel_secaudit import SecAuditInstrumentor, runtime
+from otel_secaudit.web.asgi import SecAuditMiddleware
 
 from .conftest import SDK
 
@@ -350,3 +351,41 @@ def test_patching_again_takes_the_new_options_and_unpatch_restores_the_originals
     for (klass, name), original in originals.items():
         assert klass.__dict__[name] is original
     assert _security_middleware(fastapi.FastAPI()) is None
+
+
+@pytest.mark.parametrize("captured", [True, False])
+def test_captured_headers_are_learned_from_the_span_middleware(sdk: SDK, captured: bool) -> None:
+    """The middleware scans the server span for captured headers only when the span
+    middleware around it captures some (instrument_app arguments or the environment); a
+    secret header it captures is still [REDACTED]."""
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    app = fastapi.FastAPI()
+
+    @app.get("/ok")
+    async def ok() -> dict[str, str]:
+        return {}
+
+    capture = ["authorization", "x-trace"] if captured else None
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=sdk.tracer_provider, http_capture_headers_server_request=capture
+    )
+    headers = {"authorization": "Bearer abc.def.ghi", "x-trace": "harmless-value"}
+
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await http.get("/ok", headers=headers)
+
+    assert asyncio.run(run()).status_code == 200
+    serving = app.middleware_stack  # the stack that served the request
+    while not isinstance(serving, SecAuditMiddleware):
+        serving = serving.app
+    assert serving.captured_headers is captured
+    (span,) = server_spans(sdk)
+    attributes = dict(span.attributes)
+    assert "abc.def.ghi" not in repr(attributes)
+    if captured:
+        assert attributes["http.request.header.authorization"] == ("[REDACTED]",)
+        assert attributes["http.request.header.x_trace"] == ("harmless-value",)
+    else:
+        assert not [key for key in attributes if key.startswith("http.request.header.")]

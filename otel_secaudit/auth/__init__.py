@@ -33,7 +33,10 @@ __all__ = [
 def instrument_auth() -> list[Patched]:
     """Patch the installed password and token libraries; returns the patches, for
     :func:`uninstrument_auth`. Never raises."""
-    return [*instrument_passwords(), *instrument_tokens()]
+    patched: list[Patched] = []  # the deferred patches are added to it when they are made
+    instrument_passwords(patched)
+    instrument_tokens(patched)
+    return patched
 
 
 def uninstrument_auth(patched: list[Patched]) -> None:

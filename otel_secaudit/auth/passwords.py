@@ -32,9 +32,9 @@ from typing import Any, Final
 
 from .patching import (
     Patched,
-    Target,
     Wrapper,
     current_observation,
+    defer,
     internal_error,
     patch_targets,
 )
@@ -115,22 +115,33 @@ def _django_targets() -> list[tuple[str, str, Callable[[Any], bool], bool]]:
     return [("django.contrib.auth.hashers", "check_password", _bool_result, True)]
 
 
-def instrument_passwords() -> list[Patched]:
+def instrument_passwords(patched: list[Patched] | None = None) -> list[Patched]:
     """Patch every installed password library; returns what was patched (for
     :func:`~otel_secaudit.auth.patching.unpatch`). A library that is not installed is
     skipped; never raises."""
-    targets = list(_TARGETS)
-    try:
-        targets.extend(_django_targets())
-    except Exception:  # Django not installed (or not importable yet): nothing to patch
-        pass
-    wrapped: list[Target] = [
-        (module, name, check_wrapper(passed_of), exported)
-        for module, name, passed_of, exported in targets
-    ]
-    try:  # argon2 raises on a mismatch: its exception class is a failed check
-        argon2 = check_wrapper(_none_is_pass, _argon2_failures())
-        wrapped.append(("argon2", "PasswordHasher.verify", argon2, False))
-    except ImportError:
-        pass
-    return patch_targets(wrapped)
+    patched = patch_targets(
+        (
+            (module, name, check_wrapper(passed_of), exported)
+            for module, name, passed_of, exported in _TARGETS
+        ),
+        patched,
+    )
+    # Which Django function to patch, and argon2's failure class, are known once imported.
+    defer(
+        patched,
+        "django.contrib.auth.hashers",
+        lambda: [(m, n, check_wrapper(p), e) for m, n, p, e in _django_targets()],
+    )
+    defer(
+        patched,
+        "argon2",
+        lambda: [
+            (
+                "argon2",
+                "PasswordHasher.verify",
+                check_wrapper(_none_is_pass, _argon2_failures()),
+                False,
+            )
+        ],
+    )
+    return patched

@@ -35,6 +35,7 @@ except ImportError:  # wrapt 1
 
 from .. import runtime as _runtime
 from ..context import RequestContext, current_request
+from ..imports import when_imported
 from .state import AuthObservation
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "Target",
     "observation_of",
     "patch_targets",
+    "defer",
     "patch",
     "patch_references",
     "unpatch",
@@ -86,20 +88,21 @@ def current_observation() -> AuthObservation | None:
 Target = tuple[str, str, Wrapper, bool]
 
 
-def patch_targets(targets: Iterable[Target]) -> list[Patched]:
-    """Make every patch of ``targets`` whose library is installed (a missing one is skipped,
-    any other failure counted), then patch the references to the exported functions that
-    applications' modules already imported by name. Returns what was patched; never raises."""
-    patched: list[Patched] = []
+def patch_targets(targets: Iterable[Target], patched: list[Patched] | None = None) -> list[Patched]:
+    """Make every patch of ``targets`` whose library is installed: now when its module is
+    imported already (then the references to exported functions that applications' modules
+    imported by name are patched too), else when the application imports it
+    (:func:`otel_secaudit.imports.when_imported`: an unused library is never imported). A
+    missing library is skipped, any other failure counted. Returns ``patched`` (a new list by
+    default), which the patches made later are appended to; never raises."""
+    if patched is None:
+        patched = []
     functions: list[Patched] = []
     for module, name, wrapper, exported in targets:
-        try:
-            places = patch(module, name, wrapper)
-        except ImportError:
+        if module not in sys.modules:
+            defer(patched, module, _one_target((module, name, wrapper, False)))
             continue
-        except Exception as exc:
-            internal_error(exc, "auth.instrument")
-            continue
+        places = _patch_counted(module, name, wrapper)
         patched.extend(places)
         if exported:
             functions.extend(places)
@@ -108,6 +111,39 @@ def patch_targets(targets: Iterable[Target]) -> list[Patched]:
     except Exception as exc:
         internal_error(exc, "auth.instrument")
     return patched
+
+
+def _one_target(target: Target) -> Callable[[], list[Target]]:
+    return lambda: [target]
+
+
+def defer(patched: list[Patched], module: str, targets: Callable[[], list[Target]]) -> None:
+    """Make the patches ``targets()`` lists when ``module`` is imported (now if it is), adding
+    them to ``patched``; nothing when the library is not installed. Never raises."""
+
+    def on_import(_module: ModuleType) -> None:
+        try:
+            made = targets()
+        except Exception as exc:
+            internal_error(exc, "auth.instrument")
+            return
+        for target_module, name, wrapper, _exported in made:
+            patched.extend(_patch_counted(target_module, name, wrapper))
+
+    try:
+        when_imported(module, on_import, "auth")
+    except Exception as exc:
+        internal_error(exc, "auth.instrument")
+
+
+def _patch_counted(module: str, name: str, wrapper: Wrapper) -> list[Patched]:
+    try:
+        return patch(module, name, wrapper)
+    except ImportError:
+        return []
+    except Exception as exc:
+        internal_error(exc, "auth.instrument")
+        return []
 
 
 def internal_error(exc: BaseException, where: str) -> None:

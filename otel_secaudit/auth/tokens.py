@@ -264,12 +264,16 @@ _TARGETS: Final[tuple[tuple[str, str, str, ClaimsOf, bool], ...]] = (
 )
 
 
-def instrument_tokens() -> list[Patched]:
-    """Patch every installed token library; returns what was patched. A library that is not
-    installed is skipped; never raises."""
+def instrument_tokens(patched: list[Patched] | None = None) -> list[Patched]:
+    """Patch every installed token library (when the application imports it); returns
+    ``patched`` (a new list by default) with what was patched now, and what is patched later
+    is added to it. A library that is not installed is skipped; never raises."""
     return patch_targets(
-        (module, name, decode_wrapper(family, claims_of, _skip_of(family)), exported)
-        for module, name, family, claims_of, exported in _TARGETS
+        (
+            (module, name, decode_wrapper(family, claims_of, _skip_of(family)), exported)
+            for module, name, family, claims_of, exported in _TARGETS
+        ),
+        patched,
     )
 
 

@@ -173,6 +173,19 @@ def _first_header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _url_may_hold_email(scope: Scope) -> bool:
+    """Whether a URL attribute contrib builds from ``scope`` (path, raw path, Host header) can
+    hold an e-mail address: False when none of them has an ``@`` in any form."""
+    path = scope.get("path")
+    if isinstance(path, str) and ("@" in path or "%40" in path):
+        return True
+    raw = scope.get("raw_path")
+    if isinstance(raw, (bytes, bytearray)) and (b"@" in raw or b"%40" in raw):
+        return True
+    host = _first_header(scope, b"host")
+    return host is not None and ("@" in host or "%40" in host)
+
+
 def _www_authenticate(message: Message) -> str | None:
     """The ``WWW-Authenticate`` header of a response start message (RFC 6750 challenges)."""
     for key, value in message.get("headers") or ():
@@ -193,8 +206,10 @@ def _user_names_tee(exchange: Exchange, scope: Scope, receive: Receive) -> Recei
     names are asked for or the body is large), registered as the exchange's name reader.
     ``receive`` itself when the request cannot name a user (no body method, not a form or
     JSON, no user fields)."""
+    if scope.get("method") in _BODYLESS_METHODS:
+        return receive
     fields = exchange.user_fields
-    if not fields or scope.get("method") in _BODYLESS_METHODS:
+    if not fields:
         return receive
     reader = BodyNames(_first_header(scope, b"content-type"), fields)
     if not reader.wanted:
@@ -264,6 +279,10 @@ class SecAuditMiddleware:
     def __init__(self, app: ASGIApp, *, user_id_resolver: UserIdResolver | None = None) -> None:
         self.app = app
         self._user_id_resolver = user_id_resolver
+        #: Whether the server span may carry captured request headers to scrub (False when
+        #: the instrumentation around this middleware is known to capture none; see
+        #: :mod:`otel_secaudit.web.starlette`).
+        self.captured_headers = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope.get("type")
@@ -298,11 +317,13 @@ class SecAuditMiddleware:
         try:
             # Captured headers are scrubbed whether contrib was asked for them through the
             # environment or through instrument_app(http_capture_headers_server_request=...).
-            scrub_server_span(
-                span,
-                scope.get("query_string") or b"",
-                emails=not exchange.runtime.settings.record_user_name,
+            # The URL attributes only when there is something to replace: a query string,
+            # or an '@' in the path or the Host header (contrib builds its URLs from them).
+            query = scope.get("query_string") or b""
+            emails = not exchange.runtime.settings.record_user_name and (
+                bool(query) or _url_may_hold_email(scope)
             )
+            scrub_server_span(span, query, headers=self.captured_headers, emails=emails)
         except Exception as exc:
             exchange.runtime.recorder.internal_error(exc, "asgi.scrub")
         return exchange

@@ -86,14 +86,32 @@ class WebRequest(RequestContext):
         route_of: Callable[[], str | None] | None = None,
         *,
         redact_emails: bool = True,
-        **fields: Any,
+        method: str | None = None,
+        path: str | None = None,
+        client_address: str | None = None,
+        peer_address: str | None = None,
+        user_agent: str | None = None,
+        user_id_resolver: Callable[[], str | None] | None = None,
+        server_span: object | None = None,
     ) -> None:
+        # Every field assigned here, once (the hot path of every request: no keyword
+        # forwarding to the dataclass __init__, no property setter).
         self._route_of = route_of
         self._route: str | None = None
-        self._path: str | None = None
+        self._path: str | None = path
         #: e-mail addresses in the path become [REDACTED] (not with RECORD_USER_NAME=true)
         self._emails = redact_emails
-        super().__init__(**fields)
+        self.method = method
+        self.status_code = None
+        self.client_address = client_address
+        self.peer_address = peer_address
+        self.user_agent = user_agent
+        self.user_id = None
+        self.user_id_resolver = user_id_resolver
+        self.failure_recorded = False
+        self.recorded_names = set()
+        self.server_span = server_span
+        self.auth = None
 
     @property  # type: ignore[override]
     def route(self) -> str | None:

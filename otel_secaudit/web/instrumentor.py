@@ -20,7 +20,9 @@ their adapters (:mod:`otel_secaudit.web.django`, :mod:`~otel_secaudit.web.flask`
 Password checks and token decodes of the installed libraries (werkzeug, pwdlib, passlib,
 bcrypt, argon2-cffi, Django's hashers; PyJWT, python-jose, authlib, itsdangerous) are observed
 (:mod:`otel_secaudit.auth`), so logins and token failures are recorded where the application
-checks them; ``uninstrument()`` restores each library exactly.
+checks them; ``uninstrument()`` restores each library exactly. A framework or library is
+patched when the application imports it (at once when it is imported already): nothing the
+application does not use is imported (:mod:`otel_secaudit.imports`).
 
 Explicit use, without ``opentelemetry-instrument``::
 
@@ -63,6 +65,7 @@ from .. import runtime
 from ..auth import instrument_auth, uninstrument_auth
 from ..config import SETTINGS, ConfigError, Settings
 from ..detection.processor import ensure_processor
+from ..imports import cancel_pending
 from ..package import _instruments
 from . import django as django_adapter
 from . import flask as flask_adapter
@@ -114,6 +117,7 @@ class SecAuditInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _log.exception("otel_secaudit: instrumentation failed; the application runs without it")
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        cancel_pending()  # libraries not imported yet stay as they are when they are
         uninstrument_auth(getattr(self, "_auth_patches", []))
         self._auth_patches = []
         starlette_adapter.unpatch()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, Final
@@ -40,8 +41,9 @@ from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
 from ..auth.patching import is_patched
-from .asgi import SecAuditMiddleware
+from ..imports import when_imported
 from . import gate
+from .asgi import SecAuditMiddleware
 from .route_check import starlette_routes, warn_unmatched
 
 __all__ = ["patch", "unpatch", "with_secaudit"]
@@ -101,12 +103,31 @@ def _stack_has_secaudit(stack: Any) -> bool:
     return False
 
 
+def _learn_header_capture(stack: Any) -> None:
+    """Tell the security middleware in ``stack`` whether the span middleware outside it
+    captures request headers (contrib's ``http_capture_headers_server_request``, from the
+    environment or ``instrument_app``): when none does, no request's span is scanned for
+    captured headers. Unknown (no contrib middleware, another layout): every span is."""
+    spans: list[Any] = []
+    for _ in range(_MAX_STACK_DEPTH):
+        if stack is None:
+            return
+        if isinstance(stack, SecAuditMiddleware):
+            if spans and all(hasattr(s, "http_capture_headers_server_request") for s in spans):
+                stack.captured_headers = any(s.http_capture_headers_server_request for s in spans)
+            return
+        if _is_otel_middleware(type(stack)):
+            spans.append(stack)
+        stack = getattr(stack, "app", None)
+
+
 def _build_with_secaudit(app: Any, build: Callable[[], Any], options: dict[str, Any]) -> Any:
     """Build ``app``'s stack with the security middleware in its user middleware list."""
     saved = app.user_middleware
     try:
         app.user_middleware = with_secaudit(list(saved), **options)
         stack = build()
+        _learn_header_capture(stack)
     finally:
         app.user_middleware = saved
     if app not in _apps:  # once per app, when its stack is first built (at start)
@@ -136,6 +157,8 @@ def _ensure_in_stack(app: Any, options: dict[str, Any]) -> None:
     if not _stack_has_secaudit(stack):
         stack = _build_with_secaudit(app, app.build_middleware_stack, options)
         app.middleware_stack = stack
+    else:  # contrib's FastAPIInstrumentor wrapped the stack our build returned: its span
+        _learn_header_capture(stack)  # middleware is known only now
     setattr(app, _CHECKED, stack)
 
 
@@ -150,38 +173,46 @@ async def _call(
         _ensure_in_stack(instance, options)
     except Exception:
         _log.exception("otel_secaudit: could not check the middleware of %r", instance)
-    if len(args) == 3 and gate.wanted(args[0]) and await gate.refused_early(args[0], args[2], instance):
-        return
+    if len(args) == 3 and gate.wanted(args[0]):
+        if await gate.refused_early(args[0], args[2], instance):
+            return
     await wrapped(*args, **kwargs)
 
 
 def _real_class(module: str, name: str) -> type | None:
-    """The framework's own class: instrumentors replace the *names* ``starlette.applications.
-    Starlette`` / ``fastapi.FastAPI`` by subclasses, which define no methods of their own."""
-    try:
-        found = __import__(module, fromlist=[name])
-        cls = getattr(found, name)
-    except (ImportError, AttributeError):
-        return None
-    for klass in cls.__mro__:
+    """The framework's own class, when its module is imported: instrumentors replace the
+    *names* ``starlette.applications.Starlette`` / ``fastapi.FastAPI`` by subclasses, which
+    define no methods of their own."""
+    found = sys.modules.get(module)
+    cls = getattr(found, name, None) if found is not None else None
+    for klass in getattr(cls, "__mro__", ()):
         if klass.__module__ == module and klass.__qualname__ == name:
             return klass
     return None
 
 
 def patch(**options: Any) -> bool:
-    """Patch Starlette (and FastAPI, when installed); False when Starlette is not installed.
+    """Patch Starlette (and FastAPI), now when imported, else when the application imports
+    them (:func:`otel_secaudit.imports.when_imported`); False when Starlette is not installed.
     ``options`` are the middleware's keyword arguments (``user_id_resolver``); patching again
     replaces them."""
-    if _real_class("starlette.applications", "Starlette") is None:
-        return False
     _unwrap_points()
     wrappers = {"build_middleware_stack": _build, "__call__": _call}
-    for module, name, method in _POINTS:
-        klass = _real_class(module, name)
-        # a class's own method only (FastAPI inherits __call__ from Starlette)
-        if klass is not None and method in klass.__dict__ and not is_patched(klass, method):
-            wrap_function_wrapper(klass, method, functools.partial(wrappers[method], options))
+
+    def patching(module_name: str) -> Callable[[Any], None]:
+        def patch_module(_module: Any) -> None:
+            for module, name, method in _POINTS:
+                klass = _real_class(module, name) if module == module_name else None
+                # a class's own method only (FastAPI inherits __call__ from Starlette)
+                if klass is not None and method in klass.__dict__ and not is_patched(klass, method):
+                    wrapper = functools.partial(wrappers[method], options)
+                    wrap_function_wrapper(klass, method, wrapper)
+
+        return patch_module
+
+    if not when_imported("starlette.applications", patching("starlette.applications"), "Starlette"):
+        return False
+    when_imported("fastapi.applications", patching("fastapi.applications"), "FastAPI")
     return True
 
 

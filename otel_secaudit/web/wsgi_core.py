@@ -22,9 +22,9 @@ taken out, never raising into the application.
 from __future__ import annotations
 
 import atexit
-import importlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
@@ -32,6 +32,7 @@ from opentelemetry import trace
 
 from .. import runtime
 from ..context import current_request
+from ..imports import when_imported
 from .exchange import LOGIN_SUCCEEDED, Exchange, RefusalResponse, record_after_failures
 from .server_span import scrub_server_span
 from .user_names import names_from_form, names_from_json
@@ -241,28 +242,23 @@ def register_exit_flush() -> None:
 
 
 def install_adapter(framework: str, module: str, install: Callable[[], None]) -> bool:
-    """Run an adapter's ``install()`` when ``module`` (its framework) can be imported, with the
-    exit flush registered; False (and nothing done) when it cannot. Never raises: a failure is
-    logged and the application runs without the adapter."""
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    register_exit_flush()
-    try:
+    """Run an adapter's ``install()`` when ``module`` (its framework) is imported: now if it
+    is, else when the application imports it (:func:`otel_secaudit.imports.when_imported`),
+    with the exit flush registered; False (and nothing done) when it is not installed. Never
+    raises: a failure is logged and the application runs without the adapter."""
+
+    def installing(_module: Any) -> None:
+        register_exit_flush()
         install()
-    except Exception:
-        _log.exception(
-            "otel_secaudit: %s instrumentation failed; the app runs without it", framework
-        )
-    return True
+
+    return when_imported(module, installing, framework)
 
 
 def uninstall_adapter(framework: str, module: str, uninstall: Callable[[], None]) -> None:
-    """Run an adapter's ``uninstall()`` when ``module`` can be imported. Never raises."""
-    try:
-        importlib.import_module(module)
-    except ImportError:
+    """Run an adapter's ``uninstall()`` when ``module`` has been imported (an adapter waiting
+    for its import is cancelled by :func:`otel_secaudit.imports.cancel_pending`). Never
+    raises."""
+    if module not in sys.modules:
         return
     try:
         uninstall()

@@ -1,0 +1,110 @@
+"""Instrumenting imports nothing the application does not use: a framework or library is patched
+when the application imports it (otel_secaudit.imports). Each case runs in a fresh interpreter,
+since this test process has imported every library already."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from otel_secaudit.imports import cancel_pending, installed, when_imported
+
+
+def _run(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_instrumenting_imports_no_framework_nor_library() -> None:
+    out = _run(
+        """
+        import sys
+        from otel_secaudit import SecAuditInstrumentor
+        SecAuditInstrumentor().instrument()
+        unused = ["django", "flask", "starlette", "fastapi", "werkzeug", "jwt", "jose",
+                  "authlib", "passlib", "pwdlib", "argon2", "bcrypt", "itsdangerous"]
+        print(sorted(name for name in unused if name in sys.modules))
+        """
+    )
+    assert out.strip() == "[]"
+
+
+def test_libraries_imported_later_are_patched_then() -> None:
+    out = _run(
+        """
+        from otel_secaudit import SecAuditInstrumentor
+        from otel_secaudit.auth.patching import ObjectProxy
+        instrumentor = SecAuditInstrumentor()
+        instrumentor.instrument()
+        from werkzeug.security import check_password_hash     # imported after instrument()
+        import jwt, argon2, starlette.applications, flask
+        import django.contrib.auth.hashers as hashers
+        checks = {
+            "werkzeug": isinstance(check_password_hash, ObjectProxy),
+            "jwt": isinstance(vars(jwt.api_jwt.PyJWT)["decode_complete"], ObjectProxy),
+            "argon2": isinstance(vars(argon2.PasswordHasher)["verify"], ObjectProxy),
+            "starlette": isinstance(
+                vars(starlette.applications.Starlette)["__call__"], ObjectProxy),
+            "flask": isinstance(vars(flask.Flask)["preprocess_request"], ObjectProxy),
+            "django": isinstance(hashers.verify_password, ObjectProxy),
+        }
+        print(sorted(name for name, ok in checks.items() if not ok))
+        instrumentor.uninstrument()
+        import werkzeug.security
+        print(isinstance(werkzeug.security.check_password_hash, ObjectProxy),
+              isinstance(vars(jwt.api_jwt.PyJWT)["decode_complete"], ObjectProxy))
+        """
+    )
+    assert out.split("\n")[:2] == ["[]", "False False"]
+
+
+def test_a_library_imported_after_uninstrument_stays_as_it_is() -> None:
+    out = _run(
+        """
+        from otel_secaudit import SecAuditInstrumentor
+        from otel_secaudit.auth.patching import ObjectProxy
+        instrumentor = SecAuditInstrumentor()
+        instrumentor.instrument()
+        instrumentor.uninstrument()
+        import jwt, starlette.applications
+        print(isinstance(vars(jwt.api_jwt.PyJWT)["decode_complete"], ObjectProxy),
+              isinstance(vars(starlette.applications.Starlette)["__call__"], ObjectProxy))
+        """
+    )
+    assert out.strip() == "False False"
+
+
+def test_when_imported_runs_now_for_an_imported_module_and_never_raises() -> None:
+    seen: list[str] = []
+    assert when_imported("json", lambda module: seen.append(module.__name__))
+    assert seen == ["json"]
+
+    def broken(module: object) -> None:
+        raise RuntimeError("hook failed")
+
+    assert when_imported("json", broken)  # logged, not raised
+    assert not when_imported("no_such_package_here.sub", lambda module: seen.append("x"))
+    assert not installed("no_such_package_here")
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_a_pending_hook_fires_on_import_unless_cancelled(cancel: bool) -> None:
+    out = _run(
+        f"""
+        from otel_secaudit.imports import cancel_pending, when_imported
+        seen = []
+        when_imported("colorsys", lambda module: seen.append(module.__name__))
+        if {cancel}:
+            cancel_pending()
+        import colorsys
+        print(seen)
+        """
+    )
+    assert out.strip() == ("[]" if cancel else "['colorsys']")
+    assert cancel_pending is not None
