@@ -31,10 +31,12 @@ _generation = 0
 
 def installed(module: str) -> bool:
     """Whether ``module``'s top-level package can be imported (found, not imported)."""
-    if module in sys.modules:
-        return True
+    top = module.partition(".")[0]
+    for name in (module, top):
+        if name in sys.modules:  # None there: importing it raises ImportError
+            return sys.modules[name] is not None
     try:
-        return importlib.util.find_spec(module.partition(".")[0]) is not None
+        return importlib.util.find_spec(top) is not None
     except (ImportError, ValueError):
         return False
 

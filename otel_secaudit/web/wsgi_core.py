@@ -249,7 +249,12 @@ def install_adapter(framework: str, module: str, install: Callable[[], None]) ->
 
     def installing(_module: Any) -> None:
         register_exit_flush()
-        install()
+        try:
+            install()
+        except Exception:
+            _log.exception(
+                "otel_secaudit: %s instrumentation failed; the app runs without it", framework
+            )
 
     return when_imported(module, installing, framework)
 
@@ -258,7 +263,7 @@ def uninstall_adapter(framework: str, module: str, uninstall: Callable[[], None]
     """Run an adapter's ``uninstall()`` when ``module`` has been imported (an adapter waiting
     for its import is cancelled by :func:`otel_secaudit.imports.cancel_pending`). Never
     raises."""
-    if module not in sys.modules:
+    if sys.modules.get(module) is None:
         return
     try:
         uninstall()
