@@ -14,7 +14,8 @@ and logs over OTLP/gRPC to a receiver in its own process:
 * ``B``  contrib + otel_secaudit
 * ``X``  contrib + otel_secaudit with blocks on (``OTEL_SECAUDIT_BLOCK_SECONDS``), the
   benchmark's client blocked (its ``X-Forwarded-For`` address, from a trusted proxy): every
-  request is refused with 429 before the application runs
+  request is refused with 429 before contrib's middleware and the application run (the gate,
+  :mod:`otel_secaudit.web.gate`)
 
 A load generator in a separate process (raw asyncio sockets, HTTP/1.1 keep-alive, a few
 connections) drives one server at a time for ``--block`` seconds; per round the arms of a
@@ -27,6 +28,9 @@ per request relative to another arm (the inverse of the rate ratio).
 Targets: the 200 route B/A >= 0.97; a 403 with the plugin costs <= 1.05x the hand-written
 floor (cost B/H); a refused request costs at most half of contrib's own 403 (cost X/A <= 0.5,
 for the same request: contrib ignores the forwarding header); the login route B/A >= 0.9.
+
+Every server process gets the same ``PYTHONHASHSEED``: with random seeds two processes of the
+same arm differed by up to 12% (dict layouts), more than the targets' margins.
 
 Run from the repository root: ``python -m benchmarks.http_overhead`` (about 5 minutes),
 ``--rounds``/``--block`` to change, ``--routes 403,blocked`` for some routes only.
