@@ -198,3 +198,20 @@ def test_without_blocks_the_gate_does_nothing(make_sdk: Any) -> None:
         assert _get(app, "/private").status_code == 401
     scopes = {s.instrumentation_scope.name for s in _server_spans(sdk)}
     assert scopes == {"opentelemetry.instrumentation.fastapi"}
+
+
+def test_inside_an_unsampled_outer_span_no_span_of_ours_is_made(make_sdk: Any) -> None:
+    """An outer instrumentation's span that was sampled out is still the request's span: the
+    gate steps aside (no root span of ours beside the dropped trace), the middleware refuses,
+    and the refusal is counted and recorded."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    sdk: SDK = make_sdk(host_threshold=2, block_seconds=60)  # samples everything
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    dropping = TracerProvider(sampler=ALWAYS_OFF)  # the outer instrumentation's provider
+    app = OpenTelemetryMiddleware(_app([]), tracer_provider=dropping)
+    _block(app)
+    assert _get(app, "/private").status_code == 429
+    assert [s for s in sdk.spans() if s.instrumentation_scope.name == "otel_secaudit"] == []
+    assert len(_security_logs(sdk, "request.blocked")) == 1
+    assert sdk.total("security.requests.blocked") == 1

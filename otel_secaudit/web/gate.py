@@ -23,7 +23,7 @@ contrib's ``FastAPIInstrumentor``/``StarletteInstrumentor`` open the server span
   span event on it and a log record carrying its trace id. Contrib's HTTP server metrics do
   not count these requests; ``security.requests.blocked`` counts every one.
 
-When a span is already recording at that point (FastAPI's own telemetry, an
+When a span is already current at that point (FastAPI's own telemetry, an
 ``OpenTelemetryMiddleware`` wrapped around the whole application, an ASGI server's
 instrumentation), the gate steps aside and the middleware refuses inside that span, as before.
 """
@@ -82,7 +82,7 @@ def wanted(scope: Scope) -> bool:
 
 
 async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
-    """Answer ``scope``'s request with 429 when its client is blocked and no span is recording
+    """Answer ``scope``'s request with 429 when its client is blocked and no span is current
     yet (``app``: the Starlette application, whose routes name the refused request's route);
     True when answered (the application must not run). Never raises on its own account
     (an error is counted and the request goes on to the middleware); what ``send`` raises
@@ -91,8 +91,9 @@ async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
         rt = _runtime.current()
         if not wanted(scope):
             return False
-        if trace.get_current_span().is_recording():
-            return False  # inside a server span already: the middleware refuses there
+        if trace.get_current_span().get_span_context().is_valid:
+            # inside a span already (sampled or not): the middleware refuses there
+            return False
         if app is not None and "app" not in scope:
             scope["app"] = app  # as Starlette sets it: the route a refused request would match
         exchange = open_exchange(scope, trace.INVALID_SPAN)
