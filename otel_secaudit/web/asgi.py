@@ -33,7 +33,7 @@ from opentelemetry import trace
 from .. import runtime as _runtime
 from ..context import enter_request, leave_request
 from .client import header_values
-from .exchange import Exchange
+from .exchange import Exchange, RefusalResponse
 from .server_span import scrub_server_span
 from .user_names import BodyNames
 
@@ -43,6 +43,7 @@ __all__ = [
     "SecAuditMiddleware",
     "UserIdResolver",
     "open_exchange",
+    "send_refusal",
     "route_template",
 ]
 
@@ -285,18 +286,10 @@ class SecAuditMiddleware:
         self.captured_headers = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope.get("type")
-        if kind == "lifespan":
-            await self.app(scope, receive, _flushing_on_shutdown(send))
-            return
-        if kind != "http":
-            await self.app(scope, receive, send)
-            return
-        if SCOPE_MARKER in scope:
-            # A mounted sub-application: the outer middleware owns the request; remember the
-            # mount's template so routes below it are reported in full.
-            _enter_mount(scope)
-            await self.app(scope, receive, send)
+        # One coroutine frame per request (this one): every ``await`` of the request passes
+        # through each frame of the stack.
+        if scope.get("type") != "http" or SCOPE_MARKER in scope:
+            await self._pass(scope, receive, send)
             return
         scope[SCOPE_MARKER] = True
         try:
@@ -307,9 +300,45 @@ class SecAuditMiddleware:
             return
         token = enter_request(exchange.request)
         try:
-            await self._serve(exchange, scope, receive, send)
+            # A client the gate (before the server span) found not blocked is not looked up
+            # again.
+            refusal = None if scope.get(BLOCK_CHECKED) else exchange.refusal()
+            if refusal is not None:
+                await send_refusal(send, refusal)
+                return
+            receive = _tee(exchange, scope, receive)
+            started = False
+
+            async def send_wrapper(message: Message) -> None:
+                nonlocal started
+                if not started and message.get("type") == "http.response.start":
+                    started = True
+                    status = message.get("status")
+                    if isinstance(status, int):
+                        challenge = _www_authenticate(message) if status == 401 else None
+                        exchange.respond(status, challenge)
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception:
+                if not started:
+                    exchange.failed()  # ServerErrorMiddleware outside answers 500
+                raise
         finally:
             leave_request(token)
+
+    async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Lifespan (flushed on shutdown), websockets (untouched), and requests an outer
+        security middleware owns (a mounted sub-application: the mount's template is
+        remembered, so routes below it are reported in full)."""
+        kind = scope.get("type")
+        if kind == "lifespan":
+            await self.app(scope, receive, _flushing_on_shutdown(send))
+            return
+        if kind == "http":
+            _enter_mount(scope)
+        await self.app(scope, receive, send)
 
     def _open(self, scope: Scope) -> Exchange:
         span = trace.get_current_span()
@@ -328,41 +357,26 @@ class SecAuditMiddleware:
             exchange.runtime.recorder.internal_error(exc, "asgi.scrub")
         return exchange
 
-    async def _serve(self, exchange: Exchange, scope: Scope, receive: Receive, send: Send) -> None:
-        # A client the gate (before the server span) found not blocked is not looked up again.
-        refusal = None if scope.get(BLOCK_CHECKED) else exchange.refusal()
-        if refusal is not None:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": refusal.status,
-                    "headers": [(k.encode(), v.encode()) for k, v in refusal.headers()],
-                }
-            )
-            await send({"type": "http.response.body", "body": refusal.body})
-            return
-        try:
-            receive = _user_names_tee(exchange, scope, receive)
-        except Exception as exc:  # security plumbing never breaks the request
-            exchange.runtime.recorder.internal_error(exc, "asgi.user_names")
-        started = False
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            if not started and message.get("type") == "http.response.start":
-                started = True
-                status = message.get("status")
-                if isinstance(status, int):
-                    challenge = _www_authenticate(message) if status == 401 else None
-                    exchange.respond(status, challenge)
-            await send(message)
+async def send_refusal(send: Send, refusal: RefusalResponse) -> None:
+    """Answer a blocked client: 429, ``Retry-After``, a short body."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": refusal.status,
+            "headers": [(k.encode(), v.encode()) for k, v in refusal.headers()],
+        }
+    )
+    await send({"type": "http.response.body", "body": refusal.body})
 
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except Exception:
-            if not started:
-                exchange.failed()  # ServerErrorMiddleware outside answers 500
-            raise
+
+def _tee(exchange: Exchange, scope: Scope, receive: Receive) -> Receive:
+    """:func:`_user_names_tee`, or ``receive`` itself when that fails (counted)."""
+    try:
+        return _user_names_tee(exchange, scope, receive)
+    except Exception as exc:  # security plumbing never breaks the request
+        exchange.runtime.recorder.internal_error(exc, "asgi.user_names")
+        return receive
 
 
 def _flushing_on_shutdown(send: Send) -> Send:

@@ -41,7 +41,7 @@ from .. import runtime as _runtime
 from ..context import enter_request, leave_request
 from ..redaction.urls import scrub_path_emails
 from ..version import __version__
-from .asgi import BLOCK_CHECKED, Send, open_exchange
+from .asgi import BLOCK_CHECKED, Send, open_exchange, send_refusal
 
 __all__ = ["refused_early", "wanted"]
 
@@ -114,15 +114,7 @@ async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
             request.server_span = span
         context_token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            refusal = exchange.refuse(decision)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": refusal.status,
-                    "headers": [(k.encode(), v.encode()) for k, v in refusal.headers()],
-                }
-            )
-            await send({"type": "http.response.body", "body": refusal.body})
+            await send_refusal(send, exchange.refuse(decision))
         finally:
             otel_context.detach(context_token)
             span.end()

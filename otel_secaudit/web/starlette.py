@@ -162,11 +162,12 @@ def _ensure_in_stack(app: Any, options: dict[str, Any]) -> None:
     setattr(app, _CHECKED, stack)
 
 
-async def _call(
-    options: dict[str, Any], wrapped: Any, instance: Any, args: Any, kwargs: Any
-) -> None:
+def _call(options: dict[str, Any], wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """``Starlette.__call__``: the built stack checked once for the middleware; a blocked
-    client refused before the stack (and the server span in it) runs (:mod:`.gate`)."""
+    client refused before the stack (and the server span in it) runs (:mod:`.gate`).
+
+    Synchronous: it returns Starlette's own coroutine (or the gate's), so the patch adds no
+    coroutine frame to every ``await`` of the request."""
     try:
         if instance.middleware_stack is None:
             instance.middleware_stack = instance.build_middleware_stack()
@@ -174,8 +175,14 @@ async def _call(
     except Exception:
         _log.exception("otel_secaudit: could not check the middleware of %r", instance)
     if len(args) == 3 and gate.wanted(args[0]):
-        if await gate.refused_early(args[0], args[2], instance):
-            return
+        return _gated(wrapped, instance, args, kwargs)
+    return wrapped(*args, **kwargs)
+
+
+async def _gated(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
+    """``Starlette.__call__`` while some client is blocked: the gate first."""
+    if await gate.refused_early(args[0], args[2], instance):
+        return
     await wrapped(*args, **kwargs)
 
 
