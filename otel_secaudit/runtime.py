@@ -44,6 +44,7 @@ from opentelemetry.metrics import MeterProvider
 from .config import Settings
 from .internal_errors import InternalErrors
 from .recorder import SecurityRecorder
+from .version import __version__
 
 if TYPE_CHECKING:
     from .detection import AbuseDetector
@@ -74,6 +75,17 @@ class Runtime:
         self.meter_provider = meter_provider
         self.logger_provider = logger_provider
         self._closed = False
+        self._tracer: trace.Tracer | None = None
+
+    def tracer(self) -> trace.Tracer:
+        """otel_secaudit's own tracer (scope ``otel_secaudit``) on this runtime's tracer
+        provider, or on the global one when none was given (made once; the API's proxy
+        follows a global provider set later)."""
+        if self._tracer is None:
+            self._tracer = trace.get_tracer(
+                "otel_secaudit", __version__, tracer_provider=self.tracer_provider
+            )
+        return self._tracer
 
     @property
     def settings(self) -> Settings:

@@ -139,8 +139,8 @@ class WebRequest(RequestContext):
             return path
         try:
             route = self.route
-            if route is None:  # no template: only e-mail addresses are known to be personal
-                return scrub_path_emails(path)[0] if self._emails else path
+            if route is None:
+                return self.unrouted_path
             return scrub_path(route, path, emails=self._emails)[0]
         except Exception:  # never export an unscrubbed path: drop it instead
             return None
@@ -153,6 +153,19 @@ class WebRequest(RequestContext):
     def raw_path(self) -> str | None:
         """The request path as received (capped), for matching rules."""
         return self._path
+
+    @property
+    def unrouted_path(self) -> str | None:
+        """The request path without routing it: with no template only e-mail addresses are
+        known to be personal, so only they are replaced (unless RECORD_USER_NAME=true); None
+        when that fails (never an unscrubbed path)."""
+        path = self._path
+        if path is None or not self._emails:
+            return path
+        try:
+            return scrub_path_emails(path)[0]
+        except Exception:
+            return None
 
 
 @dataclass(frozen=True, slots=True)

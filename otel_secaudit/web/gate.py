@@ -31,7 +31,7 @@ instrumentation), the gate steps aside and the middleware refuses inside that sp
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any, Final
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -39,29 +39,11 @@ from opentelemetry import trace
 from .. import attributes as attr
 from .. import runtime as _runtime
 from ..context import enter_request, leave_request
-from ..redaction.urls import scrub_path_emails
-from ..version import __version__
 from .asgi import BLOCK_CHECKED, Send, open_exchange, send_refusal
 
 __all__ = ["refused_early", "wanted"]
 
 Scope = MutableMapping[str, Any]
-
-_SCOPE_NAME: Final = "otel_secaudit"
-#: The tracer of each tracer provider the gate has used (the runtime's, or the global one).
-_tracers: dict[int, tuple[Any, trace.Tracer]] = {}
-
-
-def _tracer(rt: _runtime.Runtime) -> trace.Tracer:
-    provider = rt.tracer_provider or trace.get_tracer_provider()
-    cached = _tracers.get(id(provider))
-    if cached is not None and cached[0] is provider:
-        return cached[1]
-    tracer = trace.get_tracer(_SCOPE_NAME, __version__, tracer_provider=provider)
-    if len(_tracers) > 8:
-        _tracers.clear()
-    _tracers[id(provider)] = (provider, tracer)
-    return tracer
 
 
 def wanted(scope: Scope) -> bool:
@@ -127,28 +109,18 @@ def _server_span(rt: _runtime.Runtime, scope: Scope, request: Any) -> trace.Span
     """The refused request's own server span (a root span); never raises (an invalid span
     when the tracer fails: the refusal still goes out, and the error is counted)."""
     try:
-        return _tracer(rt).start_span(
+        return rt.tracer().start_span(
             request.method or "HTTP",
             context=otel_context.Context(),  # a root span: the client's traceparent is not trusted
             kind=trace.SpanKind.SERVER,
-            attributes=_span_attributes(rt, scope, request),
+            attributes=_span_attributes(scope, request),
         )
     except Exception as exc:
         rt.recorder.internal_error(exc, "asgi.gate_span")
         return trace.INVALID_SPAN
 
 
-def _path(rt: _runtime.Runtime, path: str | None) -> str | None:
-    """``url.path`` as the security middleware leaves it on contrib's server spans: e-mail
-    addresses replaced (unless RECORD_USER_NAME=true). Not routed (routing a refused request
-    would cost more than the rest of the refusal): path parameters are scrubbed by their
-    route template in the ``request.blocked`` record, as in every record."""
-    if path is None or rt.settings.record_user_name:
-        return path
-    return scrub_path_emails(path)[0]
-
-
-def _span_attributes(rt: _runtime.Runtime, scope: Scope, request: Any) -> dict[str, Any]:
+def _span_attributes(scope: Scope, request: Any) -> dict[str, Any]:
     """The refused request's server span attributes (semantic conventions), from the
     exchange's sanitized request."""
     attributes: dict[str, Any] = {attr.HTTP_STATUS: 429}
@@ -156,7 +128,9 @@ def _span_attributes(rt: _runtime.Runtime, scope: Scope, request: Any) -> dict[s
     for key, value in (
         (attr.HTTP_METHOD, request.method),
         ("url.scheme", scheme if scheme in ("http", "https") else None),
-        (attr.URL_PATH, _path(rt, request.raw_path)),
+        # as on contrib's spans: e-mail addresses replaced, not routed (routing a refused
+        # request would cost more than the rest of the refusal)
+        (attr.URL_PATH, request.unrouted_path),
         (attr.CLIENT_ADDRESS, request.client_address),
         (attr.NETWORK_PEER_ADDRESS, request.peer_address),
         (attr.USER_AGENT, request.user_agent),

@@ -34,7 +34,7 @@ import functools
 import logging
 import sys
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from opentelemetry.instrumentation.utils import unwrap
@@ -93,14 +93,18 @@ def with_secaudit(middleware: list[Any], **options: Any) -> list[Any]:
     return [*middleware[:position], entry, *middleware[position:]]
 
 
-def _stack_has_secaudit(stack: Any) -> bool:
+def _layers(stack: Any) -> Iterator[Any]:
+    """The layers of a built middleware stack, outermost first (each one's ``app`` is the
+    next), at most :data:`_MAX_STACK_DEPTH`."""
     for _ in range(_MAX_STACK_DEPTH):
         if stack is None:
-            return False
-        if isinstance(stack, SecAuditMiddleware):
-            return True
+            return
+        yield stack
         stack = getattr(stack, "app", None)
-    return False
+
+
+def _stack_has_secaudit(stack: Any) -> bool:
+    return any(isinstance(layer, SecAuditMiddleware) for layer in _layers(stack))
 
 
 def _learn_header_capture(stack: Any) -> None:
@@ -109,16 +113,13 @@ def _learn_header_capture(stack: Any) -> None:
     environment or ``instrument_app``): when none does, no request's span is scanned for
     captured headers. Unknown (no contrib middleware, another layout): every span is."""
     spans: list[Any] = []
-    for _ in range(_MAX_STACK_DEPTH):
-        if stack is None:
-            return
-        if isinstance(stack, SecAuditMiddleware):
+    for layer in _layers(stack):
+        if isinstance(layer, SecAuditMiddleware):
             if spans and all(hasattr(s, "http_capture_headers_server_request") for s in spans):
-                stack.captured_headers = any(s.http_capture_headers_server_request for s in spans)
+                layer.captured_headers = any(s.http_capture_headers_server_request for s in spans)
             return
-        if _is_otel_middleware(type(stack)):
-            spans.append(stack)
-        stack = getattr(stack, "app", None)
+        if _is_otel_middleware(type(layer)):
+            spans.append(layer)
 
 
 def _build_with_secaudit(app: Any, build: Callable[[], Any], options: dict[str, Any]) -> Any:
