@@ -34,7 +34,7 @@ from .. import runtime as _runtime
 from ..context import enter_request, leave_request
 from .client import header_values
 from .exchange import Exchange, RefusalResponse
-from .server_span import scrub_server_span
+from .server_span import may_hold_email, scrub_server_span
 from .user_names import BodyNames
 
 __all__ = [
@@ -172,19 +172,6 @@ def _first_header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return str(value[:512].decode("latin-1"))
     return None
-
-
-def _url_may_hold_email(scope: Scope) -> bool:
-    """Whether a URL attribute contrib builds from ``scope`` (path, raw path, Host header) can
-    hold an e-mail address: False when none of them has an ``@`` in any form."""
-    path = scope.get("path")
-    if isinstance(path, str) and ("@" in path or "%40" in path):
-        return True
-    raw = scope.get("raw_path")
-    if isinstance(raw, (bytes, bytearray)) and (b"@" in raw or b"%40" in raw):
-        return True
-    host = _first_header(scope, b"host")
-    return host is not None and ("@" in host or "%40" in host)
 
 
 def _www_authenticate(message: Message) -> str | None:
@@ -347,10 +334,12 @@ class SecAuditMiddleware:
             # Captured headers are scrubbed whether contrib was asked for them through the
             # environment or through instrument_app(http_capture_headers_server_request=...).
             # The URL attributes only when there is something to replace: a query string,
-            # or an '@' in the path or the Host header (contrib builds its URLs from them).
+            # or an '@' in the path (contrib builds its URL paths from the decoded path; an
+            # '@' in the Host header is userinfo to contrib, which redacts it itself).
             query = scope.get("query_string") or b""
+            path = scope.get("path")
             emails = not exchange.runtime.settings.record_user_name and (
-                bool(query) or _url_may_hold_email(scope)
+                bool(query) or (isinstance(path, str) and may_hold_email(path))
             )
             scrub_server_span(span, query, headers=self.captured_headers, emails=emails)
         except Exception as exc:

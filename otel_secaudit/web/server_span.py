@@ -20,7 +20,7 @@ from typing import Any, Final
 from ..redaction import REDACTED, is_secret_header, looks_like_secret, scrub_url
 from ..redaction.urls import QueryScan, scan_query, scrub_path_emails, scrub_url_path
 
-__all__ = ["scrub_server_span"]
+__all__ = ["may_hold_email", "scrub_server_span"]
 
 URL_ATTRIBUTES: Final = ("http.url", "http.target", "url.full")
 QUERY_ATTRIBUTE: Final = "url.query"
@@ -41,7 +41,7 @@ def _scrub_url(key: str, value: str, raw: bytes | str, scan: QueryScan | None, e
     return value
 
 
-def _may_hold_email(value: str) -> bool:
+def may_hold_email(value: str) -> bool:
     """False when ``value`` holds no ``@`` in any form: no e-mail address to replace."""
     return "@" in value or "%40" in value
 
@@ -57,7 +57,7 @@ def _scrub_url_attributes(
     for key in keys:
         value = attributes[key]
         # Without a secret query only e-mail addresses are replaced: most requests have no '@'.
-        if isinstance(value, str) and (scan is not None or _may_hold_email(value)):
+        if isinstance(value, str) and (scan is not None or may_hold_email(value)):
             cleaned = _scrub_url(key, value, raw, scan, emails)
             if cleaned != value:
                 span.set_attribute(key, cleaned)

@@ -34,7 +34,7 @@ from .. import runtime
 from ..context import current_request
 from ..imports import when_imported
 from .exchange import LOGIN_SUCCEEDED, Exchange, RefusalResponse, record_after_failures
-from .server_span import scrub_server_span
+from .server_span import may_hold_email, scrub_server_span
 from .user_names import names_from_form, names_from_json
 
 __all__ = [
@@ -113,7 +113,7 @@ def scrub_span(environ: Environ, *, headers: bool | None = None) -> None:
     query = environ.get("QUERY_STRING") or ""
     capture = capture_headers_enabled() if headers is None else headers
     # an '@' in the (decoded) path may be an e-mail address in contrib's URL attributes
-    emails = "@" in (environ.get("PATH_INFO") or "")
+    emails = may_hold_email(environ.get("PATH_INFO") or "")
     if query or capture or emails:
         if emails or query:
             emails = not runtime.current().settings.record_user_name
