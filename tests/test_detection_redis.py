@@ -203,7 +203,11 @@ def test_request_blocked_once_per_key_across_instances(make_sdk, redis_url, dete
     assert counts == [0, 10]
 
 
-def test_a_record_right_no_request_used_is_written_by_the_worker(make_sdk, redis_url, detectors):
+def _blocked_through_redis(
+    make_sdk: Any, redis_url: str, detectors: list[Any]
+) -> tuple[Any, AbuseDetector, FakeClock]:
+    """An SDK and a detector on a Redis store (fake clock) whose two violations from ADDRESS
+    blocked it for 600 s."""
     clock = FakeClock()
     sdk = make_sdk(store=redis_url, host_threshold=2, block_seconds=600)
     detector = AbuseDetector(sdk.recorder, clock=clock)
@@ -211,6 +215,11 @@ def test_a_record_right_no_request_used_is_written_by_the_worker(make_sdk, redis
     detector.submit(violation(0))
     detector.submit(violation(1))
     assert detector.flush()
+    return sdk, detector, clock
+
+
+def test_a_record_right_no_request_used_is_written_by_the_worker(make_sdk, redis_url, detectors):
+    sdk, detector, clock = _blocked_through_redis(make_sdk, redis_url, detectors)
     refusal = detector.refusal(ADDRESS)  # the client's only request after its block
     assert refusal is not None and refusal.record_count == 0
     assert detector.flush()  # the right is granted: a refusal would record now
@@ -227,13 +236,7 @@ def test_a_record_the_worker_writes_carries_the_refused_requests_context(
 ):
     """The last refused request of the key, though answered, gives the record its request
     attributes and its trace (its span has ended: a log record, no span event)."""
-    clock = FakeClock()
-    sdk = make_sdk(store=redis_url, host_threshold=2, block_seconds=600)
-    detector = AbuseDetector(sdk.recorder, clock=clock)
-    detectors.append(detector)
-    detector.submit(violation(0))
-    detector.submit(violation(1))
-    assert detector.flush()
+    sdk, detector, clock = _blocked_through_redis(make_sdk, redis_url, detectors)
     tracer = sdk.tracer_provider.get_tracer("test")
     request = RequestContext(method="GET", path="/private", client_address=ADDRESS)
     with tracer.start_as_current_span("GET /private") as span, request_scope(request):

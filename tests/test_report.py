@@ -33,6 +33,8 @@ from otel_secaudit.exporters import (
     OTLPJsonDirSpanExporter,
 )
 
+from .conftest import otlp_json_attributes
+
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
 
@@ -371,28 +373,17 @@ MARKUP_SAMPLES = (
 _SGR = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _kv(attributes: dict[str, Any]) -> list[dict[str, Any]]:
-    def value(v: Any) -> dict[str, Any]:
-        if isinstance(v, list):
-            return {"arrayValue": {"values": [value(item) for item in v]}}
-        if isinstance(v, int):
-            return {"intValue": str(v)}
-        return {"stringValue": str(v)}
-
-    return [{"key": k, "value": value(v)} for k, v in attributes.items()]
-
-
 def _log(name: str, attributes: dict[str, Any], trace_id: str = "", body: Any = None) -> Any:
     record: dict[str, Any] = {
         "timeUnixNano": "1764043200000000000",
         "eventName": name,
         "severityText": "WARN",
-        "attributes": _kv(attributes),
+        "attributes": otlp_json_attributes(attributes),
     }
     if trace_id:
         record["traceId"], record["spanId"] = trace_id, "1" * 16
     if body is not None:
-        record["body"] = {"kvlistValue": {"values": _kv(body)}}
+        record["body"] = {"kvlistValue": {"values": otlp_json_attributes(body)}}
     return record
 
 
@@ -439,15 +430,19 @@ def _hostile_archive(folder: Path, hostile: str) -> str:
         "name": hostile,
         "startTimeUnixNano": "1764043200000000000",
         "endTimeUnixNano": "1764043200100000000",
-        "attributes": _kv(common),
+        "attributes": otlp_json_attributes(common),
         "events": [
-            {"timeUnixNano": "1764043200050000000", "name": hostile, "attributes": _kv(common)}
+            {
+                "timeUnixNano": "1764043200050000000",
+                "name": hostile,
+                "attributes": otlp_json_attributes(common),
+            }
         ],
     }
     metric_point = {
         "asInt": "3",
         "timeUnixNano": "1764043200000000000",
-        "attributes": _kv({"security.event.name": hostile, "http.route": hostile}),
+        "attributes": otlp_json_attributes({"security.event.name": hostile, "http.route": hostile}),
     }
     lines = [
         {
