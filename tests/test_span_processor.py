@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -24,6 +26,18 @@ ADDRESS = "203.0.113.7"
 
 def abuse_hosts(sdk: Any) -> list[Any]:
     return [r.log_record for r in sdk.logs() if r.log_record.event_name == "abuse.host"]
+
+
+@contextmanager
+def _detecting(sdk: Any, processor: SecAuditSpanProcessor | None = None) -> Iterator[Any]:
+    """Detection on for the block (``processor`` added to the SDK's tracer provider first)."""
+    if processor is not None:
+        sdk.tracer_provider.add_span_processor(processor)
+    detector = enable_detection(sdk.recorder)
+    try:
+        yield detector
+    finally:
+        disable_detection(sdk.recorder, detector)
 
 
 @pytest.fixture
@@ -116,8 +130,7 @@ def test_two_providers_each_with_a_processor_count_each_violation_once(make_sdk:
     second_exporter = InMemorySpanExporter()
     second.add_span_processor(SimpleSpanProcessor(second_exporter))
     second.add_span_processor(SecAuditSpanProcessor())
-    detector = enable_detection(sdk.recorder)
-    try:
+    with _detecting(sdk) as detector:
         for tracer in (sdk.tracer, second.get_tracer("t"), sdk.tracer, second.get_tracer("t")):
             with tracer.start_as_current_span("request"):
                 otel_secaudit.record("auth.login.failed", client_address=ADDRESS)
@@ -129,17 +142,13 @@ def test_two_providers_each_with_a_processor_count_each_violation_once(make_sdk:
         second_spans = second_exporter.get_finished_spans()
         evidence |= {format(s.context.trace_id, "032x") for s in second_spans}
         assert set(record.attributes["security.abuse.trace_ids"]) == evidence
-    finally:
-        disable_detection(sdk.recorder, detector)
         second.shutdown()
 
 
 def test_span_events_off_still_held_and_counted_once(make_sdk: Any) -> None:
     sdk = make_sdk(span_events=False, host_threshold=2)
     processor = SecAuditSpanProcessor()
-    sdk.tracer_provider.add_span_processor(processor)
-    detector = enable_detection(sdk.recorder)
-    try:
+    with _detecting(sdk, processor) as detector:
         with sdk.tracer.start_as_current_span("request"):
             otel_secaudit.record("auth.login.failed", client_address=ADDRESS)
             otel_secaudit.record("auth.login.failed", client_address=ADDRESS)
@@ -148,17 +157,13 @@ def test_span_events_off_still_held_and_counted_once(make_sdk: Any) -> None:
         assert len(abuse_hosts(sdk)) == 1
         [span] = sdk.spans()
         assert list(span.events) == []  # the mark is not a span event
-    finally:
-        disable_detection(sdk.recorder, detector)
 
 
 def test_long_lived_spans_hand_off_without_waiting_for_the_end(make_sdk: Any) -> None:
     """A WebSocket's server span lives as long as the connection: detection must not wait."""
     sdk = make_sdk(host_threshold=100)
     processor = SecAuditSpanProcessor(long_span_seconds=0.2)
-    sdk.tracer_provider.add_span_processor(processor)
-    detector = enable_detection(sdk.recorder)
-    try:
+    with _detecting(sdk, processor) as detector:
         with sdk.tracer.start_as_current_span("websocket"):
             otel_secaudit.record("auth.login.failed", client_address=ADDRESS)
             assert detector.stats["processed"] == 0  # young span: held
@@ -168,16 +173,12 @@ def test_long_lived_spans_hand_off_without_waiting_for_the_end(make_sdk: Any) ->
             assert detector.stats["processed"] == 2
             assert processor.pending == 0
         assert detector.stats["processed"] == 2
-    finally:
-        disable_detection(sdk.recorder, detector)
 
 
 def test_force_flush_and_shutdown_release_marks_once(make_sdk: Any) -> None:
     sdk = make_sdk(host_threshold=100)
     processor = SecAuditSpanProcessor()
-    sdk.tracer_provider.add_span_processor(processor)
-    detector = enable_detection(sdk.recorder)
-    try:
+    with _detecting(sdk, processor) as detector:
         with sdk.tracer.start_as_current_span("request"):
             otel_secaudit.record("auth.login.failed", client_address=ADDRESS)
             sdk.tracer_provider.force_flush()
@@ -189,16 +190,12 @@ def test_force_flush_and_shutdown_release_marks_once(make_sdk: Any) -> None:
             assert detector.stats["processed"] == 3
         assert detector.stats["processed"] == 3
         assert processor_for(sdk.tracer_provider) is None
-    finally:
-        disable_detection(sdk.recorder, detector)
 
 
 def test_bounded_marks_overflow_to_the_detector(make_sdk: Any) -> None:
     sdk = make_sdk(host_threshold=1000)
     processor = SecAuditSpanProcessor(max_pending=3)
-    sdk.tracer_provider.add_span_processor(processor)
-    detector = enable_detection(sdk.recorder)
-    try:
+    with _detecting(sdk, processor) as detector:
         spans = [sdk.tracer.start_span(f"s{i}") for i in range(5)]
         from opentelemetry import trace
 
@@ -210,8 +207,6 @@ def test_bounded_marks_overflow_to_the_detector(make_sdk: Any) -> None:
         for span in spans:
             span.end()
         assert detector.stats["processed"] == 5
-    finally:
-        disable_detection(sdk.recorder, detector)
 
 
 def test_concurrent_spans_count_every_violation_exactly_once(make_sdk: Any) -> None:
