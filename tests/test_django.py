@@ -52,6 +52,11 @@ def server_spans(receiver: OTLPReceiver) -> dict[str, Any]:
     }
 
 
+def gate_spans(receiver: OTLPReceiver) -> dict[str, Any]:
+    """The server spans of requests the WSGI gate refused (otel_secaudit's scope), by trace ID."""
+    return {span.trace_id: span for span in receiver.spans() if span.scope == "otel_secaudit"}
+
+
 class Browser:
     """An HTTP client that does what a browser does with Django's login form."""
 
@@ -222,9 +227,12 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
         assert {log.attributes["client.address"] for log in blocked} == {ATTACKER}
         assert {log.attributes["http.response.status_code"] for log in blocked} == {429}
         assert otlp_receiver.security_logs("request.rate_limited") == []
-        # refused inside contrib's server span, before routing: no http.route anywhere
-        wait_for(lambda: blocked[0].trace_id in server_spans(otlp_receiver), timeout=20)
-        span = server_spans(otlp_receiver)[blocked[0].trace_id]
+        # refused at WSGIHandler.__call__, before contrib's span and before routing, under
+        # otel_secaudit's own server span (web/wsgi_gate.py): no http.route anywhere
+        wait_for(lambda: blocked[0].trace_id in gate_spans(otlp_receiver), timeout=20)
+        span = gate_spans(otlp_receiver)[blocked[0].trace_id]
+        assert span.attributes["http.response.status_code"] == 429
+        assert blocked[0].trace_id not in server_spans(otlp_receiver)  # contrib opened none
         assert [name for name, _ in span.events] == ["request.blocked"]
         assert "http.route" not in span.attributes and "http.route" not in blocked[0].attributes
     finally:

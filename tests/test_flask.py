@@ -34,6 +34,11 @@ def server_spans(receiver: OTLPReceiver) -> dict[str, Any]:
     }
 
 
+def gate_spans(receiver: OTLPReceiver) -> dict[str, Any]:
+    """The server spans of requests the WSGI gate refused (otel_secaudit's scope), by trace ID."""
+    return {span.trace_id: span for span in receiver.spans() if span.scope == "otel_secaudit"}
+
+
 class Browser:
     """A client that posts Flask-WTF's CSRF token like the login form would."""
 
@@ -174,10 +179,12 @@ def test_block_is_shared_by_two_gunicorn_workers_through_redis(
             lambda: refusing_workers() and otlp_receiver.security_logs("request.blocked"), 20
         )
         assert {log.attributes["client.address"] for log in blocked} == {ATTACKER}
-        # the refusal happens inside contrib's server span
-        wait_for(lambda: blocked[0].trace_id in server_spans(otlp_receiver), timeout=20)
-        span = server_spans(otlp_receiver)[blocked[0].trace_id]
-        assert span.attributes.get("http.status_code", 429) == 429
+        # refused at Flask.__call__, before contrib's server span, under otel_secaudit's own
+        # (web/wsgi_gate.py)
+        wait_for(lambda: blocked[0].trace_id in gate_spans(otlp_receiver), timeout=20)
+        span = gate_spans(otlp_receiver)[blocked[0].trace_id]
+        assert span.attributes["http.response.status_code"] == 429
+        assert blocked[0].trace_id not in server_spans(otlp_receiver)  # contrib opened none
         assert [name for name, _ in span.events] == ["request.blocked"]
     finally:
         served.stop()

@@ -52,7 +52,7 @@ from wrapt import wrap_function_wrapper
 from ..auth.patching import is_patched, observation_of, patch
 from ..context import current_request, request_scope
 from . import django_redirects as redirects
-from . import wsgi_core
+from . import wsgi_core, wsgi_gate
 from .exchange import RefusalResponse
 from .route_check import django_routes, warn_unmatched
 
@@ -185,7 +185,11 @@ class SecAuditDjangoMiddleware:
         if exchange is None:
             return self.get_response(request)
         with request_scope(exchange.request):
-            refusal = wsgi_core.admit(exchange, functools.partial(_user_names, request))
+            refusal = wsgi_core.admit(
+                exchange,
+                functools.partial(_user_names, request),
+                checked=bool(request.META.get(wsgi_gate.BLOCK_CHECKED)),
+            )
             if refusal is not None:
                 return _refusal_response(refusal)
             with redirects.watching() as noted:
@@ -389,6 +393,11 @@ def _install() -> None:
         signal.connect(receiver, weak=False, dispatch_uid=_DISPATCH_UID)
     if not is_patched(BaseHandler, "load_middleware"):
         wrap_function_wrapper(BaseHandler, "load_middleware", _building_middleware)
+    from django.core.handlers.wsgi import WSGIHandler
+
+    if not is_patched(WSGIHandler, "__call__"):
+        # the WSGI entry: a blocked client is refused before contrib's span (wsgi_gate)
+        wrap_function_wrapper(WSGIHandler, "__call__", wsgi_gate.gated_call)
     if apps.ready:  # instrumented after django.setup(): nothing else will patch it
         redirects.patch()
     if _settings_ready():
@@ -402,6 +411,9 @@ def _uninstall() -> None:
     from django.core.handlers.base import BaseHandler
 
     unwrap(BaseHandler, "load_middleware")
+    from django.core.handlers.wsgi import WSGIHandler
+
+    unwrap(WSGIHandler, "__call__")
     for signal, _receiver in _signals():
         signal.disconnect(dispatch_uid=_DISPATCH_UID)
     redirects.unpatch()

@@ -39,7 +39,7 @@ from wrapt import wrap_function_wrapper
 
 from ..auth.patching import is_patched
 from ..context import request_scope
-from . import wsgi_core
+from . import wsgi_core, wsgi_gate
 from .route_check import flask_routes, warn_unmatched
 
 __all__ = ["csrf_reason_code", "instrument_flask", "uninstrument_flask"]
@@ -49,7 +49,7 @@ _log = logging.getLogger(__name__)
 _EXCHANGE_KEY: Final = "otel_secaudit.flask.exchange"
 _SCOPE_KEY: Final = "otel_secaudit.flask.scope"
 _HOOKED: Final = "_otel_secaudit_hooks"
-_PATCHED: Final = ("preprocess_request", "handle_http_exception")
+_PATCHED: Final = ("preprocess_request", "handle_http_exception", "__call__")
 
 _CSRF_REASONS: Final = {
     "The CSRF token is missing.": "csrf_token_missing",
@@ -149,7 +149,11 @@ def _before_request() -> Any:
     scope: AbstractContextManager[Any] = request_scope(exchange.request)
     scope.__enter__()
     environ[_SCOPE_KEY] = scope  # left in teardown_request
-    refusal = wsgi_core.admit(exchange, functools.partial(_user_names, request))
+    refusal = wsgi_core.admit(
+        exchange,
+        functools.partial(_user_names, request),
+        checked=bool(environ.get(wsgi_gate.BLOCK_CHECKED)),
+    )
     if refusal is not None:
         return flask.Response(refusal.body, status=refusal.status, headers=refusal.headers())
     environ[_EXCHANGE_KEY] = exchange
@@ -286,6 +290,8 @@ def _install() -> None:
     if not is_patched(Flask, "preprocess_request"):
         wrap_function_wrapper(Flask, "preprocess_request", _hooking_app)
         wrap_function_wrapper(Flask, "handle_http_exception", _noting_csrf_error)
+        # the WSGI entry: a blocked client is refused before contrib's span (wsgi_gate)
+        wrap_function_wrapper(Flask, "__call__", wsgi_gate.gated_call)
     for signal, receiver in _flask_login_signals():
         signal.connect(receiver, weak=False)  # once: blinker keys receivers by identity
 

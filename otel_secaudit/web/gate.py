@@ -30,7 +30,8 @@ instrumentation), the gate steps aside and the middleware refuses inside that sp
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -40,27 +41,35 @@ from .. import attributes as attr
 from .. import runtime as _runtime
 from ..context import enter_request, leave_request
 from .asgi import BLOCK_CHECKED, Send, open_exchange, send_refusal
+from .exchange import WebRequest
 
-__all__ = ["refused_early", "wanted"]
+__all__ = ["blocks_active", "in_span", "refusal_span", "refused_early", "wanted"]
 
 Scope = MutableMapping[str, Any]
+
+
+def blocks_active() -> bool:
+    """Whether some client is blocked in this process (blocks on and at least one running):
+    the per-request cost of a gate when none is (a few attribute reads). Never raises."""
+    try:
+        rt = _runtime.current()
+        detector = rt.detector
+        return detector is not None and rt.settings.block_seconds > 0 and len(detector.blocks) > 0
+    except Exception:
+        return False
 
 
 def wanted(scope: Scope) -> bool:
     """Whether :func:`refused_early` has anything to check for ``scope``: an HTTP request
     while some client is blocked in this process. The per-request cost of the gate when no
     block is active (a few attribute reads, no coroutine). Never raises."""
-    try:
-        rt = _runtime.current()
-        detector = rt.detector
-        return (
-            detector is not None
-            and rt.settings.block_seconds > 0
-            and len(detector.blocks) > 0
-            and scope.get("type") == "http"
-        )
-    except Exception:
-        return False
+    return blocks_active() and scope.get("type") == "http"
+
+
+def in_span() -> bool:
+    """Whether a span (sampled or not) is current already: a gate then steps aside and the
+    framework adapter refuses inside that span."""
+    return trace.get_current_span().get_span_context().is_valid
 
 
 async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
@@ -73,8 +82,7 @@ async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
         rt = _runtime.current()
         if not wanted(scope):
             return False
-        if trace.get_current_span().get_span_context().is_valid:
-            # inside a span already (sampled or not): the middleware refuses there
+        if in_span():  # the middleware refuses inside that span
             return False
         if app is not None and "app" not in scope:
             scope["app"] = app  # as Starlette sets it: the route a refused request would match
@@ -91,40 +99,48 @@ async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
         if decision is None:
             scope[BLOCK_CHECKED] = True
             return False
-        span = _server_span(rt, scope, request)
-        if span.is_recording():
-            request.server_span = span
-        context_token = otel_context.attach(trace.set_span_in_context(span))
-        try:
+        scheme = scope.get("scheme")
+        with refusal_span(rt, request, scheme if isinstance(scheme, str) else None):
             await send_refusal(send, exchange.refuse(decision))
-        finally:
-            otel_context.detach(context_token)
-            span.end()
         return True
     finally:
         leave_request(token)
 
 
-def _server_span(rt: _runtime.Runtime, scope: Scope, request: Any) -> trace.Span:
-    """The refused request's own server span (a root span); never raises (an invalid span
-    when the tracer fails: the refusal still goes out, and the error is counted)."""
+@contextmanager
+def refusal_span(rt: _runtime.Runtime, request: WebRequest, scheme: str | None) -> Iterator[None]:
+    """Current while a gate refuses ``request``: its own server span (a root span), which the
+    ``request.blocked`` records of the request belong to (``request.server_span`` when it
+    records). Never raises on its own account (an invalid span when the tracer fails: the
+    refusal still goes out, and the error is counted); ends the span when left."""
+    span = _server_span(rt, request, scheme)
+    if span.is_recording():
+        request.server_span = span
+    context_token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        otel_context.detach(context_token)
+        span.end()
+
+
+def _server_span(rt: _runtime.Runtime, request: WebRequest, scheme: str | None) -> trace.Span:
     try:
         return rt.tracer().start_span(
             request.method or "HTTP",
             context=otel_context.Context(),  # a root span: the client's traceparent is not trusted
             kind=trace.SpanKind.SERVER,
-            attributes=_span_attributes(scope, request),
+            attributes=_span_attributes(request, scheme),
         )
     except Exception as exc:
-        rt.recorder.internal_error(exc, "asgi.gate_span")
+        rt.recorder.internal_error(exc, "gate.span")
         return trace.INVALID_SPAN
 
 
-def _span_attributes(scope: Scope, request: Any) -> dict[str, Any]:
+def _span_attributes(request: WebRequest, scheme: str | None) -> dict[str, Any]:
     """The refused request's server span attributes (semantic conventions), from the
     exchange's sanitized request."""
     attributes: dict[str, Any] = {attr.HTTP_STATUS: 429}
-    scheme = scope.get("scheme")
     for key, value in (
         (attr.HTTP_METHOD, request.method),
         ("url.scheme", scheme if scheme in ("http", "https") else None),

@@ -86,9 +86,13 @@ def open_exchange(
     *,
     route_of: Callable[[], str | None] | None = None,
     user_id_of: Callable[[], str | None] | None = None,
+    mark: bool = True,
 ) -> Exchange:
-    """The :class:`Exchange` of one WSGI request; marks ``environ`` as handled."""
-    environ[ENVIRON_MARKER] = True
+    """The :class:`Exchange` of one WSGI request; marks ``environ`` as handled (unless
+    ``mark`` is False: the gate of :mod:`otel_secaudit.web.wsgi_gate` looks before the
+    adapter)."""
+    if mark:
+        environ[ENVIRON_MARKER] = True
     return Exchange.open(
         method=environ.get("REQUEST_METHOD"),
         path=environ.get("PATH_INFO"),
@@ -142,11 +146,14 @@ def begin(
     return exchange
 
 
-def admit(exchange: Exchange, names: NamesReader | None = None) -> RefusalResponse | None:
-    """Before the application, inside the request's scope: the refusal of a blocked client;
-    else None, with ``names`` (called only when an authentication attempt needs them) as the
-    reader of the submitted user names when a login route wants them."""
-    refusal = exchange.refusal()
+def admit(
+    exchange: Exchange, names: NamesReader | None = None, *, checked: bool = False
+) -> RefusalResponse | None:
+    """Before the application, inside the request's scope: the refusal of a blocked client
+    (not looked up again when the gate ``checked`` it); else None, with ``names`` (called only
+    when an authentication attempt needs them) as the reader of the submitted user names when
+    a login route wants them."""
+    refusal = None if checked else exchange.refusal()
     if refusal is None and names is not None:
         fields = exchange.user_fields
         if fields:
