@@ -24,7 +24,7 @@ at most half of contrib's own 403 (the ``blocked`` row: server CPU per request X
 A serving the 403 route).
 
 Run from the repository root: ``python -m benchmarks.wsgi_overhead`` (about 4 minutes);
-``--rounds``/``--block``/``--framework`` to change.
+``--rounds``/``--block``/``--framework``/``--routes`` to change.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def run_framework(framework: str, options: argparse.Namespace, endpoint: str) ->
         for arm in servers:  # warm up (and get the client of X blocked)
             for label in ROUTES[framework]:
                 measure(arm, key_of(label, arm), 0.5)
-        for label in ROUTES[framework]:
+        for label in options.routes or ROUTES[framework]:
             arms = _BLOCKED_ARMS if label == "blocked" else _ARMS
             series: dict[str, dict[str, list[float]]] = {
                 kind: {arm: [] for arm in arms} for kind in ("rps", "cpu")
@@ -187,6 +187,14 @@ def main() -> None:
     parser.add_argument("--block", type=float, default=1.5, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--framework", choices=["django", "flask", "both"], default="both")
+    parser.add_argument(
+        "--routes",
+        type=lambda text: [
+            label for label in text.split(",") if label in TARGETS or label == "blocked"
+        ],
+        default=None,
+        help="comma-separated rows: 200,403,blocked (default all)",
+    )
     parser.add_argument("--loadgen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
