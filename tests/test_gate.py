@@ -215,3 +215,28 @@ def test_inside_an_unsampled_outer_span_no_span_of_ours_is_made(make_sdk: Any) -
     assert [s for s in sdk.spans() if s.instrumentation_scope.name == "otel_secaudit"] == []
     assert len(_security_logs(sdk, "request.blocked")) == 1
     assert sdk.total("security.requests.blocked") == 1
+
+
+def test_a_proxy_middleware_before_ours_cannot_open_a_bypass(blocking: SDK) -> None:
+    """The security middleware added by hand inside uvicorn's ProxyHeadersMiddleware sees the
+    client the proxy middleware rewrote, while the gate (before the stack) saw the proxy: the
+    gate's 'not blocked' holds for the address it checked only, so the blocked client behind
+    the proxy is still refused by the middleware."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    from otel_secaudit.web.asgi import SecAuditMiddleware
+
+    calls: list[str] = []
+    app = _app(calls)
+    app.add_middleware(SecAuditMiddleware)
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=["127.0.0.1"])  # outside ours
+    forwarded = {"x-forwarded-for": ATTACKER}
+    for _ in range(2):
+        assert _get(app, "/private", client="127.0.0.1", headers=forwarded).status_code == 401
+    detector = runtime.current().detector
+    assert detector is not None and detector.flush(5.0)
+    assert len(detector.blocks) == 1
+    assert _get(app, "/private", client="127.0.0.1", headers=forwarded).status_code == 429
+    assert calls == ["private", "private"]
+    assert blocking.total("security.requests.blocked") == 1
+    assert _get(app, "/ok", client="127.0.0.1").status_code == 200  # the proxy is not blocked

@@ -200,3 +200,25 @@ def test_uninstrument_takes_the_gate_out(blocking: SDK) -> None:
     from django.core.handlers.wsgi import WSGIHandler
 
     assert not is_patched(WSGIHandler, "__call__")
+
+
+def test_a_proxy_fix_inside_the_app_cannot_open_a_bypass(blocking: SDK) -> None:
+    """werkzeug's ProxyFix on ``app.wsgi_app`` rewrites REMOTE_ADDR after the gate looked
+    (the gate sees the proxy, the Flask adapter the client): the gate's 'not blocked' holds
+    for the address it checked only, so the blocked client behind the proxy is still
+    refused."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    calls: list[str] = []
+    app = _instrumented(calls, blocking)
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
+    forwarded = {"X-Forwarded-For": ATTACKER}
+    for _ in range(2):
+        assert _get(app, "/private", client="127.0.0.1", **forwarded).status_code == 401
+    detector = runtime.current().detector
+    assert detector is not None and detector.flush(5.0)
+    assert len(detector.blocks) == 1
+    assert _get(app, "/private", client="127.0.0.1", **forwarded).status_code == 429
+    assert calls == ["private", "private"]
+    assert blocking.total("security.requests.blocked") == 1
+    assert _get(app, "/ok", client="127.0.0.1").status_code == 200

@@ -57,8 +57,9 @@ UserIdResolver = Callable[[Scope], "str | int | None"]
 
 #: Scope key marking a request already handled by an outer SecAuditMiddleware (mounted apps).
 SCOPE_MARKER: Final = "otel_secaudit.request"
-#: Scope key set by the gate (:mod:`otel_secaudit.web.gate`) when it found the client not
-#: blocked before the server span opened: the middleware does not look it up again.
+#: Scope key set by the gate (:mod:`otel_secaudit.web.gate`) to the client address it found not
+#: blocked before the server span opened: the middleware does not look that address up again
+#: (an address rewritten in between, by middleware inside the application, is looked up).
 BLOCK_CHECKED: Final = "otel_secaudit.block_checked"
 _MOUNT_KEY: Final = "otel_secaudit.mount"
 MAX_ROUTE_LENGTH: Final = 256
@@ -289,7 +290,11 @@ class SecAuditMiddleware:
         try:
             # A client the gate (before the server span) found not blocked is not looked up
             # again.
-            refusal = None if scope.get(BLOCK_CHECKED) else exchange.refusal()
+            checked = scope.get(BLOCK_CHECKED)
+            if checked is not None and checked == exchange.request.client_address:
+                refusal = None
+            else:
+                refusal = exchange.refusal()
             if refusal is not None:
                 await send_refusal(send, refusal)
                 return

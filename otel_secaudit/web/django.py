@@ -188,7 +188,7 @@ class SecAuditDjangoMiddleware:
             refusal = wsgi_core.admit(
                 exchange,
                 functools.partial(_user_names, request),
-                checked=bool(request.META.get(wsgi_gate.BLOCK_CHECKED)),
+                checked=wsgi_gate.checked(request.META, exchange),
             )
             if refusal is not None:
                 return _refusal_response(refusal)

@@ -152,7 +152,7 @@ def _before_request() -> Any:
     refusal = wsgi_core.admit(
         exchange,
         functools.partial(_user_names, request),
-        checked=bool(environ.get(wsgi_gate.BLOCK_CHECKED)),
+        checked=wsgi_gate.checked(environ, exchange),
     )
     if refusal is not None:
         return flask.Response(refusal.body, status=refusal.status, headers=refusal.headers())

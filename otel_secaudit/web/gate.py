@@ -11,8 +11,9 @@ contrib's ``FastAPIInstrumentor``/``StarletteInstrumentor`` open the server span
 * With no block active in the process (the usual case) it costs one length check.
 * With blocks active, it resolves the client address (trusted proxies included) and asks the
   detector, which counts every refusal in ``security.requests.blocked``. A client that is not
-  blocked goes on and the middleware does not look it up again (scope key
-  :data:`~otel_secaudit.web.asgi.BLOCK_CHECKED`).
+  blocked goes on and the middleware does not look the same address up again (scope key
+  :data:`~otel_secaudit.web.asgi.BLOCK_CHECKED`; a client address that middleware inside the
+  application rewrote is looked up by the middleware).
 * A blocked client gets 429 with ``Retry-After`` from the gate, under a server span of
   otel_secaudit's own (scope ``otel_secaudit``; named after the method; ``http.request.method``,
   ``url.scheme``, ``url.path`` (scrubbed), ``client.address``, ``network.peer.address``,
@@ -97,7 +98,7 @@ async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
     try:
         decision = exchange.block_decision()  # never raises
         if decision is None:
-            scope[BLOCK_CHECKED] = True
+            scope[BLOCK_CHECKED] = request.client_address
             return False
         scheme = scope.get("scheme")
         with refusal_span(rt, request, scheme if isinstance(scheme, str) else None):

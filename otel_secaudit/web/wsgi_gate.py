@@ -12,7 +12,8 @@ application, before any of that: ``Flask.__call__`` and Django's ``WSGIHandler._
 * With blocks active it resolves the client address from the environ as the adapters do
   (``REMOTE_ADDR``, trusted proxies and their header included) and asks the detector, which
   counts every refusal in ``security.requests.blocked``. A client that is not blocked goes on
-  and the adapter does not look it up again (environ key :data:`BLOCK_CHECKED`).
+  and the adapter does not look the same address up again (environ key :data:`BLOCK_CHECKED`;
+  an address that middleware inside the application rewrote is looked up by the adapter).
 * A blocked client gets 429 with ``Retry-After`` under a root server span of otel_secaudit's
   own, with the same attributes as the ASGI gate's (``url.scheme`` from ``wsgi.url_scheme``);
   ``request.blocked``, when due, is a span event on it and a log record in its trace.
@@ -32,10 +33,12 @@ from .. import runtime as _runtime
 from ..context import enter_request, leave_request
 from . import gate, wsgi_core
 
-__all__ = ["BLOCK_CHECKED", "gated_call", "refused_early"]
+__all__ = ["BLOCK_CHECKED", "checked", "gated_call", "refused_early"]
 
-#: Environ key set when the gate found the client not blocked: the adapter does not look it up
-#: again (the same key as the ASGI scope's).
+#: Environ key set to the client address the gate found not blocked: the adapter does not look
+#: that address up again (the same key as the ASGI scope's). An address only: WSGI middleware
+#: inside the application (werkzeug's ``ProxyFix``) may rewrite ``REMOTE_ADDR`` after the gate,
+#: and the adapter then checks the address it resolves itself.
 BLOCK_CHECKED: Final = "otel_secaudit.block_checked"
 _REASON: Final = {429: "Too Many Requests"}
 
@@ -62,7 +65,7 @@ def refused_early(
     try:
         decision = exchange.block_decision()  # never raises
         if decision is None:
-            environ[BLOCK_CHECKED] = True
+            environ[BLOCK_CHECKED] = request.client_address
             return None
         scheme = environ.get("wsgi.url_scheme")
         with gate.refusal_span(rt, request, scheme if isinstance(scheme, str) else None):
@@ -72,6 +75,13 @@ def refused_early(
         return [refusal.body]
     finally:
         leave_request(token)
+
+
+def checked(environ: dict[str, Any], exchange: Any) -> bool:
+    """Whether the gate found the adapter's client address (``exchange.request``) not blocked
+    already."""
+    address = environ.get(BLOCK_CHECKED)
+    return address is not None and address == exchange.request.client_address
 
 
 def gated_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
