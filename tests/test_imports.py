@@ -108,3 +108,26 @@ def test_a_pending_hook_fires_on_import_unless_cancelled(cancel: bool) -> None:
     )
     assert out.strip() == ("[]" if cancel else "['colorsys']")
     assert cancel_pending is not None
+
+
+def test_flask_login_is_observed_when_the_application_imports_it() -> None:
+    """Importing Flask does not import Flask-Login on the application's behalf; its signals
+    are connected when the application imports it, and disconnected by uninstrument()."""
+    out = _run(
+        """
+        import sys
+        from otel_secaudit import SecAuditInstrumentor
+        from otel_secaudit.auth.patching import ObjectProxy
+        from otel_secaudit.web import flask as adapter
+        instrumentor = SecAuditInstrumentor()
+        instrumentor.instrument()
+        import flask
+        print("flask_login" in sys.modules,
+              isinstance(vars(flask.Flask)["__call__"], ObjectProxy))
+        from flask_login import signals
+        print(adapter._on_logged_in in signals.user_logged_in.receivers.values())
+        instrumentor.uninstrument()
+        print(adapter._on_logged_in in signals.user_logged_in.receivers.values())
+        """
+    )
+    assert out.split("\n")[:3] == ["False True", "True", "False"]

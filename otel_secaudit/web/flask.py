@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import weakref
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
@@ -39,6 +40,7 @@ from wrapt import wrap_function_wrapper
 
 from ..auth.patching import is_patched
 from ..context import request_scope
+from ..imports import when_imported
 from . import wsgi_core, wsgi_gate
 from .route_check import flask_routes, warn_unmatched
 
@@ -269,9 +271,10 @@ def _on_unauthorized(sender: Any, **kw: Any) -> None:
 
 
 def _flask_login_signals() -> list[tuple[Any, Any]]:
-    try:
-        from flask_login import signals
-    except ImportError:
+    """Flask-Login's signals and our receivers; none while the application has not imported
+    Flask-Login (it is never imported on the application's behalf)."""
+    signals = sys.modules.get("flask_login.signals")
+    if signals is None:
         return []
     return [
         (signals.user_logged_in, _on_logged_in),
@@ -292,6 +295,11 @@ def _install() -> None:
         wrap_function_wrapper(Flask, "handle_http_exception", _noting_csrf_error)
         # the WSGI entry: a blocked client is refused before contrib's span (wsgi_gate)
         wrap_function_wrapper(Flask, "__call__", wsgi_gate.gated_call)
+    # Flask-Login's signals when the application imports it (now, if it has)
+    when_imported("flask_login.signals", _connect_flask_login, "Flask-Login")
+
+
+def _connect_flask_login(_module: Any) -> None:
     for signal, receiver in _flask_login_signals():
         signal.connect(receiver, weak=False)  # once: blinker keys receivers by identity
 
