@@ -8,7 +8,7 @@ what contrib's own 403 costs. The gate runs earlier, in ``Starlette.__call__`` (
 :mod:`otel_secaudit.web.starlette`), before the application's middleware stack, where
 contrib's ``FastAPIInstrumentor``/``StarletteInstrumentor`` open the server span:
 
-* With no block active in the process (the usual case) it costs one length check.
+* With no block active in the process (the usual case) it costs a few attribute reads.
 * With blocks active, it resolves the client address (trusted proxies included) and asks the
   detector, which counts every refusal in ``security.requests.blocked``. A client that is not
   blocked goes on and the middleware does not look the same address up again (scope key
@@ -27,6 +27,9 @@ contrib's ``FastAPIInstrumentor``/``StarletteInstrumentor`` open the server span
 When a span is already current at that point (FastAPI's own telemetry, an
 ``OpenTelemetryMiddleware`` wrapped around the whole application, an ASGI server's
 instrumentation), the gate steps aside and the middleware refuses inside that span, as before.
+
+:func:`blocks_active`, :func:`in_span` and :func:`refusal_span` are shared with the WSGI gate
+of Flask and Django (:mod:`otel_secaudit.web.wsgi_gate`).
 """
 
 from __future__ import annotations
