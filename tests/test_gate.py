@@ -240,3 +240,92 @@ def test_a_proxy_middleware_before_ours_cannot_open_a_bypass(blocking: SDK) -> N
     assert calls == ["private", "private"]
     assert blocking.total("security.requests.blocked") == 1
     assert _get(app, "/ok", client="127.0.0.1").status_code == 200  # the proxy is not blocked
+
+
+def test_a_blocked_clients_websocket_handshake_is_refused(blocking: SDK) -> None:
+    """A block refuses the client's WebSocket handshakes too (a blocked brute-forcer must not
+    go on over a socket): 429 with Retry-After through the websocket.http.response extension,
+    under our span; the endpoint never runs, another client connects."""
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+
+    from harness.apps.secapp import create_app
+
+    app = create_app()
+    _block(app)
+    with TestClient(app, client=(ATTACKER, 4000)) as http:
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with http.websocket_connect("/ws"):
+                pass
+    assert denied.value.status_code == 429
+    assert 1 <= int(denied.value.headers["retry-after"]) <= 60
+    assert app.state.calls["ws"] == 0
+    ours = [s for s in _server_spans(blocking) if s.instrumentation_scope.name == "otel_secaudit"]
+    assert len(ours) == 1 and ours[0].attributes["http.response.status_code"] == 429
+    assert ours[0].attributes["url.scheme"] == "ws"
+    (record,) = _security_logs(blocking, "request.blocked")
+    assert record.trace_id == ours[0].context.trace_id
+    assert record.attributes["http.response.status_code"] == 429
+    assert blocking.total("security.requests.blocked") == 1
+    with TestClient(app, client=(OBSERVER, 4000)) as http:
+        with http.websocket_connect("/ws") as socket:
+            socket.send_text("hello")
+            assert socket.receive_text() == "hello"
+    assert app.state.calls["ws"] == 1
+
+
+def test_without_the_http_response_extension_the_handshake_is_closed(blocking: SDK) -> None:
+    """A server that does not offer websocket.http.response gets a close before accept (code
+    1008), which it answers with 403; the record says 403."""
+    from harness.apps.secapp import create_app
+
+    app = create_app()
+    _block(app)
+    sent: list[dict[str, Any]] = []
+    incoming = [{"type": "websocket.connect"}]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "client": (ATTACKER, 4000),
+        "server": ("test", 80),
+        "subprotocols": [],
+    }
+    asyncio.run(app(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]
+    assert app.state.calls["ws"] == 0
+    (record,) = _security_logs(blocking, "request.blocked")
+    assert record.attributes["http.response.status_code"] == 403
+
+
+def test_inside_an_outer_span_the_middleware_refuses_the_handshake(make_sdk: Any) -> None:
+    """With contrib's ASGI middleware around the app (a span current before Starlette runs)
+    the gate steps aside and the security middleware refuses the handshake inside that span."""
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+
+    from harness.apps.secapp import create_app
+
+    sdk: SDK = make_sdk(host_threshold=2, block_seconds=60)
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    inner = create_app()
+    app = OpenTelemetryMiddleware(inner, tracer_provider=sdk.tracer_provider)
+    _block(app)
+    with TestClient(app, client=(ATTACKER, 4000)) as http:
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with http.websocket_connect("/ws"):
+                pass
+    assert denied.value.status_code == 429
+    assert inner.state.calls["ws"] == 0
+    assert sdk.total("security.requests.blocked") == 1
+    assert not [s for s in sdk.spans() if s.instrumentation_scope.name == "otel_secaudit"]

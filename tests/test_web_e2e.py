@@ -321,3 +321,49 @@ def test_query_secrets_scrubbed_from_the_raw_query(
         assert "?next=/home#top&token=[REDACTED]&" in span.attributes["http.url"]
     if "url.query" in span.attributes:  # raw there
         assert span.attributes["url.query"].startswith("next=%2Fhome%23top&token=[REDACTED]&")
+
+
+def test_a_blocked_clients_websocket_is_refused_by_uvicorn(otlp_receiver: OTLPReceiver) -> None:
+    """uvicorn (its websockets implementation offers websocket.http.response) answers a blocked
+    client's WebSocket handshake with our 429; the observer's socket still echoes."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    served = start_app(
+        otlp_receiver, host_threshold="3", block_seconds="30", trusted_proxies="127.0.0.1/32"
+    )
+    attacker = {"x-forwarded-for": "203.0.113.44"}
+    ws_url = served.base_url.replace("http://", "ws://") + "/ws"
+    try:
+        for _ in range(3):
+            assert httpx.get(served.base_url + "/private", headers=attacker).status_code == 401
+        wait_for(lambda: otlp_receiver.security_logs("abuse.block.started"), 20)
+
+        def refused() -> Any:
+            try:
+                with connect(ws_url, additional_headers=attacker, open_timeout=5):
+                    return None
+            except InvalidStatus as exc:
+                return exc.response
+
+        response = wait_for(refused, timeout=10, interval=0.1)
+        assert response.status_code == 429
+        assert 1 <= int(response.headers["Retry-After"]) <= 30
+        with connect(ws_url, open_timeout=5) as socket:  # the observer (127.0.0.1)
+            socket.send("hello")
+            assert socket.recv(timeout=5) == "hello"
+        assert httpx.get(served.base_url + "/calls").json().get("ws") == 1
+        (record,) = wait_for(lambda: otlp_receiver.security_logs("request.blocked"), 20)
+        assert record.attributes["client.address"] == "203.0.113.44"
+        assert record.attributes["http.response.status_code"] == 429
+        ours = wait_for(
+            lambda: [
+                s
+                for s in otlp_receiver.spans()
+                if s.scope == "otel_secaudit" and s.trace_id == record.trace_id
+            ],
+            20,
+        )
+        assert ours[0].attributes["url.scheme"] == "ws"
+    finally:
+        served.stop()

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 
 from otel_secaudit import helpers
 
@@ -101,6 +101,14 @@ def create_app() -> FastAPI:
     @app.get("/calls")
     async def get_calls() -> dict[str, int]:
         return dict(calls)
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        """Echoes one text message (a blocked client's handshake never gets here)."""
+        calls["ws"] += 1
+        await websocket.accept()
+        await websocket.send_text(await websocket.receive_text())
+        await websocket.close()
 
     return app
 

@@ -19,7 +19,10 @@ headers from the current server span.
 Lifespan: on shutdown the process-wide runtime is flushed (detector queue, SDK pipelines,
 spool) before ``lifespan.shutdown.complete`` goes out, because uvicorn re-raises SIGTERM after
 its graceful shutdown and ``atexit`` never runs. Lifespan messages pass through untouched; an
-application without lifespan support is not affected. Websockets pass through untouched.
+application without lifespan support is not affected. A WebSocket handshake from a blocked
+client is refused (:func:`send_websocket_refusal`: 429 through the ``websocket.http.response``
+extension, else a close before accept, which the server answers with 403); other websockets
+pass through untouched.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ __all__ = [
     "UserIdResolver",
     "open_exchange",
     "send_refusal",
+    "send_websocket_refusal",
+    "websocket_refusal_status",
     "route_template",
 ]
 
@@ -321,16 +326,43 @@ class SecAuditMiddleware:
             leave_request(token)
 
     async def _pass(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Lifespan (flushed on shutdown), websockets (untouched), and requests an outer
-        security middleware owns (a mounted sub-application: the mount's template is
-        remembered, so routes below it are reported in full)."""
+        """Lifespan (flushed on shutdown), websockets (a blocked client's handshake refused,
+        else untouched), and requests an outer security middleware owns (a mounted
+        sub-application: the mount's template is remembered, so routes below it are reported
+        in full)."""
         kind = scope.get("type")
         if kind == "lifespan":
             await self.app(scope, receive, _flushing_on_shutdown(send))
             return
         if kind == "http":
             _enter_mount(scope)
+        elif kind == "websocket" and SCOPE_MARKER not in scope:
+            scope[SCOPE_MARKER] = True
+            if await self._websocket_refused(scope, receive, send):
+                return
         await self.app(scope, receive, send)
+
+    async def _websocket_refused(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Refuse a blocked client's WebSocket handshake (:func:`send_websocket_refusal`);
+        True when refused. Never raises on its own account."""
+        try:
+            exchange = open_exchange(scope, trace.get_current_span(), self._user_id_resolver)
+            checked = scope.get(BLOCK_CHECKED)
+            if checked is not None and checked == exchange.request.client_address:
+                return False
+        except Exception as exc:  # security plumbing never breaks the connection
+            _runtime.current().recorder.internal_error(exc, "asgi.websocket")
+            return False
+        token = enter_request(exchange.request)
+        try:
+            decision = exchange.block_decision()  # never raises
+            if decision is None:
+                return False
+            refusal = exchange.refuse(decision, websocket_refusal_status(scope))
+        finally:
+            leave_request(token)
+        await send_websocket_refusal(receive, send, refusal)
+        return True
 
     def _open(self, scope: Scope) -> Exchange:
         span = trace.get_current_span()
@@ -362,6 +394,35 @@ async def send_refusal(send: Send, refusal: RefusalResponse) -> None:
         }
     )
     await send({"type": "http.response.body", "body": refusal.body})
+
+
+def websocket_refusal_status(scope: Scope) -> int:
+    """The status a blocked client's WebSocket handshake gets: 429 when the server lets the
+    application answer the handshake itself (the ASGI ``websocket.http.response`` extension),
+    else 403 (a close before accept, which the server answers with 403)."""
+    extensions = scope.get("extensions")
+    offered = isinstance(extensions, Mapping) and "websocket.http.response" in extensions
+    return 429 if offered else 403
+
+
+async def send_websocket_refusal(receive: Receive, send: Send, refusal: RefusalResponse) -> None:
+    """Refuse a WebSocket handshake (``refusal.status`` from
+    :func:`websocket_refusal_status`): 429 with ``Retry-After`` as an HTTP response, or a
+    close before accept (code 1008, policy violation); nothing when the client left first."""
+    message = await receive()
+    if message.get("type") != "websocket.connect":
+        return
+    if refusal.status == 429:
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": refusal.status,
+                "headers": [(k.encode(), v.encode()) for k, v in refusal.headers()],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": refusal.body})
+        return
+    await send({"type": "websocket.close", "code": 1008})
 
 
 def _tee(exchange: Exchange, scope: Scope, receive: Receive) -> Receive:

@@ -296,10 +296,11 @@ class Exchange:
             rt.recorder.internal_error(exc, "web.block")
             return None
 
-    def refuse(self, decision: Refusal) -> RefusalResponse:
-        """Answer a blocked client (``decision`` from :meth:`block_decision`): records
-        ``request.blocked`` when the decision says so (at most once per key per 60 s)."""
-        self.request.status_code = 429
+    def refuse(self, decision: Refusal, status: int = 429) -> RefusalResponse:
+        """Answer a blocked client (``decision`` from :meth:`block_decision`) with ``status``
+        (429; a WebSocket handshake refused by a close is 403): records ``request.blocked``
+        when the decision says so (at most once per key per 60 s)."""
+        self.request.status_code = status
         if decision.record_count:
             try:
                 self._record(
@@ -309,7 +310,7 @@ class Exchange:
                 )
             except Exception as exc:
                 self.runtime.recorder.internal_error(exc, "web.block")
-        return RefusalResponse(decision.retry_after)
+        return RefusalResponse(decision.retry_after, status)
 
     @property
     def user_fields(self) -> tuple[str, ...]:

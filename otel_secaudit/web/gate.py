@@ -44,7 +44,15 @@ from opentelemetry import trace
 from .. import attributes as attr
 from .. import runtime as _runtime
 from ..context import enter_request, leave_request
-from .asgi import BLOCK_CHECKED, Send, open_exchange, send_refusal
+from .asgi import (
+    BLOCK_CHECKED,
+    Receive,
+    Send,
+    open_exchange,
+    send_refusal,
+    send_websocket_refusal,
+    websocket_refusal_status,
+)
 from .exchange import WebRequest
 
 __all__ = ["blocks_active", "in_span", "refusal_span", "refused_early", "wanted"]
@@ -64,10 +72,11 @@ def blocks_active() -> bool:
 
 
 def wanted(scope: Scope) -> bool:
-    """Whether :func:`refused_early` has anything to check for ``scope``: an HTTP request
-    while some client is blocked in this process. The per-request cost of the gate when no
-    block is active (a few attribute reads, no coroutine). Never raises."""
-    return blocks_active() and scope.get("type") == "http"
+    """Whether :func:`refused_early` has anything to check for ``scope``: an HTTP request or
+    a WebSocket handshake while some client is blocked in this process. The per-request cost
+    of the gate when no block is active (a few attribute reads, no coroutine). Never
+    raises."""
+    return blocks_active() and scope.get("type") in ("http", "websocket")
 
 
 def in_span() -> bool:
@@ -76,10 +85,14 @@ def in_span() -> bool:
     return trace.get_current_span().get_span_context().is_valid
 
 
-async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
+async def refused_early(
+    scope: Scope, send: Send, app: Any = None, receive: Receive | None = None
+) -> bool:
     """Answer ``scope``'s request with 429 when its client is blocked and no span is current
-    yet (``app``: the Starlette application, whose routes name the refused request's route);
-    True when answered (the application must not run). Never raises on its own account
+    yet (``app``: the Starlette application, whose routes name the refused request's route;
+    a WebSocket handshake is refused too when ``receive`` is given, see
+    :func:`~otel_secaudit.web.asgi.send_websocket_refusal`); True when answered (the
+    application must not run). Never raises on its own account
     (an error is counted and the request goes on to the middleware); what ``send`` raises
     (a client gone) propagates as it would from the application."""
     try:
@@ -104,20 +117,30 @@ async def refused_early(scope: Scope, send: Send, app: Any = None) -> bool:
             scope[BLOCK_CHECKED] = request.client_address
             return False
         scheme = scope.get("scheme")
-        with refusal_span(rt, request, scheme if isinstance(scheme, str) else None):
-            await send_refusal(send, exchange.refuse(decision))
+        websocket = scope.get("type") == "websocket"
+        if websocket and receive is None:
+            return False  # the middleware refuses it
+        status = websocket_refusal_status(scope) if websocket else 429
+        with refusal_span(rt, request, scheme if isinstance(scheme, str) else None, status):
+            refusal = exchange.refuse(decision, status)
+            if receive is not None and websocket:
+                await send_websocket_refusal(receive, send, refusal)
+            else:
+                await send_refusal(send, refusal)
         return True
     finally:
         leave_request(token)
 
 
 @contextmanager
-def refusal_span(rt: _runtime.Runtime, request: WebRequest, scheme: str | None) -> Iterator[None]:
+def refusal_span(
+    rt: _runtime.Runtime, request: WebRequest, scheme: str | None, status: int = 429
+) -> Iterator[None]:
     """Current while a gate refuses ``request``: its own server span (a root span), which the
     ``request.blocked`` records of the request belong to (``request.server_span`` when it
     records). Never raises on its own account (an invalid span when the tracer fails: the
     refusal still goes out, and the error is counted); ends the span when left."""
-    span = _server_span(rt, request, scheme)
+    span = _server_span(rt, request, scheme, status)
     if span.is_recording():
         request.server_span = span
     context_token = otel_context.attach(trace.set_span_in_context(span))
@@ -128,26 +151,28 @@ def refusal_span(rt: _runtime.Runtime, request: WebRequest, scheme: str | None) 
         span.end()
 
 
-def _server_span(rt: _runtime.Runtime, request: WebRequest, scheme: str | None) -> trace.Span:
+def _server_span(
+    rt: _runtime.Runtime, request: WebRequest, scheme: str | None, status: int
+) -> trace.Span:
     try:
         return rt.tracer().start_span(
-            request.method or "HTTP",
+            request.method or "GET",  # a WebSocket handshake (no method in its scope) is a GET
             context=otel_context.Context(),  # a root span: the client's traceparent is not trusted
             kind=trace.SpanKind.SERVER,
-            attributes=_span_attributes(request, scheme),
+            attributes=_span_attributes(request, scheme, status),
         )
     except Exception as exc:
         rt.recorder.internal_error(exc, "gate.span")
         return trace.INVALID_SPAN
 
 
-def _span_attributes(request: WebRequest, scheme: str | None) -> dict[str, Any]:
+def _span_attributes(request: WebRequest, scheme: str | None, status: int) -> dict[str, Any]:
     """The refused request's server span attributes (semantic conventions), from the
     exchange's sanitized request."""
-    attributes: dict[str, Any] = {attr.HTTP_STATUS: 429}
+    attributes: dict[str, Any] = {attr.HTTP_STATUS: status}
     for key, value in (
         (attr.HTTP_METHOD, request.method),
-        ("url.scheme", scheme if scheme in ("http", "https") else None),
+        ("url.scheme", scheme if scheme in ("http", "https", "ws", "wss") else None),
         # as on contrib's spans: e-mail addresses replaced, not routed (routing a refused
         # request would cost more than the rest of the refusal)
         (attr.URL_PATH, request.unrouted_path),

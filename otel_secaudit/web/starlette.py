@@ -182,7 +182,7 @@ def _call(options: dict[str, Any], wrapped: Any, instance: Any, args: Any, kwarg
 
 async def _gated(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
     """``Starlette.__call__`` while some client is blocked: the gate first."""
-    if await gate.refused_early(args[0], args[2], instance):
+    if await gate.refused_early(args[0], args[2], instance, receive=args[1]):
         return
     await wrapped(*args, **kwargs)
 
