@@ -6,7 +6,9 @@ the ``otel_secaudit`` instrumentor calls :func:`instrument_django`, which
 * inserts :class:`SecAuditDjangoMiddleware` into ``settings.MIDDLEWARE`` right after contrib's
   middleware (the entry from its module :data:`CONTRIB_MIDDLEWARE_MODULE`; first when contrib
   is absent), the way contrib inserts its own, so it runs inside the server span and before
-  every other middleware: blocks (429 with ``Retry-After``, no view, no session lookup),
+  every other middleware: blocks (429 with ``Retry-After``, no view, no session lookup; under
+  WSGI the gate at ``WSGIHandler.__call__``, :mod:`otel_secaudit.web.wsgi_gate`, refuses
+  earlier still, before contrib's span),
   status rules, login routes, trusted-proxy client address, URL and captured-header scrubbing
   of the span. The insertion is done at instrument time when ``DJANGO_SETTINGS_MODULE`` is
   set, and checked again when Django builds its middleware chain (``BaseHandler.

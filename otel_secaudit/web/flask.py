@@ -9,18 +9,21 @@ contrib is absent, so before the app's own hooks and Flask-WTF's CSRF check), an
 ``after_request`` hook that runs after the app's own, and a ``teardown_request`` hook that runs
 before contrib's closes the span. Inside the span they:
 
-* refuse a blocked client with 429 and ``Retry-After`` before any view or app hook runs;
+* refuse a blocked client with 429 and ``Retry-After`` before any view or app hook runs, when
+  the gate at ``Flask.__call__`` (:mod:`otel_secaudit.web.wsgi_gate`, before contrib's span)
+  did not already: it steps aside when a span is current before Flask runs, and checks only
+  the address it saw (``ProxyFix`` inside the app may rewrite it);
 * record the status and login rules' events (``http.route`` = the URL rule, ``/items/<id>``,
   as contrib puts it on the span); the submitted user name is what Werkzeug parsed for the
   view, read after it (``request.form``: the first of duplicate fields; ``get_json()``: the
   last of duplicate keys), chunked and large bodies included;
 * scrub secret query values and captured secret headers from the span.
 
-When Flask-Login is installed, ``user_logged_in`` -> ``auth.login.succeeded`` (``user.id`` =
-``get_id()``), ``user_logged_out`` -> ``auth.logout`` and ``user_unauthorized`` ->
-``auth.unauthenticated``. Events of a request carry the signed-in user's id: Flask-Login's
-``current_user`` when the app uses Flask-Login, else ``g.user`` (its ``id``) or
-``session["user_id"]`` (Flask's tutorial style), else ``g.user_id``.
+When the application imports Flask-Login, ``user_logged_in`` -> ``auth.login.succeeded``
+(``user.id`` = ``get_id()``), ``user_logged_out`` -> ``auth.logout`` and
+``user_unauthorized`` -> ``auth.unauthenticated``. Events of a request carry the signed-in
+user's id: Flask-Login's ``current_user`` when the app uses Flask-Login, else ``g.user`` (its
+``id``) or ``session["user_id"]`` (Flask's tutorial style), else ``g.user_id``.
 Flask-WTF's ``CSRFError`` becomes ``request.csrf_mismatch`` with a reason code.
 :func:`uninstrument_flask` removes the hooks and the signal receivers.
 """
