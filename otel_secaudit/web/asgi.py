@@ -36,7 +36,7 @@ from opentelemetry import trace
 from .. import runtime as _runtime
 from ..context import enter_request, leave_request
 from .client import header_values
-from .exchange import Exchange, RefusalResponse
+from .exchange import BLOCK_CHECKED, Exchange, RefusalResponse, checked_by_gate
 from .server_span import may_hold_email, scrub_server_span
 from .user_names import BodyNames
 
@@ -62,10 +62,6 @@ UserIdResolver = Callable[[Scope], "str | int | None"]
 
 #: Scope key marking a request already handled by an outer SecAuditMiddleware (mounted apps).
 SCOPE_MARKER: Final = "otel_secaudit.request"
-#: Scope key set by the gate (:mod:`otel_secaudit.web.gate`) to the client address it found not
-#: blocked before the server span opened: the middleware does not look that address up again
-#: (an address rewritten in between, by middleware inside the application, is looked up).
-BLOCK_CHECKED: Final = "otel_secaudit.block_checked"
 _MOUNT_KEY: Final = "otel_secaudit.mount"
 MAX_ROUTE_LENGTH: Final = 256
 
@@ -295,11 +291,7 @@ class SecAuditMiddleware:
         try:
             # A client the gate (before the server span) found not blocked is not looked up
             # again.
-            checked = scope.get(BLOCK_CHECKED)
-            if checked is not None and checked == exchange.request.client_address:
-                refusal = None
-            else:
-                refusal = exchange.refusal()
+            refusal = None if checked_by_gate(scope, exchange) else exchange.refusal()
             if refusal is not None:
                 await send_refusal(send, refusal)
                 return
@@ -347,8 +339,7 @@ class SecAuditMiddleware:
         True when refused. Never raises on its own account."""
         try:
             exchange = open_exchange(scope, trace.get_current_span(), self._user_id_resolver)
-            checked = scope.get(BLOCK_CHECKED)
-            if checked is not None and checked == exchange.request.client_address:
+            if checked_by_gate(scope, exchange):
                 return False
         except Exception as exc:  # security plumbing never breaks the connection
             _runtime.current().recorder.internal_error(exc, "asgi.websocket")

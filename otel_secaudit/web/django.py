@@ -55,7 +55,7 @@ from ..auth.patching import is_patched, observation_of, patch
 from ..context import current_request, request_scope
 from . import django_redirects as redirects
 from . import wsgi_core, wsgi_gate
-from .exchange import RefusalResponse
+from .exchange import RefusalResponse, checked_by_gate
 from .route_check import django_routes, warn_unmatched
 
 __all__ = [
@@ -190,7 +190,7 @@ class SecAuditDjangoMiddleware:
             refusal = wsgi_core.admit(
                 exchange,
                 functools.partial(_user_names, request),
-                checked=wsgi_gate.checked(request.META, exchange),
+                checked=checked_by_gate(request.META, exchange),
             )
             if refusal is not None:
                 return _refusal_response(refusal)

@@ -40,7 +40,7 @@ The runtime (recorder, detector, settings) is looked up once per request through
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Final
@@ -61,7 +61,14 @@ from .client import normalize_ip, resolve_client_address
 from .outcomes import observed_outcome
 from .user_names import NameSource
 
-__all__ = ["Exchange", "RefusalResponse", "WebRequest", "record_after_failures"]
+__all__ = [
+    "BLOCK_CHECKED",
+    "Exchange",
+    "RefusalResponse",
+    "WebRequest",
+    "checked_by_gate",
+    "record_after_failures",
+]
 
 MAX_ROUTE_LENGTH: Final = 256
 MAX_PATH_LENGTH: Final = 1024
@@ -69,6 +76,14 @@ LOGIN_SUCCEEDED: Final = "auth.login.succeeded"
 LOGIN_FAILED: Final = "auth.login.failed"
 LOGIN_AFTER_FAILURES: Final = "auth.login.succeeded_after_failures"
 ATTACK_TOOL: Final = "request.attack_tool"
+
+#: The ASGI scope / WSGI environ key under which a gate (:mod:`otel_secaudit.web.gate`,
+#: :mod:`otel_secaudit.web.wsgi_gate`) leaves the client address it found not blocked, before
+#: the server span: the adapter does not look that address up again. An address, not a flag:
+#: middleware inside the application (werkzeug's ``ProxyFix``, uvicorn's
+#: ``ProxyHeadersMiddleware``) may rewrite the client after the gate, and the adapter then
+#: looks up the address it resolved itself (see :func:`checked_by_gate`).
+BLOCK_CHECKED: Final = "otel_secaudit.block_checked"
 
 #: ``header(name) -> values``: every value of one request header (lower-case name), in order.
 HeaderLookup = Callable[[str], Sequence[str]]
@@ -466,6 +481,13 @@ class Exchange:
         if rule.outcome == "failure" and request.failure_recorded:
             return  # one request, one violation: the application recorded its own
         self._record(rule.event, outcome=rule.outcome)
+
+
+def checked_by_gate(carrier: Mapping[str, Any], exchange: Exchange) -> bool:
+    """Whether a gate found ``exchange``'s client address not blocked already (``carrier``: the
+    request's ASGI scope or WSGI environ, see :data:`BLOCK_CHECKED`)."""
+    address = carrier.get(BLOCK_CHECKED)
+    return address is not None and address == exchange.request.client_address
 
 
 def record_after_failures(

@@ -45,6 +45,7 @@ from ..auth.patching import is_patched
 from ..context import request_scope
 from ..imports import when_imported
 from . import wsgi_core, wsgi_gate
+from .exchange import checked_by_gate
 from .route_check import flask_routes, warn_unmatched
 
 __all__ = ["csrf_reason_code", "instrument_flask", "uninstrument_flask"]
@@ -157,7 +158,7 @@ def _before_request() -> Any:
     refusal = wsgi_core.admit(
         exchange,
         functools.partial(_user_names, request),
-        checked=wsgi_gate.checked(environ, exchange),
+        checked=checked_by_gate(environ, exchange),
     )
     if refusal is not None:
         return flask.Response(refusal.body, status=refusal.status, headers=refusal.headers())

@@ -12,7 +12,7 @@ contrib's ``FastAPIInstrumentor``/``StarletteInstrumentor`` open the server span
 * With blocks active, it resolves the client address (trusted proxies included) and asks the
   detector, which counts every refusal in ``security.requests.blocked``. A client that is not
   blocked goes on and the middleware does not look the same address up again (scope key
-  :data:`~otel_secaudit.web.asgi.BLOCK_CHECKED`; a client address that middleware inside the
+  :data:`~otel_secaudit.web.exchange.BLOCK_CHECKED`; a client address that middleware inside the
   application rewrote is looked up by the middleware).
 * A blocked client gets 429 with ``Retry-After`` from the gate, under a server span of
   otel_secaudit's own (scope ``otel_secaudit``; named after the method; ``http.request.method``,

@@ -12,8 +12,9 @@ application, before any of that: ``Flask.__call__`` and Django's ``WSGIHandler._
 * With blocks active it resolves the client address from the environ as the adapters do
   (``REMOTE_ADDR``, trusted proxies and their header included) and asks the detector, which
   counts every refusal in ``security.requests.blocked``. A client that is not blocked goes on
-  and the adapter does not look the same address up again (environ key :data:`BLOCK_CHECKED`;
-  an address that middleware inside the application rewrote is looked up by the adapter).
+  and the adapter does not look the same address up again (environ key
+  :data:`~otel_secaudit.web.exchange.BLOCK_CHECKED`; an address that middleware inside the
+  application rewrote is looked up by the adapter).
 * A blocked client gets 429 with ``Retry-After`` under a root server span of otel_secaudit's
   own, with the same attributes as the ASGI gate's (``url.scheme`` from ``wsgi.url_scheme``);
   ``request.blocked``, when due, is a span event on it and a log record in its trace.
@@ -32,14 +33,10 @@ from typing import Any, Final
 from .. import runtime as _runtime
 from ..context import enter_request, leave_request
 from . import gate, wsgi_core
+from .exchange import BLOCK_CHECKED
 
-__all__ = ["BLOCK_CHECKED", "checked", "gated_call", "refused_early"]
+__all__ = ["gated_call", "refused_early"]
 
-#: Environ key set to the client address the gate found not blocked: the adapter does not look
-#: that address up again (the same key as the ASGI scope's). An address only: WSGI middleware
-#: inside the application (werkzeug's ``ProxyFix``) may rewrite ``REMOTE_ADDR`` after the gate,
-#: and the adapter then checks the address it resolves itself.
-BLOCK_CHECKED: Final = "otel_secaudit.block_checked"
 _REASON: Final = {429: "Too Many Requests"}
 
 
@@ -75,13 +72,6 @@ def refused_early(
         return [refusal.body]
     finally:
         leave_request(token)
-
-
-def checked(environ: dict[str, Any], exchange: Any) -> bool:
-    """Whether the gate found the adapter's client address (``exchange.request``) not blocked
-    already."""
-    address = environ.get(BLOCK_CHECKED)
-    return address is not None and address == exchange.request.client_address
 
 
 def gated_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
