@@ -99,7 +99,8 @@ async def refused_early(
         rt = _runtime.current()
         if not wanted(scope):
             return False
-        if in_span():  # the middleware refuses inside that span
+        websocket = scope.get("type") == "websocket"
+        if in_span() or (websocket and receive is None):  # the middleware refuses there
             return False
         if app is not None and "app" not in scope:
             scope["app"] = app  # as Starlette sets it: the route a refused request would match
@@ -117,13 +118,10 @@ async def refused_early(
             scope[BLOCK_CHECKED] = request.client_address
             return False
         scheme = scope.get("scheme")
-        websocket = scope.get("type") == "websocket"
-        if websocket and receive is None:
-            return False  # the middleware refuses it
         status = websocket_refusal_status(scope) if websocket else 429
         with refusal_span(rt, request, scheme if isinstance(scheme, str) else None, status):
             refusal = exchange.refuse(decision, status)
-            if receive is not None and websocket:
+            if websocket and receive is not None:
                 await send_websocket_refusal(receive, send, refusal)
             else:
                 await send_refusal(send, refusal)
