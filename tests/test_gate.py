@@ -329,3 +329,31 @@ def test_inside_an_outer_span_the_middleware_refuses_the_handshake(make_sdk: Any
     assert inner.state.calls["ws"] == 0
     assert sdk.total("security.requests.blocked") == 1
     assert not [s for s in sdk.spans() if s.instrumentation_scope.name == "otel_secaudit"]
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_proxy_middleware_inside_ours_is_warned_about_at_start(
+    make_sdk: Any, caplog: pytest.LogCaptureFixture, trusted: bool
+) -> None:
+    """uvicorn's ProxyHeadersMiddleware added to the app runs inside the security middleware,
+    which reads the client address first: without OTEL_SECAUDIT_TRUSTED_PROXIES every
+    violation (and block) would be keyed on the proxy, so the start says so, once."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    settings = {"trusted_proxies": "127.0.0.1/32"} if trusted else {}
+    sdk: SDK = make_sdk(**settings)
+    FastAPIInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
+    app = _app([])
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=["127.0.0.1"])
+    with caplog.at_level("WARNING", logger="otel_secaudit"):
+        for _ in range(2):
+            assert _get(app, "/ok", client="127.0.0.1").status_code == 200
+    warnings = [
+        r.getMessage() for r in caplog.records if "ProxyHeadersMiddleware" in r.getMessage()
+    ]
+    if trusted:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1
+        assert "OTEL_SECAUDIT_TRUSTED_PROXIES" in warnings[0]

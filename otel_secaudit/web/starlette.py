@@ -40,6 +40,7 @@ from typing import Any, Final
 from opentelemetry.instrumentation.utils import unwrap
 from wrapt import wrap_function_wrapper
 
+from .. import runtime as _runtime
 from ..auth.patching import is_patched
 from ..imports import when_imported
 from . import gate
@@ -122,6 +123,45 @@ def _learn_header_capture(stack: Any) -> None:
             spans.append(layer)
 
 
+def _inner_proxy_rewriters(stack: Any) -> list[str]:
+    """Names of the layers inside the security middleware of ``stack`` that rewrite the client
+    address from forwarding headers (uvicorn's ``ProxyHeadersMiddleware``, or a subclass): the
+    middleware reads the address before they run."""
+    found: list[str] = []
+    inside = False
+    for layer in _layers(stack):
+        if isinstance(layer, SecAuditMiddleware):
+            inside = True
+        elif inside and any(
+            klass.__name__ == "ProxyHeadersMiddleware"
+            and klass.__module__.startswith("uvicorn.middleware")
+            for klass in type(layer).__mro__
+        ):
+            found.append(type(layer).__name__)
+    return found
+
+
+def _warn_inner_proxy(app: Any, stack: Any) -> None:
+    """A warning at start when ``app`` rewrites client addresses inside the security middleware
+    while OTEL_SECAUDIT_TRUSTED_PROXIES is unset: every request would then carry the proxy's
+    address, and violations, abuse signals and blocks would all be keyed on it (one
+    brute-forcer could get every user refused). Never raises."""
+    try:
+        rewriters = _inner_proxy_rewriters(stack)
+        if rewriters and not _runtime.current().settings.trusted_proxies:
+            _log.warning(
+                "otel_secaudit: %r rewrites client addresses with %s, which runs after "
+                "otel_secaudit has read them: with OTEL_SECAUDIT_TRUSTED_PROXIES unset, "
+                "violations and blocks are keyed on the proxy's address. Set "
+                "OTEL_SECAUDIT_TRUSTED_PROXIES to the proxy's CIDR (or let uvicorn rewrite "
+                "the address: --proxy-headers --forwarded-allow-ips).",
+                app,
+                rewriters[0],
+            )
+    except Exception:  # a warning must never cost the application its start
+        _log.debug("otel_secaudit: proxy check failed", exc_info=True)
+
+
 def _build_with_secaudit(app: Any, build: Callable[[], Any], options: dict[str, Any]) -> Any:
     """Build ``app``'s stack with the security middleware in its user middleware list."""
     saved = app.user_middleware
@@ -133,6 +173,7 @@ def _build_with_secaudit(app: Any, build: Callable[[], Any], options: dict[str, 
         app.user_middleware = saved
     if app not in _apps:  # once per app, when its stack is first built (at start)
         warn_unmatched(lambda: starlette_routes(app), "Starlette")
+        _warn_inner_proxy(app, stack)
     _apps.add(app)
     return stack
 
