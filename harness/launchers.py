@@ -108,8 +108,8 @@ def serve_django(
     instrument: bool = True,
     gunicorn_args: tuple[str, ...] = (),
 ) -> Served:
-    """The Django project under ``server`` (``gunicorn`` or ``runserver``); ``gunicorn_args``
-    come after the defaults (and so override them)."""
+    """The Django project under ``server`` (``gunicorn``, ``runserver``, or ``uvicorn``: its
+    ASGI application); ``gunicorn_args`` come after the defaults (and so override them)."""
     port = free_port()
     env = {
         **env,
@@ -119,6 +119,11 @@ def serve_django(
     }
     if server == "runserver":
         args = [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"]
+    elif server == "uvicorn":  # Django's ASGIHandler
+        args = [
+            sys.executable, "-m", "uvicorn", "secsite.asgi:application",
+            "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+        ]  # fmt: skip
     else:
         args = [*_gunicorn(port, workers), *gunicorn_args, "secsite.wsgi"]
     if instrument:

@@ -398,3 +398,44 @@ def test_csrf_reasons_become_codes_without_the_request_values(reason: str, code:
     from otel_secaudit.web.django import csrf_reason_code
 
     assert csrf_reason_code(reason) == code
+
+
+def test_django_under_asgi_observes_and_refuses_before_contribs_span(
+    otlp_receiver: OTLPReceiver, django_db: str
+) -> None:
+    """Django's ASGIHandler under uvicorn: the same middleware records the 403s and detects
+    the abuse, and a blocked client is refused at ASGIHandler.__call__ (web/gate.py), before
+    contrib's span, under otel_secaudit's own."""
+    env = telemetry_env(
+        otlp_receiver.http_endpoint,
+        host_threshold="3",
+        block_seconds="30",
+        trusted_proxies="127.0.0.1/32",
+    )
+    served = serve_django(env, django_db, server="uvicorn")
+    attacker = {"x-forwarded-for": ATTACKER}
+    try:
+        for _ in range(3):
+            assert httpx.get(served.base_url + "/forbidden/", headers=attacker).status_code == 403
+        denied = wait_for(
+            lambda: (
+                len(otlp_receiver.security_logs("authz.permission_denied")) == 3
+                and otlp_receiver.security_logs("authz.permission_denied")
+            ),
+            20,
+        )
+        assert {log.attributes["http.route"] for log in denied} == {"forbidden/"}
+        wait_for(lambda: otlp_receiver.security_logs("abuse.block.started"), 20)
+        response = httpx.get(served.base_url + "/forbidden/", headers=attacker)
+        assert response.status_code == 429
+        assert 1 <= int(response.headers["retry-after"]) <= 30
+        assert httpx.get(served.base_url + "/ok/").status_code == 200  # the observer
+        (blocked,) = wait_for(lambda: otlp_receiver.security_logs("request.blocked"), 20)
+        assert blocked.attributes["client.address"] == ATTACKER
+        wait_for(lambda: blocked.trace_id in gate_spans(otlp_receiver), timeout=20)
+        span = gate_spans(otlp_receiver)[blocked.trace_id]
+        assert span.attributes["http.response.status_code"] == 429
+        assert [name for name, _ in span.events] == ["request.blocked"]
+        assert blocked.trace_id not in server_spans(otlp_receiver)  # contrib opened none
+    finally:
+        served.stop()

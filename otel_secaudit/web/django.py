@@ -6,9 +6,10 @@ the ``otel_secaudit`` instrumentor calls :func:`instrument_django`, which
 * inserts :class:`SecAuditDjangoMiddleware` into ``settings.MIDDLEWARE`` right after contrib's
   middleware (the entry from its module :data:`CONTRIB_MIDDLEWARE_MODULE`; first when contrib
   is absent), the way contrib inserts its own, so it runs inside the server span and before
-  every other middleware: blocks (429 with ``Retry-After``, no view, no session lookup; under
-  WSGI the gate at ``WSGIHandler.__call__``, :mod:`otel_secaudit.web.wsgi_gate`, refuses
-  earlier still, before contrib's span),
+  every other middleware: blocks (429 with ``Retry-After``, no view, no session lookup; the
+  gate at ``WSGIHandler.__call__`` (:mod:`otel_secaudit.web.wsgi_gate`) or
+  ``ASGIHandler.__call__`` (:func:`otel_secaudit.web.gate.gated_call`) refuses earlier
+  still, before contrib's span),
   status rules, login routes, trusted-proxy client address, URL and captured-header scrubbing
   of the span. The insertion is done at instrument time when ``DJANGO_SETTINGS_MODULE`` is
   set, and checked again when Django builds its middleware chain (``BaseHandler.
@@ -54,7 +55,7 @@ from wrapt import wrap_function_wrapper
 from ..auth.patching import is_patched, observation_of, patch
 from ..context import current_request, request_scope
 from . import django_redirects as redirects
-from . import wsgi_core, wsgi_gate
+from . import gate, wsgi_core, wsgi_gate
 from .exchange import RefusalResponse, checked_by_gate
 from .route_check import django_routes, warn_unmatched
 
@@ -190,7 +191,8 @@ class SecAuditDjangoMiddleware:
             refusal = wsgi_core.admit(
                 exchange,
                 functools.partial(_user_names, request),
-                checked=checked_by_gate(request.META, exchange),
+                # the gate leaves its mark in the WSGI environ (META) or the ASGI scope
+                checked=checked_by_gate(getattr(request, "scope", None) or request.META, exchange),
             )
             if refusal is not None:
                 return _refusal_response(refusal)
@@ -400,6 +402,10 @@ def _install() -> None:
     if not is_patched(WSGIHandler, "__call__"):
         # the WSGI entry: a blocked client is refused before contrib's span (wsgi_gate)
         wrap_function_wrapper(WSGIHandler, "__call__", wsgi_gate.gated_call)
+    from django.core.handlers.asgi import ASGIHandler
+
+    if not is_patched(ASGIHandler, "__call__"):
+        wrap_function_wrapper(ASGIHandler, "__call__", gate.gated_call)  # the ASGI entry
     if apps.ready:  # instrumented after django.setup(): nothing else will patch it
         redirects.patch()
     if _settings_ready():
@@ -416,6 +422,9 @@ def _uninstall() -> None:
     from django.core.handlers.wsgi import WSGIHandler
 
     unwrap(WSGIHandler, "__call__")
+    from django.core.handlers.asgi import ASGIHandler
+
+    unwrap(ASGIHandler, "__call__")
     for signal, _receiver in _signals():
         signal.disconnect(dispatch_uid=_DISPATCH_UID)
     redirects.unpatch()

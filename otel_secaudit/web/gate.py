@@ -28,6 +28,7 @@ When a span is already current at that point (FastAPI's own telemetry, an
 ``OpenTelemetryMiddleware`` wrapped around the whole application, an ASGI server's
 instrumentation), the gate steps aside and the middleware refuses inside that span, as before.
 
+:func:`gated_call` puts the same gate in front of Django's ``ASGIHandler``.
 :func:`blocks_active`, :func:`in_span` and :func:`refusal_span` are shared with the WSGI gate
 of Flask and Django (:mod:`otel_secaudit.web.wsgi_gate`).
 """
@@ -55,7 +56,7 @@ from .asgi import (
 )
 from .exchange import WebRequest
 
-__all__ = ["blocks_active", "in_span", "refusal_span", "refused_early", "wanted"]
+__all__ = ["blocks_active", "gated_call", "in_span", "refusal_span", "refused_early", "wanted"]
 
 Scope = MutableMapping[str, Any]
 
@@ -128,6 +129,22 @@ async def refused_early(
         return True
     finally:
         leave_request(token)
+
+
+def gated_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """A wrapt wrapper for an ASGI application's ``__call__(scope, receive, send)`` (Django's
+    ``ASGIHandler``): the application's own coroutine, unless a block is active; then a
+    coroutine that runs the gate first."""
+    if len(args) == 3 and not kwargs and wanted(args[0]):
+        return _gated(wrapped, args)
+    return wrapped(*args, **kwargs)
+
+
+async def _gated(wrapped: Any, args: Any) -> None:
+    scope, receive, send = args
+    if await refused_early(scope, send, receive=receive):
+        return
+    await wrapped(*args)
 
 
 @contextmanager

@@ -21,8 +21,8 @@ application, before any of that: ``Flask.__call__`` and Django's ``WSGIHandler._
 
 A span already current at that point (contrib's ``OpenTelemetryMiddleware`` wrapped around the
 WSGI application) makes the gate step aside: the adapter refuses inside that span, as before.
-Django served through ASGI (``ASGIHandler``) is not gated: its adapter refuses inside contrib's
-span.
+Django served through ASGI gets the ASGI gate instead, at ``ASGIHandler.__call__``
+(:func:`otel_secaudit.web.gate.gated_call`).
 """
 
 from __future__ import annotations
