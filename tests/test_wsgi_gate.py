@@ -197,9 +197,11 @@ def test_uninstrument_takes_the_gate_out(blocking: SDK) -> None:
     assert is_patched(flask.Flask, "__call__")
     SecAuditInstrumentor().uninstrument()
     assert not is_patched(flask.Flask, "__call__")
+    from django.core.handlers.asgi import ASGIHandler
     from django.core.handlers.wsgi import WSGIHandler
 
     assert not is_patched(WSGIHandler, "__call__")
+    assert not is_patched(ASGIHandler, "__call__")
 
 
 def test_a_proxy_fix_inside_the_app_cannot_open_a_bypass(blocking: SDK) -> None:
