@@ -51,7 +51,7 @@ def _app(calls: list[str]) -> flask.Flask:
 
 
 def _get(app: Any, path: str, client: str = ATTACKER, **headers: str) -> Any:
-    http = flask.testing.FlaskClient(app) if isinstance(app, flask.Flask) else None
+    http = app.test_client() if isinstance(app, flask.Flask) else None
     if http is None:  # a plain WSGI callable around the Flask app
         from werkzeug.test import Client
 
