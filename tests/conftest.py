@@ -85,6 +85,19 @@ class SDK:
     def spans(self) -> list[ReadableSpan]:
         return list(self.span_exporter.get_finished_spans())
 
+    def server_spans(self) -> list[ReadableSpan]:
+        """The finished spans of kind SERVER (contrib's, or otel_secaudit's refusals)."""
+        return [span for span in self.spans() if span.kind.name == "SERVER"]
+
+    def security_logs(self, name: str | None = None) -> list[Any]:
+        """The log records of the ``otel_secaudit`` scope (named ``name``, if given)."""
+        return [
+            log.log_record
+            for log in self.logs()
+            if log.instrumentation_scope.name == "otel_secaudit"
+            and (name is None or log.log_record.event_name == name)
+        ]
+
     def points(self, name: str) -> list[Point]:
         data = self.metric_reader.get_metrics_data()
         out: list[Point] = []
@@ -120,6 +133,28 @@ class SDK:
         self.tracer_provider.shutdown()
         self.logger_provider.shutdown()
         self.meter_provider.shutdown()
+
+
+def block_after_two_401s(attempt: Callable[[], Any]) -> None:
+    """Get the attacker blocked (a runtime with host_threshold=2 and blocks on): two
+    ``attempt()`` answered 401, then the detector holds exactly one block."""
+    for _ in range(2):
+        assert attempt().status_code == 401
+    detector = runtime.current().detector
+    assert detector is not None and detector.flush(5.0)
+    assert len(detector.blocks) == 1
+
+
+def uninstrument_web() -> None:
+    """Undo otel_secaudit's and contrib's FastAPI/Starlette instrumentation, where on."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.instrumentation.starlette import StarletteInstrumentor
+
+    from otel_secaudit import SecAuditInstrumentor
+
+    for instrumentor in (SecAuditInstrumentor(), FastAPIInstrumentor(), StarletteInstrumentor()):
+        if instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.uninstrument()
 
 
 @pytest.fixture

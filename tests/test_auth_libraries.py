@@ -22,14 +22,8 @@ from .conftest import SDK
 KEY = "k" * 32
 
 
-def security_logs(sdk: SDK) -> list[Any]:
-    return [
-        log.log_record for log in sdk.logs() if log.instrumentation_scope.name == "otel_secaudit"
-    ]
-
-
 def events(sdk: SDK) -> list[tuple[str, dict[str, Any]]]:
-    return [(r.event_name, dict(r.attributes)) for r in security_logs(sdk)]
+    return [(r.event_name, dict(r.attributes)) for r in sdk.security_logs()]
 
 
 @pytest.fixture
@@ -242,7 +236,7 @@ def test_nothing_outside_a_request(sdk: SDK, patched: Any) -> None:
 
     with pytest.raises(jwt.InvalidSignatureError):
         jwt.decode(jwt.encode({"sub": "x"}, KEY + "x"), KEY, algorithms=["HS256"])
-    assert security_logs(sdk) == []
+    assert sdk.security_logs() == []
 
 
 def test_a_nested_check_is_one_check(sdk: SDK, patched: Any) -> None:
@@ -479,7 +473,7 @@ def test_jws_only_decodes(sdk: SDK, patched: Any) -> None:
 def test_no_token_bytes_are_exported(sdk: SDK, patched: Any) -> None:
     token = _pyjwt({"sub": "u", "exp": 1, "jti": "jti-secret-value"})
     served(401, _decode(token))
-    exported = repr(security_logs(sdk)) + repr(sdk.spans())
+    exported = repr(sdk.security_logs()) + repr(sdk.spans())
     for piece in token.split("."):
         assert piece not in exported
     assert "jti-secret-value" not in exported

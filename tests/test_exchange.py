@@ -41,19 +41,13 @@ def open_exchange(
     )
 
 
-def security_logs(sdk: SDK) -> list[Any]:
-    return [
-        log.log_record for log in sdk.logs() if log.instrumentation_scope.name == "otel_secaudit"
-    ]
-
-
 def test_status_event_with_the_request_context(sdk: SDK) -> None:
     exchange = open_exchange()
     with request_scope(exchange.request):
         assert exchange.refusal() is None
         exchange.respond(403)
         exchange.respond(403)  # a second call is ignored
-    (record,) = security_logs(sdk)
+    (record,) = sdk.security_logs()
     assert record.event_name == "authz.permission_denied"
     attrs = dict(record.attributes)
     assert attrs["http.route"] == "/items/{item_id}"
@@ -68,7 +62,7 @@ def test_nothing_is_resolved_for_an_unlisted_status(sdk: SDK) -> None:
     exchange = open_exchange(calls=calls)
     with request_scope(exchange.request):
         exchange.respond(200)
-    assert security_logs(sdk) == []
+    assert sdk.security_logs() == []
     assert calls == []  # route and user are looked up only when an event is recorded
 
 
@@ -77,7 +71,7 @@ def test_failed_application_is_a_500(make_sdk: Any) -> None:
     exchange = open_exchange()
     with request_scope(exchange.request):
         exchange.failed()
-    (record,) = security_logs(sdk)
+    (record,) = sdk.security_logs()
     assert record.event_name == "app.crashed"
     assert record.attributes["security.event.outcome"] == "failure"
 
@@ -91,7 +85,7 @@ def test_login_protocol(make_sdk: Any) -> None:
     exchange.read_user_names(lambda: ("Ann@Example.org",))
     with request_scope(exchange.request):
         exchange.respond(401)
-    (record,) = security_logs(sdk)
+    (record,) = sdk.security_logs()
     assert record.event_name == "auth.login.failed"
     assert record.attributes["security.reason"] == "http_401"
     assert "user.hash" in record.attributes
@@ -107,7 +101,7 @@ def test_an_ambiguous_body_counts_a_failure_for_each_name_and_a_success_for_none
         exchange.read_user_names(lambda: ("decoy", "target@example.com"))
         with request_scope(exchange.request):
             exchange.respond(status)
-    *failures, success = security_logs(sdk)
+    *failures, success = sdk.security_logs()
     assert [r.event_name for r in failures] == ["auth.login.failed"] * 2
     assert len({r.attributes["user.hash"] for r in failures}) == 2
     assert success.event_name == "auth.login.succeeded"
@@ -125,7 +119,7 @@ def test_a_name_reader_that_raises_costs_the_names_only(make_sdk: Any) -> None:
     assert exchange.submitted_user_names() == ()
     with request_scope(exchange.request):
         exchange.respond(401)
-    (record,) = security_logs(sdk)
+    (record,) = sdk.security_logs()
     assert record.event_name == "auth.login.failed" and "user.hash" not in record.attributes
 
 
@@ -149,7 +143,7 @@ def test_runtime_is_looked_up_once_per_exchange(make_sdk: Any) -> None:
     assert runtime.current() is second.runtime
     with request_scope(exchange.request):
         exchange.respond(403)
-    assert len(security_logs(first)) == 1 and security_logs(second) == []
+    assert len(first.security_logs()) == 1 and second.security_logs() == []
 
 
 def test_a_failing_route_lookup_does_not_cost_the_event(sdk: SDK) -> None:
@@ -161,6 +155,6 @@ def test_a_failing_route_lookup_does_not_cost_the_event(sdk: SDK) -> None:
     )
     with request_scope(exchange.request):
         exchange.respond(401)
-    (record,) = security_logs(sdk)
+    (record,) = sdk.security_logs()
     assert record.event_name == "auth.unauthenticated"
     assert "http.route" not in record.attributes

@@ -13,12 +13,11 @@ import httpx
 import pytest
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from opentelemetry.instrumentation.starlette import StarletteInstrumentor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from otel_secaudit import SecAuditInstrumentor, runtime
+from otel_secaudit import SecAuditInstrumentor
 
-from .conftest import SDK
+from .conftest import SDK, block_after_two_401s, uninstrument_web
 
 ATTACKER = "203.0.113.7"
 OBSERVER = "198.51.100.20"
@@ -30,9 +29,7 @@ FORGED = {"traceparent": f"00-{FORGED_TRACE}-00f067aa0ba902b7-01"}
 @pytest.fixture(autouse=True)
 def clean_instrumentation() -> Iterator[None]:
     yield
-    for instrumentor in (SecAuditInstrumentor(), FastAPIInstrumentor(), StarletteInstrumentor()):
-        if instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.uninstrument()
+    uninstrument_web()
 
 
 def _app(calls: list[str]) -> fastapi.FastAPI:
@@ -64,23 +61,19 @@ def _get(
 
 def _block(app: Any) -> None:
     """Two 401s from the attacker block it (host_threshold=2)."""
-    for _ in range(2):
-        assert _get(app, "/private").status_code == 401
-    detector = runtime.current().detector
-    assert detector is not None and detector.flush(5.0)
-    assert len(detector.blocks) == 1
+    block_after_two_401s(lambda: _get(app, "/private"))
 
 
-def _server_spans(sdk: SDK) -> list[Any]:
-    return [span for span in sdk.spans() if span.kind.name == "SERVER"]
+def _refused_handshake(app: Any) -> Any:
+    """The denial the attacker's WebSocket handshake to ``/ws`` gets (Starlette's TestClient
+    offers the websocket.http.response extension)."""
+    from starlette.testclient import TestClient, WebSocketDenialResponse
 
-
-def _security_logs(sdk: SDK, name: str) -> list[Any]:
-    return [
-        log.log_record
-        for log in sdk.logs()
-        if log.instrumentation_scope.name == "otel_secaudit" and log.log_record.event_name == name
-    ]
+    with TestClient(app, client=(ATTACKER, 4000)) as http:
+        with pytest.raises(WebSocketDenialResponse) as denied:
+            with http.websocket_connect("/ws"):
+                pass
+    return denied.value
 
 
 @pytest.fixture
@@ -95,14 +88,14 @@ def test_a_blocked_client_is_refused_under_a_server_span_of_our_own(blocking: SD
     calls: list[str] = []
     app = _app(calls)
     _block(app)
-    before = len(_server_spans(blocking))
+    before = len(blocking.server_spans())
     every_before = len(blocking.spans())
     path = "/private/alice@example.com"
     response = _get(app, path, headers={**FORGED, "user-agent": "curl/8"})
     assert response.status_code == 429
     assert 1 <= int(response.headers["retry-after"]) <= 60
     assert calls == ["private", "private"]  # the application never ran for the refusal
-    spans = _server_spans(blocking)
+    spans = blocking.server_spans()
     assert len(spans) == before + 1  # contrib opened none (and no send spans either)
     assert len(blocking.spans()) == every_before + 1
     span = spans[-1]
@@ -124,7 +117,7 @@ def test_a_blocked_client_is_refused_under_a_server_span_of_our_own(blocking: SD
     (event,) = [e for e in span.events if e.name == "request.blocked"]
     assert event.attributes["security.block.count"] == 1
     assert "client.address" not in event.attributes
-    (record,) = _security_logs(blocking, "request.blocked")
+    (record,) = blocking.security_logs("request.blocked")
     assert record.trace_id == span.context.trace_id
     assert record.attributes["client.address"] == ATTACKER
     assert record.attributes["http.response.status_code"] == 429
@@ -139,8 +132,8 @@ def test_every_refusal_is_counted_and_recorded_once_a_minute(blocking: SDK) -> N
     for _ in range(5):
         assert _get(app, "/private").status_code == 429
     assert blocking.total("security.requests.blocked") == 5
-    assert len(_security_logs(blocking, "request.blocked")) == 1
-    ours = [s for s in _server_spans(blocking) if s.instrumentation_scope.name == "otel_secaudit"]
+    assert len(blocking.security_logs("request.blocked")) == 1
+    ours = [s for s in blocking.server_spans() if s.instrumentation_scope.name == "otel_secaudit"]
     assert len(ours) == 5
 
 
@@ -150,10 +143,10 @@ def test_other_clients_go_through_once_checked(blocking: SDK) -> None:
     calls: list[str] = []
     app = _app(calls)
     _block(app)
-    before = len(_server_spans(blocking))
+    before = len(blocking.server_spans())
     assert _get(app, "/ok", client=OBSERVER).status_code == 200
     assert calls[-1] == "ok"
-    (span,) = _server_spans(blocking)[before:]
+    (span,) = blocking.server_spans()[before:]
     assert span.instrumentation_scope.name == "opentelemetry.instrumentation.fastapi"
     assert span.attributes["http.route"] == "/ok"
     assert blocking.total("security.requests.blocked") == 0
@@ -169,7 +162,7 @@ def test_an_unsampled_refusal_still_counts_and_records(make_sdk: Any) -> None:
     _block(app)
     assert _get(app, "/private").status_code == 429
     assert list(sdk.spans()) == []
-    assert len(_security_logs(sdk, "request.blocked")) == 1
+    assert len(sdk.security_logs("request.blocked")) == 1
     assert sdk.total("security.requests.blocked") == 1
 
 
@@ -180,9 +173,9 @@ def test_inside_an_outer_server_span_the_middleware_refuses_there(make_sdk: Any)
     SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
     app = OpenTelemetryMiddleware(_app([]), tracer_provider=sdk.tracer_provider)
     _block(app)
-    before = len(_server_spans(sdk))
+    before = len(sdk.server_spans())
     assert _get(app, "/private").status_code == 429
-    (span,) = _server_spans(sdk)[before:]
+    (span,) = sdk.server_spans()[before:]
     assert span.instrumentation_scope.name == "opentelemetry.instrumentation.asgi"
     assert [e.name for e in span.events] == ["request.blocked"]
     assert sdk.total("security.requests.blocked") == 1
@@ -196,7 +189,7 @@ def test_without_blocks_the_gate_does_nothing(make_sdk: Any) -> None:
     app = _app([])
     for _ in range(4):
         assert _get(app, "/private").status_code == 401
-    scopes = {s.instrumentation_scope.name for s in _server_spans(sdk)}
+    scopes = {s.instrumentation_scope.name for s in sdk.server_spans()}
     assert scopes == {"opentelemetry.instrumentation.fastapi"}
 
 
@@ -213,7 +206,7 @@ def test_inside_an_unsampled_outer_span_no_span_of_ours_is_made(make_sdk: Any) -
     _block(app)
     assert _get(app, "/private").status_code == 429
     assert [s for s in sdk.spans() if s.instrumentation_scope.name == "otel_secaudit"] == []
-    assert len(_security_logs(sdk, "request.blocked")) == 1
+    assert len(sdk.security_logs("request.blocked")) == 1
     assert sdk.total("security.requests.blocked") == 1
 
 
@@ -231,11 +224,7 @@ def test_a_proxy_middleware_before_ours_cannot_open_a_bypass(blocking: SDK) -> N
     app.add_middleware(SecAuditMiddleware)
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=["127.0.0.1"])  # outside ours
     forwarded = {"x-forwarded-for": ATTACKER}
-    for _ in range(2):
-        assert _get(app, "/private", client="127.0.0.1", headers=forwarded).status_code == 401
-    detector = runtime.current().detector
-    assert detector is not None and detector.flush(5.0)
-    assert len(detector.blocks) == 1
+    block_after_two_401s(lambda: _get(app, "/private", client="127.0.0.1", headers=forwarded))
     assert _get(app, "/private", client="127.0.0.1", headers=forwarded).status_code == 429
     assert calls == ["private", "private"]
     assert blocking.total("security.requests.blocked") == 1
@@ -246,23 +235,20 @@ def test_a_blocked_clients_websocket_handshake_is_refused(blocking: SDK) -> None
     """A block refuses the client's WebSocket handshakes too (a blocked brute-forcer must not
     go on over a socket): 429 with Retry-After through the websocket.http.response extension,
     under our span; the endpoint never runs, another client connects."""
-    from starlette.testclient import TestClient, WebSocketDenialResponse
+    from starlette.testclient import TestClient
 
     from harness.apps.secapp import create_app
 
     app = create_app()
     _block(app)
-    with TestClient(app, client=(ATTACKER, 4000)) as http:
-        with pytest.raises(WebSocketDenialResponse) as denied:
-            with http.websocket_connect("/ws"):
-                pass
-    assert denied.value.status_code == 429
-    assert 1 <= int(denied.value.headers["retry-after"]) <= 60
+    denied = _refused_handshake(app)
+    assert denied.status_code == 429
+    assert 1 <= int(denied.headers["retry-after"]) <= 60
     assert app.state.calls["ws"] == 0
-    ours = [s for s in _server_spans(blocking) if s.instrumentation_scope.name == "otel_secaudit"]
+    ours = [s for s in blocking.server_spans() if s.instrumentation_scope.name == "otel_secaudit"]
     assert len(ours) == 1 and ours[0].attributes["http.response.status_code"] == 429
     assert ours[0].attributes["url.scheme"] == "ws"
-    (record,) = _security_logs(blocking, "request.blocked")
+    (record,) = blocking.security_logs("request.blocked")
     assert record.trace_id == ours[0].context.trace_id
     assert record.attributes["http.response.status_code"] == 429
     assert blocking.total("security.requests.blocked") == 1
@@ -305,14 +291,13 @@ def test_without_the_http_response_extension_the_handshake_is_closed(blocking: S
     asyncio.run(app(scope, receive, send))
     assert sent == [{"type": "websocket.close", "code": 1008}]
     assert app.state.calls["ws"] == 0
-    (record,) = _security_logs(blocking, "request.blocked")
+    (record,) = blocking.security_logs("request.blocked")
     assert record.attributes["http.response.status_code"] == 403
 
 
 def test_inside_an_outer_span_the_middleware_refuses_the_handshake(make_sdk: Any) -> None:
     """With contrib's ASGI middleware around the app (a span current before Starlette runs)
     the gate steps aside and the security middleware refuses the handshake inside that span."""
-    from starlette.testclient import TestClient, WebSocketDenialResponse
 
     from harness.apps.secapp import create_app
 
@@ -321,11 +306,8 @@ def test_inside_an_outer_span_the_middleware_refuses_the_handshake(make_sdk: Any
     inner = create_app()
     app = OpenTelemetryMiddleware(inner, tracer_provider=sdk.tracer_provider)
     _block(app)
-    with TestClient(app, client=(ATTACKER, 4000)) as http:
-        with pytest.raises(WebSocketDenialResponse) as denied:
-            with http.websocket_connect("/ws"):
-                pass
-    assert denied.value.status_code == 429
+    denied = _refused_handshake(app)
+    assert denied.status_code == 429
     assert inner.state.calls["ws"] == 0
     assert sdk.total("security.requests.blocked") == 1
     assert not [s for s in sdk.spans() if s.instrumentation_scope.name == "otel_secaudit"]

@@ -66,14 +66,8 @@ def stack_types(app: Any) -> list[str]:
     return names
 
 
-def security_logs(sdk: SDK) -> list[Any]:
-    return [
-        log.log_record for log in sdk.logs() if log.instrumentation_scope.name == "otel_secaudit"
-    ]
-
-
 def assert_event_on_server_span(sdk: SDK, event: str = "authz.permission_denied") -> None:
-    (record,) = security_logs(sdk)
+    (record,) = sdk.security_logs()
     assert record.event_name == event
     assert record.attributes["http.route"] == "/denied/{thing}"
     servers = [s for s in sdk.spans() if s.kind.name == "SERVER"]
@@ -112,7 +106,7 @@ def test_uninstrument_restores_the_original_classes_exactly(sdk: SDK) -> None:
     # an app that already built its stack rebuilds it without the middleware
     get(app, "/denied/x")
     assert "SecAuditMiddleware" not in stack_types(app)
-    assert security_logs(sdk) == []
+    assert sdk.security_logs() == []
     assert runtime.current().detector is None  # detection disabled
 
 
@@ -182,7 +176,7 @@ def test_plain_starlette_and_mounted_subapp_record_once(sdk: SDK) -> None:
     outer = Starlette(routes=[Mount("/sub", app=inner), Route("/denied/{thing}", denied)])
     assert get(outer, "/denied/x").status_code == 403
     assert get(outer, "/sub/denied/y").status_code == 403
-    records = security_logs(sdk)
+    records = sdk.security_logs()
     assert len(records) == 2  # the mounted app's middleware does not record a second time
     assert [r.attributes["http.route"] for r in records] == [
         "/denied/{thing}",
@@ -197,10 +191,10 @@ def test_instrument_app_explicit_and_idempotent(sdk: SDK) -> None:
     SecAuditInstrumentor().instrument_app(app)
     assert get(app, "/denied/c").status_code == 403
     assert stack_types(app).count("SecAuditMiddleware") == 1
-    assert [r.event_name for r in security_logs(sdk)] == ["authz.permission_denied"]
+    assert [r.event_name for r in sdk.security_logs()] == ["authz.permission_denied"]
     SecAuditInstrumentor.uninstrument_app(app)
     get(app, "/denied/c")
-    assert len(security_logs(sdk)) == 1
+    assert len(sdk.security_logs()) == 1
 
 
 def test_hand_added_middleware_is_not_doubled_by_the_class_patch(sdk: SDK) -> None:
@@ -209,7 +203,7 @@ def test_hand_added_middleware_is_not_doubled_by_the_class_patch(sdk: SDK) -> No
     app.add_middleware(SecAuditMiddleware)
     get(app, "/denied/d")
     assert stack_types(app).count("SecAuditMiddleware") == 1
-    assert len(security_logs(sdk)) == 1
+    assert len(sdk.security_logs()) == 1
 
 
 def test_broken_environment_does_not_raise(make_sdk: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -261,7 +255,7 @@ def test_unreachable_redis_store_does_not_break_startup_or_requests(sdk: SDK) ->
     assert get(app, "/fine").status_code == 200
     assert get(app, "/denied/e").status_code == 403
     # a new runtime (settings given) on the same providers
-    assert [r.event_name for r in security_logs(sdk)] == ["authz.permission_denied"]
+    assert [r.event_name for r in sdk.security_logs()] == ["authz.permission_denied"]
     recorder = runtime.current().recorder
     assert recorder is not sdk.recorder
     assert recorder.stats.snapshot()["recorded"] == 1
@@ -279,6 +273,6 @@ def test_instrument_app_settings_are_honoured(sdk: SDK) -> None:
     for letter in "abc":
         assert get(app, f"/denied/{letter}").status_code == 403
     assert rt.detector.flush(5.0)
-    abuse = [r for r in security_logs(sdk) if r.event_name == "abuse.host"]
+    abuse = [r for r in sdk.security_logs() if r.event_name == "abuse.host"]
     assert len(abuse) == 1
     assert stack_types(app).count("SecAuditMiddleware") == 1

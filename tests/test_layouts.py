@@ -25,7 +25,7 @@ from starlette.routing import Route
 from otel_secaudit import SecAuditInstrumentor, runtime
 from otel_secaudit.web.asgi import SecAuditMiddleware
 
-from .conftest import SDK
+from .conftest import SDK, uninstrument_web
 
 ORIGINAL_STARLETTE = starlette.applications.Starlette
 ORIGINAL_FASTAPI = fastapi.FastAPI
@@ -35,9 +35,7 @@ SECRET = "QUERYSECRET-7f3a9"
 @pytest.fixture(autouse=True)
 def clean_instrumentation() -> Iterator[None]:
     yield
-    for instrumentor in (SecAuditInstrumentor(), FastAPIInstrumentor(), StarletteInstrumentor()):
-        if instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.uninstrument()
+    uninstrument_web()
     assert starlette.applications.Starlette is ORIGINAL_STARLETTE
     assert fastapi.FastAPI is ORIGINAL_FASTAPI
 
@@ -56,19 +54,6 @@ def request(app: Any, path: str, client: str = "203.0.113.7") -> httpx.Response:
             return await http.get(path)
 
     return asyncio.run(run())
-
-
-def server_spans(sdk: SDK) -> list[Any]:
-    return [s for s in sdk.spans() if s.kind.name == "SERVER"]
-
-
-def security_logs(sdk: SDK, name: str | None = None) -> list[Any]:
-    return [
-        log.log_record
-        for log in sdk.logs()
-        if log.instrumentation_scope.name == "otel_secaudit"
-        and (name is None or log.log_record.event_name == name)
-    ]
 
 
 async def denied(request: Any) -> PlainTextResponse:
@@ -105,14 +90,14 @@ def check_inside_the_span(sdk: SDK, app: Any) -> None:
     """The assertions every layout must pass."""
     # 1. query secrets are scrubbed on the server span, other parameters kept as sent
     assert request(app, f"/fine?token={SECRET}&page=2", client="198.51.100.1").status_code == 200
-    (span,) = server_spans(sdk)
+    (span,) = sdk.server_spans()
     exported = repr(dict(span.attributes))
     assert SECRET not in exported
     assert "page=2" in exported
     # 2. the status event belongs to the server span
     assert request(app, "/denied/a").status_code == 403
-    span = server_spans(sdk)[-1]
-    (record,) = security_logs(sdk, "authz.permission_denied")
+    span = sdk.server_spans()[-1]
+    (record,) = sdk.security_logs("authz.permission_denied")
     assert record.span_id == span.context.span_id
     assert record.attributes["http.route"] == "/denied/{thing}"
     assert [e.name for e in span.events] == ["authz.permission_denied"]
@@ -123,8 +108,8 @@ def check_inside_the_span(sdk: SDK, app: Any) -> None:
     response = request(app, "/denied/c")
     assert response.status_code == 429
     assert 1 <= int(response.headers["retry-after"]) <= 60
-    blocked_span = server_spans(sdk)[-1]
-    (blocked,) = security_logs(sdk, "request.blocked")
+    blocked_span = sdk.server_spans()[-1]
+    (blocked,) = sdk.security_logs("request.blocked")
     assert blocked.span_id == blocked_span.context.span_id
     assert blocked.attributes["http.route"] == "/denied/{thing}"  # the route it asked for
     # 4. a blocked request to no route has no http.route (never a placeholder)
@@ -132,7 +117,7 @@ def check_inside_the_span(sdk: SDK, app: Any) -> None:
         assert request(app, "/denied/d", client="203.0.113.8").status_code == 403
     assert detector.flush(5.0)
     assert request(app, "/no/such/page", client="203.0.113.8").status_code == 429
-    unmatched = security_logs(sdk, "request.blocked")[-1]
+    unmatched = sdk.security_logs("request.blocked")[-1]
     assert unmatched.attributes["client.address"] == "203.0.113.8"
     assert "http.route" not in unmatched.attributes
 
@@ -232,9 +217,9 @@ def test_included_router_routes_keep_their_prefix(sdk: SDK, path: str, route: st
     SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
     app = _router_app()
     assert request(app, path).status_code == 401
-    (record,) = security_logs(sdk)
+    (record,) = sdk.security_logs()
     assert record.attributes["http.route"] == route
-    (span,) = server_spans(sdk)
+    (span,) = sdk.server_spans()
     assert span.attributes["http.route"] == route
     assert sdk.total("security.violations", http__route=route) == 1
 
@@ -243,7 +228,7 @@ def test_path_tokens_are_not_copied_into_url_path(sdk: SDK) -> None:
     SecAuditInstrumentor().instrument(tracer_provider=sdk.tracer_provider)
     token = "pwreset-4f9c2e71b6a84d0e"
     assert request(_router_app(), f"/users/42/reset/{token}").status_code == 403
-    (record,) = security_logs(sdk)
+    (record,) = sdk.security_logs()
     assert record.attributes["http.route"] == "/users/{user_id}/reset/{token}"
     assert token not in repr(dict(record.attributes))
     assert record.attributes["url.path"].startswith("/users/42/reset/")
@@ -282,7 +267,7 @@ def test_blocked_request_keeps_its_included_router_route(blocking_sdk: SDK) -> N
     detector = runtime.current().detector
     assert detector is not None and detector.flush(5.0)
     assert request(app, "/v2/people/me").status_code == 429
-    (blocked,) = security_logs(blocking_sdk, "request.blocked")
+    (blocked,) = blocking_sdk.security_logs("request.blocked")
     assert blocked.attributes["http.route"] == "/v2/people/me"
 
 
@@ -298,8 +283,8 @@ def test_email_addresses_leave_no_url_attribute(make_sdk: Any, record_user_name:
     app = OpenTelemetryMiddleware(app, tracer_provider=sdk.tracer_provider)
     path = "/password-recovery/alice@example.com?notify=bob%40example.org&q=juniper%20lumen"
     assert request(app, path).status_code == 403
-    (span,) = server_spans(sdk)
-    (record,) = security_logs(sdk, "authz.permission_denied")
+    (span,) = sdk.server_spans()
+    (record,) = sdk.security_logs("authz.permission_denied")
     assert record.attributes["http.route"] == "/password-recovery/{email}"
     exported = repr(dict(span.attributes)) + repr(dict(record.attributes))
     if record_user_name:
@@ -381,7 +366,7 @@ def test_captured_headers_are_learned_from_the_span_middleware(sdk: SDK, capture
     while not isinstance(serving, SecAuditMiddleware):
         serving = serving.app
     assert serving.captured_headers is captured
-    (span,) = server_spans(sdk)
+    (span,) = sdk.server_spans()
     attributes = dict(span.attributes)
     assert "abc.def.ghi" not in repr(attributes)
     if captured:

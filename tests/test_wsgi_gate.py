@@ -15,10 +15,10 @@ from opentelemetry.instrumentation.flask import FlaskInstrumentor
 from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
-from otel_secaudit import SecAuditInstrumentor, runtime
+from otel_secaudit import SecAuditInstrumentor
 from otel_secaudit.auth.patching import is_patched
 
-from .conftest import SDK
+from .conftest import SDK, block_after_two_401s
 
 ATTACKER = "203.0.113.9"
 OBSERVER = "198.51.100.21"
@@ -64,23 +64,7 @@ def _get(app: Any, path: str, client: str = ATTACKER, **headers: str) -> Any:
 
 def _block(app: Any) -> None:
     """Two 401s from the attacker block it (host_threshold=2)."""
-    for _ in range(2):
-        assert _get(app, "/private").status_code == 401
-    detector = runtime.current().detector
-    assert detector is not None and detector.flush(5.0)
-    assert len(detector.blocks) == 1
-
-
-def _server_spans(sdk: SDK) -> list[Any]:
-    return [span for span in sdk.spans() if span.kind.name == "SERVER"]
-
-
-def _security_logs(sdk: SDK, name: str) -> list[Any]:
-    return [
-        log.log_record
-        for log in sdk.logs()
-        if log.instrumentation_scope.name == "otel_secaudit" and log.log_record.event_name == name
-    ]
+    block_after_two_401s(lambda: _get(app, "/private"))
 
 
 @pytest.fixture
@@ -123,7 +107,7 @@ def test_a_blocked_flask_client_is_refused_before_contribs_span(blocking: SDK) -
     }
     (event,) = [e for e in span.events if e.name == "request.blocked"]
     assert event.attributes["security.block.count"] == 1
-    (record,) = _security_logs(blocking, "request.blocked")
+    (record,) = blocking.security_logs("request.blocked")
     assert record.trace_id == span.context.trace_id
     assert record.attributes["client.address"] == ATTACKER
     assert record.attributes["http.response.status_code"] == 429
@@ -137,8 +121,8 @@ def test_every_flask_refusal_is_counted_and_recorded_once_a_minute(blocking: SDK
     for _ in range(4):
         assert _get(app, "/private").status_code == 429
     assert blocking.total("security.requests.blocked") == 4
-    assert len(_security_logs(blocking, "request.blocked")) == 1
-    ours = [s for s in _server_spans(blocking) if s.instrumentation_scope.name == "otel_secaudit"]
+    assert len(blocking.security_logs("request.blocked")) == 1
+    ours = [s for s in blocking.server_spans() if s.instrumentation_scope.name == "otel_secaudit"]
     assert len(ours) == 4
 
 
@@ -148,10 +132,10 @@ def test_other_flask_clients_pass_the_gate_once_checked(blocking: SDK) -> None:
     calls: list[str] = []
     app = _instrumented(calls, blocking)
     _block(app)
-    before = len(_server_spans(blocking))
+    before = len(blocking.server_spans())
     assert _get(app, "/ok", client=OBSERVER).status_code == 200
     assert calls[-1] == "ok"
-    (span,) = _server_spans(blocking)[before:]
+    (span,) = blocking.server_spans()[before:]
     assert span.instrumentation_scope.name == "opentelemetry.instrumentation.flask"
     assert span.attributes["http.route"] == "/ok"
     assert blocking.total("security.requests.blocked") == 0
@@ -164,7 +148,7 @@ def test_an_unsampled_flask_refusal_still_counts_and_records(make_sdk: Any) -> N
     _block(app)
     assert _get(app, "/private").status_code == 429
     assert list(sdk.spans()) == []
-    assert len(_security_logs(sdk, "request.blocked")) == 1
+    assert len(sdk.security_logs("request.blocked")) == 1
     assert sdk.total("security.requests.blocked") == 1
 
 
@@ -174,10 +158,10 @@ def test_inside_an_outer_wsgi_span_the_adapter_refuses_there(blocking: SDK) -> N
     calls: list[str] = []
     app = OpenTelemetryMiddleware(_app(calls), tracer_provider=blocking.tracer_provider)
     _block(app)
-    before = len(_server_spans(blocking))
+    before = len(blocking.server_spans())
     assert _get(app, "/private").status_code == 429
     assert calls == ["private", "private"]
-    (span,) = _server_spans(blocking)[before:]
+    (span,) = blocking.server_spans()[before:]
     assert span.instrumentation_scope.name == "opentelemetry.instrumentation.wsgi"
     assert [e.name for e in span.events] == ["request.blocked"]
     assert blocking.total("security.requests.blocked") == 1
@@ -189,7 +173,7 @@ def test_without_blocks_flask_requests_are_not_gated(make_sdk: Any) -> None:
     app = _instrumented([], sdk)
     for _ in range(4):
         assert _get(app, "/private").status_code == 401
-    scopes = {s.instrumentation_scope.name for s in _server_spans(sdk)}
+    scopes = {s.instrumentation_scope.name for s in sdk.server_spans()}
     assert scopes == {"opentelemetry.instrumentation.flask"}
 
 
@@ -215,11 +199,7 @@ def test_a_proxy_fix_inside_the_app_cannot_open_a_bypass(blocking: SDK) -> None:
     app = _instrumented(calls, blocking)
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=1)  # type: ignore[method-assign]
     forwarded = {"X-Forwarded-For": ATTACKER}
-    for _ in range(2):
-        assert _get(app, "/private", client="127.0.0.1", **forwarded).status_code == 401
-    detector = runtime.current().detector
-    assert detector is not None and detector.flush(5.0)
-    assert len(detector.blocks) == 1
+    block_after_two_401s(lambda: _get(app, "/private", client="127.0.0.1", **forwarded))
     assert _get(app, "/private", client="127.0.0.1", **forwarded).status_code == 429
     assert calls == ["private", "private"]
     assert blocking.total("security.requests.blocked") == 1
