@@ -29,7 +29,7 @@ When a span is already current at that point (FastAPI's own telemetry, an
 instrumentation), the gate steps aside and the middleware refuses inside that span, as before.
 
 :func:`gated_call` puts the same gate in front of Django's ``ASGIHandler``.
-:func:`blocks_active`, :func:`in_span` and :func:`refusal_span` are shared with the WSGI gate
+:func:`blocks_active`, :func:`in_span` and :func:`refusing` are shared with the WSGI gate
 of Flask and Django (:mod:`otel_secaudit.web.wsgi_gate`).
 """
 
@@ -54,9 +54,17 @@ from .asgi import (
     send_websocket_refusal,
     websocket_refusal_status,
 )
-from .exchange import WebRequest
+from .exchange import Exchange, RefusalResponse, WebRequest
 
-__all__ = ["blocks_active", "gated_call", "in_span", "refusal_span", "refused_early", "wanted"]
+__all__ = [
+    "blocks_active",
+    "gated_call",
+    "in_span",
+    "refusal_span",
+    "refused_early",
+    "refusing",
+    "wanted",
+]
 
 Scope = MutableMapping[str, Any]
 
@@ -109,24 +117,45 @@ async def refused_early(
     except Exception as exc:  # security plumbing never breaks the request
         _runtime.current().recorder.internal_error(exc, "asgi.gate")
         return False
+    scheme = scope.get("scheme")
+    status = websocket_refusal_status(scope) if websocket else 429
+    with refusing(rt, exchange, scope, scheme if isinstance(scheme, str) else None, status) as (
+        refusal
+    ):
+        if refusal is None:
+            return False
+        if websocket and receive is not None:
+            await send_websocket_refusal(receive, send, refusal)
+        else:
+            await send_refusal(send, refusal)
+        return True
+
+
+@contextmanager
+def refusing(
+    rt: _runtime.Runtime,
+    exchange: Exchange,
+    carrier: MutableMapping[str, Any],
+    scheme: str | None,
+    status: int = 429,
+) -> Iterator[RefusalResponse | None]:
+    """The gates' decision on ``exchange``'s client, the request current while it is made
+    (with a shared store a refusal that writes no record now is remembered with its request,
+    for the record another instance may leave to this one). Yields None for a client that is
+    not blocked, after marking ``carrier`` (the ASGI scope or WSGI environ,
+    :data:`~otel_secaudit.web.exchange.BLOCK_CHECKED`) so the adapter does not look the same
+    address up again; else the :class:`RefusalResponse` with ``status``, with the refusal's
+    own server span current (:func:`refusal_span`) while the caller sends it."""
     request = exchange.request
-    # Current while the detector decides: with a shared store a refusal that writes no record
-    # now is remembered with its request, for the record another instance may leave to this one.
     token = enter_request(request)
     try:
         decision = exchange.block_decision()  # never raises
         if decision is None:
-            scope[BLOCK_CHECKED] = request.client_address
-            return False
-        scheme = scope.get("scheme")
-        status = websocket_refusal_status(scope) if websocket else 429
-        with refusal_span(rt, request, scheme if isinstance(scheme, str) else None, status):
-            refusal = exchange.refuse(decision, status)
-            if websocket and receive is not None:
-                await send_websocket_refusal(receive, send, refusal)
-            else:
-                await send_refusal(send, refusal)
-        return True
+            carrier[BLOCK_CHECKED] = request.client_address
+            yield None
+            return
+        with refusal_span(rt, request, scheme, status):
+            yield exchange.refuse(decision, status)
     finally:
         leave_request(token)
 

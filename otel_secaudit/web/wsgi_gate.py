@@ -31,9 +31,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from .. import runtime as _runtime
-from ..context import enter_request, leave_request
 from . import gate, wsgi_core
-from .exchange import BLOCK_CHECKED
 
 __all__ = ["gated_call", "refused_early"]
 
@@ -55,23 +53,15 @@ def refused_early(
     except Exception as exc:  # security plumbing never breaks the request
         _runtime.current().recorder.internal_error(exc, "wsgi.gate")
         return None
-    request = exchange.request
-    # Current while the detector decides, as in the ASGI gate (a shared store remembers the
-    # refusal with its request).
-    token = enter_request(request)
-    try:
-        decision = exchange.block_decision()  # never raises
-        if decision is None:
-            environ[BLOCK_CHECKED] = request.client_address
+    scheme = environ.get("wsgi.url_scheme")
+    with gate.refusing(rt, exchange, environ, scheme if isinstance(scheme, str) else None) as (
+        refusal
+    ):
+        if refusal is None:
             return None
-        scheme = environ.get("wsgi.url_scheme")
-        with gate.refusal_span(rt, request, scheme if isinstance(scheme, str) else None):
-            refusal = exchange.refuse(decision)
-            status = f"{refusal.status} {_REASON.get(refusal.status, '')}".rstrip()
-            start_response(status, refusal.headers())
+        status = f"{refusal.status} {_REASON.get(refusal.status, '')}".rstrip()
+        start_response(status, refusal.headers())
         return [refusal.body]
-    finally:
-        leave_request(token)
 
 
 def gated_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
