@@ -280,6 +280,19 @@ def otlp_receiver() -> Iterator[OTLPReceiver]:
     receiver.stop()
 
 
+def detecting_runtime(sdk: SDK) -> runtime.Runtime:
+    """A runtime on ``sdk``'s recorder and providers with abuse detection on, installed as the
+    process-wide one (the caller closes it, or shuts its detector down)."""
+    rt = runtime.build(
+        recorder=sdk.recorder,
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
+        logger_provider=sdk.logger_provider,
+    )
+    runtime.swap(rt)
+    return rt
+
+
 @pytest.fixture
 def app_runtime(make_sdk: Any) -> Iterator[Callable[..., tuple[Any, runtime.Runtime]]]:
     """Factory: an SDK plus a runtime with abuse detection on, installed for the test."""
@@ -287,13 +300,7 @@ def app_runtime(make_sdk: Any) -> Iterator[Callable[..., tuple[Any, runtime.Runt
 
     def factory(**settings: Any) -> tuple[Any, runtime.Runtime]:
         sdk = make_sdk(**settings)
-        rt = runtime.build(
-            recorder=sdk.recorder,
-            tracer_provider=sdk.tracer_provider,
-            meter_provider=sdk.meter_provider,
-            logger_provider=sdk.logger_provider,
-        )
-        runtime.swap(rt)
+        rt = detecting_runtime(sdk)
         built.append(rt)
         return sdk, rt
 

@@ -27,7 +27,7 @@ from otel_secaudit import runtime
 from otel_secaudit.web.asgi import SecAuditMiddleware
 from otel_secaudit.web.client import resolve_client_address
 
-from .conftest import SDK, http_scope
+from .conftest import SDK, detecting_runtime, http_scope
 
 
 def fastapi_app(sdk: SDK, **middleware: Any) -> Any:
@@ -42,13 +42,7 @@ def fastapi_app(sdk: SDK, **middleware: Any) -> Any:
 
 def with_detection(sdk: SDK, detectors: list[Any]) -> Any:
     """Make the SDK's recorder the process-wide runtime with abuse detection on."""
-    rt = runtime.build(
-        recorder=sdk.recorder,
-        tracer_provider=sdk.tracer_provider,
-        meter_provider=sdk.meter_provider,
-        logger_provider=sdk.logger_provider,
-    )
-    runtime.swap(rt)
+    rt = detecting_runtime(sdk)
     detectors.append(rt.detector)
     return rt.detector
 

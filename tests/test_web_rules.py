@@ -17,7 +17,7 @@ from fastapi import Request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_secaudit import ConfigError, Settings, helpers, runtime
+from otel_secaudit import ConfigError, Settings, helpers
 from otel_secaudit.route_rules import (
     RuleProblems,
     StatusRule,
@@ -26,7 +26,7 @@ from otel_secaudit.route_rules import (
 )
 from otel_secaudit.web.asgi import SecAuditMiddleware
 
-from .conftest import SDK
+from .conftest import SDK, detecting_runtime
 
 # -- parsing and matching ---------------------------------------------------------------------
 
@@ -302,13 +302,7 @@ def test_non_login_routes_are_not_read(login_sdk: SDK) -> None:
 
 def test_succeeded_after_failures(make_sdk: Any, detectors: list[Any]) -> None:
     sdk = make_sdk(login_routes="POST /auth/jwt/login", user_threshold=50, host_threshold=50)
-    rt = runtime.build(
-        recorder=sdk.recorder,
-        tracer_provider=sdk.tracer_provider,
-        meter_provider=sdk.meter_provider,
-        logger_provider=sdk.logger_provider,
-    )
-    runtime.swap(rt)
+    rt = detecting_runtime(sdk)
     detectors.append(rt.detector)
     app = login_app()
     for _ in range(3):
