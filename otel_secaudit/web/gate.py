@@ -54,7 +54,8 @@ from .asgi import (
     send_websocket_refusal,
     websocket_refusal_status,
 )
-from .exchange import Exchange, RefusalResponse, WebRequest
+from .exchange import Exchange, RefusalResponse
+from .web_request import WebRequest
 
 __all__ = [
     "blocks_active",

@@ -42,7 +42,8 @@ __all__ = ["ExchangeView", "RequestView", "bearer_invalid_token", "observed_outc
 
 
 class RequestView(Protocol):
-    """What observed outcomes use of the exchange's request (a :class:`~.exchange.WebRequest`)."""
+    """What observed outcomes use of the exchange's request (a
+    :class:`~.web_request.WebRequest`)."""
 
     @property
     def auth(self) -> AuthObservation | None:
