@@ -131,3 +131,31 @@ def test_flask_login_is_observed_when_the_application_imports_it() -> None:
         """
     )
     assert out.split("\n")[:3] == ["False True", "True", "False"]
+
+
+def test_djangos_gates_come_with_the_handler_the_application_imports() -> None:
+    """Instrumenting Django loads neither of its handlers; each one is gated when the
+    application imports it (a WSGI site never loads the ASGI handler, and back), and
+    uninstrument() takes both gates out."""
+    out = _run(
+        """
+        import sys
+        from otel_secaudit import SecAuditInstrumentor
+        from otel_secaudit.auth.patching import ObjectProxy
+        instrumentor = SecAuditInstrumentor()
+        instrumentor.instrument()
+        import django
+        from django.core.handlers import base
+        handlers = ("django.core.handlers.wsgi", "django.core.handlers.asgi")
+        print(*(name in sys.modules for name in handlers))
+        from django.core.handlers.wsgi import WSGIHandler
+        print(isinstance(vars(WSGIHandler)["__call__"], ObjectProxy),
+              "django.core.handlers.asgi" in sys.modules)
+        from django.core.handlers.asgi import ASGIHandler
+        print(isinstance(vars(ASGIHandler)["__call__"], ObjectProxy))
+        instrumentor.uninstrument()
+        print(isinstance(vars(WSGIHandler)["__call__"], ObjectProxy),
+              isinstance(vars(ASGIHandler)["__call__"], ObjectProxy))
+        """
+    )
+    assert out.split("\n")[:4] == ["False False", "True False", "True", "False False"]

@@ -54,6 +54,7 @@ from wrapt import wrap_function_wrapper
 
 from ..auth.patching import is_patched, observation_of, patch
 from ..context import current_request, request_scope
+from ..imports import when_imported
 from . import django_redirects as redirects
 from . import gate, wsgi_core, wsgi_gate
 from .exchange import RefusalResponse, checked_by_gate
@@ -389,6 +390,20 @@ def _building_middleware(wrapped: Any, instance: Any, args: Any, kwargs: Any) ->
     return result
 
 
+#: (module, handler class, wrapt wrapper of its ``__call__``): Django's WSGI and ASGI entries.
+_GATES: Final = (
+    ("django.core.handlers.wsgi", "WSGIHandler", wsgi_gate.gated_call),
+    ("django.core.handlers.asgi", "ASGIHandler", gate.gated_call),
+)
+
+
+def _gate(handler: str, wrapper: Any, module: Any) -> None:
+    """Put the gate in front of ``module.handler.__call__`` (once)."""
+    klass = getattr(module, handler)
+    if not is_patched(klass, "__call__"):
+        wrap_function_wrapper(klass, "__call__", wrapper)
+
+
 def _install() -> None:
     from django.apps import apps
     from django.core.handlers.base import BaseHandler
@@ -397,15 +412,10 @@ def _install() -> None:
         signal.connect(receiver, weak=False, dispatch_uid=_DISPATCH_UID)
     if not is_patched(BaseHandler, "load_middleware"):
         wrap_function_wrapper(BaseHandler, "load_middleware", _building_middleware)
-    from django.core.handlers.wsgi import WSGIHandler
-
-    if not is_patched(WSGIHandler, "__call__"):
-        # the WSGI entry: a blocked client is refused before contrib's span (wsgi_gate)
-        wrap_function_wrapper(WSGIHandler, "__call__", wsgi_gate.gated_call)
-    from django.core.handlers.asgi import ASGIHandler
-
-    if not is_patched(ASGIHandler, "__call__"):
-        wrap_function_wrapper(ASGIHandler, "__call__", gate.gated_call)  # the ASGI entry
+    # The entries a blocked client is refused at, before contrib's span (wsgi_gate, gate), when
+    # the application imports its handler (a WSGI site never loads the ASGI one, and back).
+    for module, handler, wrapper in _GATES:
+        when_imported(module, functools.partial(_gate, handler, wrapper), "Django")
     if apps.ready:  # instrumented after django.setup(): nothing else will patch it
         redirects.patch()
     if _settings_ready():
@@ -419,12 +429,8 @@ def _uninstall() -> None:
     from django.core.handlers.base import BaseHandler
 
     unwrap(BaseHandler, "load_middleware")
-    from django.core.handlers.wsgi import WSGIHandler
-
-    unwrap(WSGIHandler, "__call__")
-    from django.core.handlers.asgi import ASGIHandler
-
-    unwrap(ASGIHandler, "__call__")
+    for module, handler, _wrapper in _GATES:
+        unwrap(f"{module}.{handler}", "__call__")  # nothing when it was never imported
     for signal, _receiver in _signals():
         signal.disconnect(dispatch_uid=_DISPATCH_UID)
     redirects.unpatch()
