@@ -59,6 +59,7 @@ from .web_request import WebRequest
 
 __all__ = [
     "blocks_active",
+    "gated",
     "gated_call",
     "in_span",
     "refusal_span",
@@ -166,13 +167,15 @@ def gated_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     ``ASGIHandler``): the application's own coroutine, unless a block is active; then a
     coroutine that runs the gate first."""
     if len(args) == 3 and not kwargs and wanted(args[0]):
-        return _gated(wrapped, args)
+        return gated(wrapped, args)
     return wrapped(*args, **kwargs)
 
 
-async def _gated(wrapped: Any, args: Any) -> None:
+async def gated(wrapped: Any, args: Any, app: Any = None) -> None:
+    """``wrapped(scope, receive, send)`` (an ASGI application's ``__call__``, ``args``) behind
+    the gate, while some client is blocked (``app``: see :func:`refused_early`)."""
     scope, receive, send = args
-    if await refused_early(scope, send, receive=receive):
+    if await refused_early(scope, send, app, receive=receive):
         return
     await wrapped(*args)
 

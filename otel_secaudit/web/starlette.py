@@ -216,16 +216,9 @@ def _call(options: dict[str, Any], wrapped: Any, instance: Any, args: Any, kwarg
         _ensure_in_stack(instance, options)
     except Exception:
         _log.exception("otel_secaudit: could not check the middleware of %r", instance)
-    if len(args) == 3 and gate.wanted(args[0]):
-        return _gated(wrapped, instance, args, kwargs)
+    if len(args) == 3 and not kwargs and gate.wanted(args[0]):
+        return gate.gated(wrapped, args, instance)  # while some client is blocked
     return wrapped(*args, **kwargs)
-
-
-async def _gated(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
-    """``Starlette.__call__`` while some client is blocked: the gate first."""
-    if await gate.refused_early(args[0], args[2], instance, receive=args[1]):
-        return
-    await wrapped(*args, **kwargs)
 
 
 def _real_class(module: str, name: str) -> type | None:
