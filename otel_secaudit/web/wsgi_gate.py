@@ -67,7 +67,7 @@ def refused_early(
 def gated_call(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """A wrapt wrapper for a WSGI application's ``__call__(environ, start_response)``: the
     gate first."""
-    if len(args) == 2 and not kwargs:
+    if len(args) == 2 and not kwargs and gate.blocks_active():  # a few reads when none is
         body = refused_early(args[0], args[1])
         if body is not None:
             return body
